@@ -1,0 +1,125 @@
+//! HLS playback over HTTP: a recording's playlist (`EVENT` while open, `VOD` with
+//! `EXT-X-ENDLIST` when finished), its segment files, and the live sliding window of a
+//! stream's open recording. Playlists are rendered from the index on every request, so
+//! nothing but media is ever rewritten on flash.
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, ApiState};
+use crate::index::{RecordingRow, SegmentRow};
+use crate::mux::hls::{render_media_playlist, PlaylistKind, PlaylistSegment};
+use crate::storage::parse_segment_file_name;
+
+const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
+
+fn playlist_segments(segments: &[SegmentRow], uri_prefix: &str) -> Vec<PlaylistSegment> {
+    segments
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| PlaylistSegment {
+            uri: format!("{uri_prefix}{}", seg.file),
+            duration_s: seg.duration_s(),
+            discontinuity: seg.discontinuity && i > 0,
+            program_date_time_ms: (i == 0 || seg.discontinuity).then_some(seg.wall_start_ms),
+            gap: seg.gap,
+        })
+        .collect()
+}
+
+fn playlist_response(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, PLAYLIST_TYPE),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+fn recording(s: &ApiState, id: &str) -> Result<RecordingRow, ApiError> {
+    s.index
+        .get_recording(id)?
+        .filter(|r| !r.deleting)
+        .ok_or_else(|| ApiError::not_found(format!("recording {id}")))
+}
+
+pub async fn recording_playlist(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = recording(&s, &id)?;
+    let segments = s.index.segments(&id)?;
+    let open = row.state.is_open();
+    let kind = if open {
+        PlaylistKind::Event
+    } else {
+        PlaylistKind::Vod
+    };
+    let text = render_media_playlist(
+        kind,
+        s.config.record.segment_duration_s,
+        &playlist_segments(&segments, ""),
+        !open,
+    );
+    Ok(playlist_response(text))
+}
+
+pub async fn recording_segment(
+    State(s): State<ApiState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if !matches!(parse_segment_file_name(&file), Some((_, false))) {
+        return Err(ApiError::not_found(format!("segment {file}")));
+    }
+    let row = recording(&s, &id)?;
+    let path = s
+        .storage
+        .recording_dir(&row.app, &row.stream, &row.id)
+        .join(&file);
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::not_found(format!("segment {file}")))?;
+    Ok(([(header::CONTENT_TYPE, "video/mp2t")], bytes).into_response())
+}
+
+pub async fn live_playlist(
+    State(s): State<ApiState>,
+    Path((app, stream)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = format!("{app}/{stream}");
+    let row = s
+        .index
+        .open_recording(&key)?
+        .ok_or_else(|| ApiError::not_found(format!("live stream {key}")))?;
+    let window = s
+        .index
+        .last_segments(&row.id, s.config.record.live_window_segments)?;
+    let (media_sequence, in_window_discontinuities) = match window.first() {
+        Some(first) => (
+            u64::from(first.seq),
+            window
+                .iter()
+                .skip(1)
+                .filter(|seg| seg.discontinuity)
+                .count() as u64,
+        ),
+        None => (1, 0),
+    };
+    // Tags that left the window; the first segment's own tag is not rendered, so it counts
+    // as gone.
+    let discontinuity_sequence =
+        u64::from(row.discontinuities).saturating_sub(in_window_discontinuities);
+    let text = render_media_playlist(
+        PlaylistKind::Live {
+            media_sequence,
+            discontinuity_sequence,
+        },
+        s.config.record.segment_duration_s,
+        &playlist_segments(&window, &format!("/hls/recordings/{}/", row.id)),
+        false,
+    );
+    Ok(playlist_response(text))
+}

@@ -1,0 +1,139 @@
+//! The local HTTP API (axum): health, live streams, recordings, and HLS playback of
+//! recordings and live streams. Handlers read the index and the live registry; they never
+//! write media. Errors map to HTTP statuses with a JSON `{"error": ...}` body.
+
+mod hls;
+mod recordings;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::index::{Index, IndexError};
+use crate::record::Recorders;
+use crate::storage::Storage;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub index: Index,
+    pub storage: Storage,
+    pub recorders: Recorders,
+    pub config: Arc<Config>,
+}
+
+/// The whole route table.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/streams", get(streams))
+        .route("/api/v1/recordings", get(recordings::list))
+        .route("/api/v1/recordings/{id}", get(recordings::get_one))
+        .route(
+            "/hls/recordings/{id}/index.m3u8",
+            get(hls::recording_playlist),
+        )
+        .route("/hls/recordings/{id}/{file}", get(hls::recording_segment))
+        .route(
+            "/hls/live/{app}/{stream}/index.m3u8",
+            get(hls::live_playlist),
+        )
+        .with_state(state)
+}
+
+/// Serves the API until `cancel`.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: CancellationToken) {
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+/// An API error: a status and a message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn not_found(what: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("{what} not found"),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> ApiError {
+        tracing::error!(error = %e, "index error in api");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, as the API writes every wall time.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// 200 when recording is possible: the index answers and the media folder is writable.
+async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {
+    let mut problems = Vec::new();
+    if !s.index.is_healthy() {
+        problems.push("index is not readable".to_owned());
+    }
+    if !s.storage.is_writable() {
+        problems.push(format!(
+            "{} is not writable",
+            s.storage.media_dir().display()
+        ));
+    }
+    let disk = s.storage.disk_space().ok();
+    let body = serde_json::json!({
+        "status": if problems.is_empty() { "ok" } else { "unhealthy" },
+        "problems": problems,
+        "live_streams": s.recorders.live().len(),
+        "disk": disk,
+    });
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn streams(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {
+    let views: Vec<_> = s.recorders.live().iter().map(|st| st.view()).collect();
+    Json(views).into_response()
+}

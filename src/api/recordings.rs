@@ -1,0 +1,145 @@
+//! `GET /api/v1/recordings` (filtered list) and `GET /api/v1/recordings/{id}` (with its
+//! segments): the JSON shapes tools and tests rely on.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{rfc3339, ApiError, ApiState};
+use crate::index::{RecordingRow, RecordingState, SegmentRow};
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    app: Option<String>,
+    stream: Option<String>,
+    state: Option<String>,
+}
+
+/// One recording as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct RecordingView {
+    pub id: String,
+    pub app: String,
+    pub stream: String,
+    pub state: &'static str,
+    pub start_time: String,
+    pub end_time: String,
+    pub duration_s: f64,
+    pub segments: u32,
+    pub bytes: u64,
+    pub discontinuities: u32,
+    pub playlist: String,
+    pub sessions: u32,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub resolution: Option<String>,
+    pub resumable_until: Option<String>,
+    pub failure: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_list: Option<Vec<SegmentView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SegmentView {
+    pub seq: u32,
+    pub uri: String,
+    pub duration_s: f64,
+    pub bytes: u64,
+    pub start_time: String,
+    pub discontinuity: bool,
+    pub gap: bool,
+    pub recovered: bool,
+}
+
+impl RecordingView {
+    pub fn new(row: &RecordingRow) -> RecordingView {
+        RecordingView {
+            id: row.id.clone(),
+            app: row.app.clone(),
+            stream: row.stream.clone(),
+            state: row.state.as_str(),
+            start_time: rfc3339(row.start_ms),
+            end_time: rfc3339(row.end_ms),
+            duration_s: (row.duration_s() * 1000.0).round() / 1000.0,
+            segments: row.segments,
+            bytes: row.bytes,
+            discontinuities: row.discontinuities,
+            playlist: format!("/hls/recordings/{}/index.m3u8", row.id),
+            sessions: row.sessions,
+            video_codec: row.video_codec.clone(),
+            audio_codec: row.audio_codec.clone(),
+            resolution: row.resolution.map(|(w, h)| format!("{w}x{h}")),
+            resumable_until: row.resumable_until_ms.map(rfc3339),
+            failure: row.failure.clone(),
+            segment_list: None,
+        }
+    }
+}
+
+impl SegmentView {
+    fn new(recording_id: &str, seg: &SegmentRow) -> SegmentView {
+        SegmentView {
+            seq: seg.seq,
+            uri: format!("/hls/recordings/{recording_id}/{}", seg.file),
+            duration_s: (seg.duration_s() * 1000.0).round() / 1000.0,
+            bytes: seg.bytes,
+            start_time: rfc3339(seg.wall_start_ms),
+            discontinuity: seg.discontinuity,
+            gap: seg.gap,
+            recovered: seg.recovered,
+        }
+    }
+}
+
+pub async fn list(
+    State(s): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<RecordingView>>, ApiError> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(RecordingState::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state must be one of recording, resumable, finished, failed (got {name:?})"
+            ))
+        })?),
+    };
+    let mut out = Vec::new();
+    for row in s.index.recordings() {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable recording row");
+                continue;
+            }
+        };
+        if row.deleting
+            || q.app.as_deref().is_some_and(|a| a != row.app)
+            || q.stream.as_deref().is_some_and(|st| st != row.stream)
+            || state.is_some_and(|st| st != row.state)
+        {
+            continue;
+        }
+        out.push(RecordingView::new(&row));
+    }
+    Ok(Json(out))
+}
+
+pub async fn get_one(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<RecordingView>, ApiError> {
+    let row = s
+        .index
+        .get_recording(&id)?
+        .filter(|r| !r.deleting)
+        .ok_or_else(|| ApiError::not_found(format!("recording {id}")))?;
+    let segments = s.index.segments(&id)?;
+    let mut view = RecordingView::new(&row);
+    view.segment_list = Some(
+        segments
+            .iter()
+            .map(|seg| SegmentView::new(&id, seg))
+            .collect(),
+    );
+    Ok(Json(view))
+}

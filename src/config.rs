@@ -1,0 +1,321 @@
+//! The TOML configuration: every key, its default, and validation with messages that name
+//! the key and the allowed range.
+//!
+//! Owns: parsing (`deny_unknown_fields`, so a typo is an error, not a silent default),
+//! defaults (the embedded default records to `./edgerec-data` with no file at all), and
+//! [`Config::validate`], which reports *every* problem at once so `edgerec check-config`
+//! can list them. Never touches the disk beyond reading the file it is given.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the index and the media live. Default `./edgerec-data`.
+    pub data_dir: PathBuf,
+    pub rtmp: RtmpConfig,
+    pub http: HttpConfig,
+    pub record: RecordConfig,
+}
+
+/// `[rtmp]`: the RTMP publish listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    /// Listen address. Default `0.0.0.0:1935`.
+    pub listen: SocketAddr,
+    /// Most simultaneous RTMP connections; more are closed at accept. Default 64 (1-4096).
+    pub max_connections: usize,
+    /// A peer that has not completed the handshake and `publish` within this many seconds
+    /// is disconnected. Default 10 (1-300).
+    pub handshake_timeout_s: u64,
+    /// A connection that sends nothing for this many seconds is closed. Default 30 (1-3600).
+    pub idle_timeout_s: u64,
+    /// A peer that does not read our replies for this many seconds is closed. Default 10 (1-300).
+    pub write_timeout_s: u64,
+    /// Largest RTMP message accepted, in KiB (a big keyframe must fit). Default 8192 (64-65536).
+    pub max_message_kb: u32,
+}
+
+/// `[http]`: the local control API and HLS playback.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+}
+
+/// `[record]`: how streams become recordings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Target segment length in seconds; segments are cut at the first keyframe at or
+    /// after it. Default 4 (1-60).
+    pub segment_duration_s: u32,
+    /// HLS resume window: a publish of the same stream within this many seconds of the
+    /// last one ending continues the same recording. 0 disables. Default 30 (0-1800).
+    pub flow_continue_duration_s: u32,
+    /// How often buffered media is made durable (fdatasync): the recovery point objective.
+    /// Default 1000 (100-60000).
+    pub flush_interval_ms: u64,
+    /// Segments in the live sliding-window playlist. Default 6 (2-100).
+    pub live_window_segments: usize,
+    /// Per-stream budget, in KiB, of media waiting for the flash writer. Past it the
+    /// current segment is closed with a gap instead of stalling the encoder. Default 16384
+    /// (256-1048576).
+    pub writer_budget_kb: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./edgerec-data"),
+            rtmp: RtmpConfig::default(),
+            http: HttpConfig::default(),
+            record: RecordConfig::default(),
+        }
+    }
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        RtmpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            max_connections: 64,
+            handshake_timeout_s: 10,
+            idle_timeout_s: 30,
+            write_timeout_s: 10,
+            max_message_kb: 8192,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            segment_duration_s: 4,
+            flow_continue_duration_s: 30,
+            flush_interval_ms: 1000,
+            live_window_segments: 6,
+            writer_budget_kb: 16384,
+        }
+    }
+}
+
+impl RecordConfig {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub fn resume_window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.flow_continue_duration_s))
+    }
+}
+
+/// One thing wrong with a configuration, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Loading failed: the file could not be read or parsed, or it parsed but is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n  {}", problems.len(), problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Parses TOML text (no validation). The error text names the offending key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Every problem with the values, each naming its key and the allowed range.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut range = |key: &str, value: u64, lo: u64, hi: u64| {
+            if value < lo || value > hi {
+                problems.push(ConfigProblem {
+                    key: key.to_owned(),
+                    message: format!("{value} is out of range; allowed {lo}-{hi}"),
+                });
+            }
+        };
+        let r = &self.rtmp;
+        range("rtmp.max_connections", r.max_connections as u64, 1, 4096);
+        range("rtmp.handshake_timeout_s", r.handshake_timeout_s, 1, 300);
+        range("rtmp.idle_timeout_s", r.idle_timeout_s, 1, 3600);
+        range("rtmp.write_timeout_s", r.write_timeout_s, 1, 300);
+        range(
+            "rtmp.max_message_kb",
+            u64::from(r.max_message_kb),
+            64,
+            65536,
+        );
+        let c = &self.record;
+        range(
+            "record.segment_duration_s",
+            u64::from(c.segment_duration_s),
+            1,
+            60,
+        );
+        range(
+            "record.flow_continue_duration_s",
+            u64::from(c.flow_continue_duration_s),
+            0,
+            1800,
+        );
+        range("record.flush_interval_ms", c.flush_interval_ms, 100, 60_000);
+        range(
+            "record.live_window_segments",
+            c.live_window_segments as u64,
+            2,
+            100,
+        );
+        range(
+            "record.writer_budget_kb",
+            c.writer_budget_kb as u64,
+            256,
+            1_048_576,
+        );
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(ConfigProblem {
+                key: "data_dir".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        if self.rtmp.listen == self.http.listen {
+            problems.push(ConfigProblem {
+                key: "http.listen".into(),
+                message: format!("{} is also rtmp.listen", self.http.listen),
+            });
+        }
+        problems
+    }
+
+    /// The media folder: `DATA_DIR/media`.
+    pub fn media_dir(&self) -> PathBuf {
+        self.data_dir.join("media")
+    }
+
+    /// The sled index folder: `DATA_DIR/index`.
+    pub fn index_dir(&self) -> PathBuf {
+        self.data_dir.join("index")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_the_contract() {
+        let c = Config::default();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.data_dir, PathBuf::from("./edgerec-data"));
+        assert_eq!(c.rtmp.listen.port(), 1935);
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.record.segment_duration_s, 4);
+        assert_eq!(c.record.flow_continue_duration_s, 30);
+        assert_eq!(c.record.flush_interval_ms, 1000);
+    }
+
+    #[test]
+    fn contract_keys_parse() {
+        let c = Config::parse(
+            r#"
+            data_dir = "/var/lib/edgerec"
+            [rtmp]
+            listen = "127.0.0.1:19350"
+            [http]
+            listen = "127.0.0.1:18080"
+            [record]
+            segment_duration_s = 2
+            flow_continue_duration_s = 0
+            flush_interval_ms = 500
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.record.segment_duration_s, 2);
+        assert_eq!(c.record.flow_continue_duration_s, 0);
+        assert_eq!(c.rtmp.listen.port(), 19350);
+        assert_eq!(c.rtmp.max_connections, 64, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Config::parse("[record]\nsegment_duration = 4\n").unwrap_err();
+        assert!(err.contains("segment_duration"), "{err}");
+    }
+
+    #[test]
+    fn every_range_problem_is_reported() {
+        let mut c = Config::default();
+        c.record.segment_duration_s = 0;
+        c.record.flow_continue_duration_s = 1801;
+        c.record.flush_interval_ms = 50;
+        let problems = c.validate();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "record.segment_duration_s",
+                "record.flow_continue_duration_s",
+                "record.flush_interval_ms"
+            ]
+        );
+        assert!(problems[1].message.contains("0-1800"), "{}", problems[1]);
+    }
+}

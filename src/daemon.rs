@@ -1,0 +1,108 @@
+//! Wiring of the running daemon: open the index, run startup recovery, bind the
+//! listeners, start ingest, the API and the resume-window reaper, and on shutdown seal
+//! every open segment before exiting. `main.rs` only parses the CLI and calls [`run`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::index::Index;
+use crate::record::{self, Recorders};
+use crate::storage::{recovery, Storage};
+
+/// Opens the index, explaining the usual cause when sled's lock is held.
+pub fn open_index(config: &Config) -> anyhow::Result<Index> {
+    let dir = config.index_dir();
+    Index::open(&dir).with_context(|| {
+        format!(
+            "cannot open the index in {} (is another edgerec using this data dir?)",
+            dir.display()
+        )
+    })
+}
+
+/// Runs the recorder until `cancel`. Prints one `edgerec: listening rtmp=ADDR http=ADDR`
+/// line on stdout once it accepts publishes (tools and tests read the bound ports there).
+pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let media_dir = config.media_dir();
+    std::fs::create_dir_all(&media_dir)
+        .with_context(|| format!("cannot create the media folder {}", media_dir.display()))?;
+    let index = open_index(&config)?;
+    let storage = Storage::new(media_dir);
+
+    let started = std::time::Instant::now();
+    let (idx, st, window) = (
+        index.clone(),
+        storage.clone(),
+        config.record.resume_window(),
+    );
+    let report =
+        tokio::task::spawn_blocking(move || recovery::recover(&idx, &st, window, record::now_ms()))
+            .await
+            .context("recovery task")?
+            .context("startup recovery failed")?;
+    if report.changed_anything() {
+        tracing::warn!(
+            ?report,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered after an unclean stop"
+        );
+    } else {
+        tracing::info!(
+            recordings = report.recordings_checked,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "index and files agree"
+        );
+    }
+
+    let rtmp = tokio::net::TcpListener::bind(config.rtmp.listen)
+        .await
+        .with_context(|| format!("cannot listen for RTMP on {}", config.rtmp.listen))?;
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+    let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
+
+    let recorders = Recorders::new(index.clone(), storage.clone(), config.record.clone());
+    let config = Arc::new(config);
+    let api_state = ApiState {
+        index: index.clone(),
+        storage,
+        recorders: recorders.clone(),
+        config: config.clone(),
+    };
+    let ingest_cancel = cancel.child_token();
+    let ingest = tokio::spawn(crate::ingest::rtmp::run(
+        rtmp,
+        config.rtmp.clone(),
+        recorders.clone(),
+        ingest_cancel.clone(),
+    ));
+    let api_cancel = CancellationToken::new();
+    let api = tokio::spawn(api::serve(http, api_state, api_cancel.clone()));
+    let reaper = tokio::spawn(record::run_resume_reaper(
+        recorders.clone(),
+        cancel.child_token(),
+    ));
+
+    tracing::info!(rtmp = %rtmp_addr, http = %http_addr, data_dir = %config.data_dir.display(), "edgerec ready");
+    println!("edgerec: listening rtmp={rtmp_addr} http={http_addr}");
+
+    cancel.cancelled().await;
+    tracing::info!("shutting down: closing publishers and sealing segments");
+    let _ = ingest.await;
+    if !recorders.wait_idle(Duration::from_secs(20)).await {
+        tracing::error!(
+            "some recorders did not finish in 20 s; startup recovery will adopt their segments"
+        );
+    }
+    let _ = reaper.await;
+    api_cancel.cancel();
+    let _ = api.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,435 @@
+//! The sled index: every tree, key encoding, the schema version, and the only code that
+//! touches sled.
+//!
+//! Trees:
+//! - `meta`: `schema_version` -> u32 BE.
+//! - `recordings`: recording id -> JSON [`RecordingRow`].
+//! - `segments`: `<recording id>/` + seq (u32 BE) -> JSON [`SegmentRow`]; a prefix scan
+//!   yields a recording's segments in order.
+//! - `open`: `app/stream` -> recording id, for recordings that are `recording` or
+//!   `resumable` (at most one per stream), so a publish finds what to resume without a scan.
+//!
+//! Every mutation is one sled transaction over the trees it touches, followed by a flush
+//! (fsync) before it returns: callers act on a change only once it is durable
+//! (crash-safety invariant 1). Never does media file IO.
+
+mod rows;
+
+pub use rows::{RecordingRow, RecordingState, SegmentRow};
+
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// The layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("index row {key} is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("index schema version {found} is not understood by this build (expects {SCHEMA_VERSION}); restore a matching build or run `edgerec fsck --repair`")]
+    Schema { found: u32 },
+    #[error("recording {0} does not exist")]
+    NoSuchRecording(String),
+    #[error("stream {0} already has an open recording {1}")]
+    AlreadyOpen(String, String),
+}
+
+/// An `update_recording` closure's verdict.
+pub enum Update {
+    /// Store the modified row.
+    Write,
+    /// Leave the row as it was (the precondition did not hold).
+    Skip,
+}
+
+/// The open index. Cheap to clone (sled trees are reference counted).
+#[derive(Clone)]
+pub struct Index {
+    db: sled::Db,
+    recordings: sled::Tree,
+    segments: sled::Tree,
+    open: sled::Tree,
+}
+
+fn encode<T: serde::Serialize>(row: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(row).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, IndexError> {
+    serde_json::from_slice(bytes).map_err(|source| IndexError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn segment_key(recording_id: &str, seq: u32) -> Vec<u8> {
+    let mut key = segment_prefix(recording_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn segment_prefix(recording_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(recording_id.len() + 5);
+    key.extend_from_slice(recording_id.as_bytes());
+    key.push(b'/');
+    key
+}
+
+fn abort<E>(e: E) -> ConflictableTransactionError<E> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn flatten(e: TransactionError<IndexError>) -> IndexError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => IndexError::Db(e),
+    }
+}
+
+impl Index {
+    /// Opens (creating if needed) the index in `dir` and checks its schema version.
+    pub fn open(dir: &Path) -> Result<Index, IndexError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // The index is small; a modest cache keeps RSS low on 512 MB boards.
+            .cache_capacity(8 * 1024 * 1024)
+            // We flush explicitly after every commit; no background timer writes.
+            .flush_every_ms(None)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                if found != SCHEMA_VERSION {
+                    return Err(IndexError::Schema { found });
+                }
+            }
+        }
+        Ok(Index {
+            recordings: db.open_tree("recordings")?,
+            segments: db.open_tree("segments")?,
+            open: db.open_tree("open")?,
+            db,
+        })
+    }
+
+    fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Whether the database answers reads (for `/healthz`).
+    pub fn is_healthy(&self) -> bool {
+        self.db.get("__probe").is_ok()
+    }
+
+    /// Creates an open recording; fails if its stream already has one.
+    pub fn create_recording(&self, row: &RecordingRow) -> Result<(), IndexError> {
+        let stream_key = row.stream_key();
+        (&self.recordings, &self.open)
+            .transaction(|(recordings, open)| {
+                if let Some(existing) = open.get(stream_key.as_bytes())? {
+                    let existing = String::from_utf8_lossy(&existing).into_owned();
+                    return Err(abort(IndexError::AlreadyOpen(stream_key.clone(), existing)));
+                }
+                recordings.insert(row.id.as_bytes(), encode(row))?;
+                if row.state.is_open() {
+                    open.insert(stream_key.as_bytes(), row.id.as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush()
+    }
+
+    pub fn get_recording(&self, id: &str) -> Result<Option<RecordingRow>, IndexError> {
+        match self.recordings.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode(id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The open (recording or resumable) recording of `app/stream`, if any.
+    pub fn open_recording(&self, stream_key: &str) -> Result<Option<RecordingRow>, IndexError> {
+        match self.open.get(stream_key.as_bytes())? {
+            Some(id) => self.get_recording(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every recording, oldest id first. Rows that fail to decode are returned as errors
+    /// so `fsck` can report them; callers that only list may skip them.
+    pub fn recordings(&self) -> impl Iterator<Item = Result<RecordingRow, IndexError>> + '_ {
+        self.recordings.iter().map(|item| {
+            let (key, value) = item?;
+            decode(&key, &value)
+        })
+    }
+
+    /// Atomically reads, modifies and writes a recording row, keeping the `open` tree in
+    /// step with its state. `f` may run more than once (transaction retries).
+    pub fn update_recording<F>(&self, id: &str, f: F) -> Result<RecordingRow, IndexError>
+    where
+        F: Fn(&mut RecordingRow) -> Update,
+    {
+        let row = (&self.recordings, &self.open)
+            .transaction(|(recordings, open)| {
+                let bytes = recordings
+                    .get(id.as_bytes())?
+                    .ok_or_else(|| abort(IndexError::NoSuchRecording(id.to_owned())))?;
+                let mut row: RecordingRow = decode(id.as_bytes(), &bytes).map_err(abort)?;
+                if let Update::Skip = f(&mut row) {
+                    return Ok(row);
+                }
+                recordings.insert(id.as_bytes(), encode(&row))?;
+                let key = row.stream_key();
+                if row.state.is_open() {
+                    open.insert(key.as_bytes(), id.as_bytes())?;
+                } else if open.get(key.as_bytes())?.as_deref() == Some(id.as_bytes()) {
+                    open.remove(key.as_bytes())?;
+                }
+                Ok(row)
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(row)
+    }
+
+    /// Commits a sealed segment and folds it into its recording, in one transaction.
+    /// Call only after the segment file is durable under its final name.
+    pub fn commit_segment(
+        &self,
+        recording_id: &str,
+        segment: &SegmentRow,
+    ) -> Result<RecordingRow, IndexError> {
+        let seg_key = segment_key(recording_id, segment.seq);
+        let row = (&self.recordings, &self.segments)
+            .transaction(|(recordings, segments)| {
+                let bytes = recordings
+                    .get(recording_id.as_bytes())?
+                    .ok_or_else(|| abort(IndexError::NoSuchRecording(recording_id.to_owned())))?;
+                let mut row: RecordingRow =
+                    decode(recording_id.as_bytes(), &bytes).map_err(abort)?;
+                segments.insert(seg_key.as_slice(), encode(segment))?;
+                row.add_segment(segment);
+                recordings.insert(recording_id.as_bytes(), encode(&row))?;
+                Ok(row)
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(row)
+    }
+
+    /// Rewrites one segment row in place (recovery marks missing files as gaps).
+    pub fn put_segment(&self, recording_id: &str, segment: &SegmentRow) -> Result<(), IndexError> {
+        self.segments
+            .insert(segment_key(recording_id, segment.seq), encode(segment))?;
+        self.flush()
+    }
+
+    /// A recording's segments in sequence order.
+    pub fn segments(&self, recording_id: &str) -> Result<Vec<SegmentRow>, IndexError> {
+        self.segments
+            .scan_prefix(segment_prefix(recording_id))
+            .map(|item| {
+                let (key, value) = item?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// The last `n` segments of a recording, in order.
+    pub fn last_segments(
+        &self,
+        recording_id: &str,
+        n: usize,
+    ) -> Result<Vec<SegmentRow>, IndexError> {
+        let mut out = Vec::with_capacity(n);
+        for item in self
+            .segments
+            .scan_prefix(segment_prefix(recording_id))
+            .rev()
+        {
+            if out.len() == n {
+                break;
+            }
+            let (key, value) = item?;
+            out.push(decode(&key, &value)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Phase 3 of a two-phase delete: removes the row and its segment rows once the files
+    /// are gone. Phase 1 is `update_recording` setting `deleting`.
+    pub fn remove_recording(&self, id: &str) -> Result<(), IndexError> {
+        let keys: Vec<_> = self
+            .segments
+            .scan_prefix(segment_prefix(id))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key);
+        }
+        self.segments.apply_batch(batch)?;
+        if let Some(row) = self.get_recording(id)? {
+            let key = row.stream_key();
+            if self.open.get(key.as_bytes())?.as_deref() == Some(id.as_bytes()) {
+                self.open.remove(key.as_bytes())?;
+            }
+        }
+        self.recordings.remove(id.as_bytes())?;
+        self.flush()
+    }
+
+    /// Every `(app/stream, recording id)` in the `open` tree.
+    pub fn open_entries(&self) -> Result<Vec<(String, String)>, IndexError> {
+        self.open
+            .iter()
+            .map(|item| {
+                let (key, id) = item?;
+                Ok((
+                    String::from_utf8_lossy(&key).into_owned(),
+                    String::from_utf8_lossy(&id).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// `open` entries whose recording is missing or no longer open (fsck).
+    pub fn stale_open_entries(&self) -> Result<Vec<(String, String)>, IndexError> {
+        let mut stale = Vec::new();
+        for item in self.open.iter() {
+            let (key, id) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let id = String::from_utf8_lossy(&id).into_owned();
+            match self.get_recording(&id)? {
+                Some(row) if row.state.is_open() && row.stream_key() == key => {}
+                _ => stale.push((key, id)),
+            }
+        }
+        Ok(stale)
+    }
+
+    pub fn remove_open_entry(&self, stream_key: &str) -> Result<(), IndexError> {
+        self.open.remove(stream_key.as_bytes())?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(seq: u32, ms: i64) -> SegmentRow {
+        SegmentRow {
+            seq,
+            file: SegmentRow::file_name(seq),
+            duration_ticks: 4 * 90_000,
+            bytes: 1000,
+            media_start: 0,
+            wall_start_ms: ms,
+            keyframe: true,
+            discontinuity: seq == 3,
+            gap: false,
+            recovered: false,
+        }
+    }
+
+    #[test]
+    fn segments_commit_in_order_and_fold_into_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let row = RecordingRow::new("r1".into(), "live".into(), "cam".into(), 1000);
+        index.create_recording(&row).unwrap();
+        // Seq 256 sorts after 2 only with big-endian keys.
+        for seq in [1, 2, 3, 256] {
+            index
+                .commit_segment("r1", &seg(seq, 1000 + seq as i64 * 4000))
+                .unwrap();
+        }
+        let segs = index.segments("r1").unwrap();
+        assert_eq!(
+            segs.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 256]
+        );
+        let last = index.last_segments("r1", 2).unwrap();
+        assert_eq!(last.iter().map(|s| s.seq).collect::<Vec<_>>(), [3, 256]);
+        let row = index.get_recording("r1").unwrap().unwrap();
+        assert_eq!(
+            (row.segments, row.bytes, row.discontinuities, row.next_seq),
+            (4, 4000, 1, 257)
+        );
+        assert_eq!(row.start_ms, 5000);
+        assert_eq!(row.duration_ticks, 16 * 90_000);
+    }
+
+    #[test]
+    fn one_open_recording_per_stream_and_open_tree_follows_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index
+            .create_recording(&RecordingRow::new("a".into(), "live".into(), "s".into(), 0))
+            .unwrap();
+        let second = RecordingRow::new("b".into(), "live".into(), "s".into(), 0);
+        assert!(matches!(
+            index.create_recording(&second),
+            Err(IndexError::AlreadyOpen(..))
+        ));
+        assert_eq!(index.open_recording("live/s").unwrap().unwrap().id, "a");
+        index
+            .update_recording("a", |r| {
+                r.state = RecordingState::Finished;
+                Update::Write
+            })
+            .unwrap();
+        assert!(index.open_recording("live/s").unwrap().is_none());
+        index.create_recording(&second).unwrap();
+        assert_eq!(index.open_recording("live/s").unwrap().unwrap().id, "b");
+        index.remove_recording("b").unwrap();
+        assert!(index.get_recording("b").unwrap().is_none());
+        assert!(index.open_recording("live/s").unwrap().is_none());
+        assert!(index.stale_open_entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn survives_reopen_and_rejects_other_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Index::open(dir.path()).unwrap();
+            index
+                .create_recording(&RecordingRow::new("a".into(), "l".into(), "s".into(), 0))
+                .unwrap();
+        }
+        let index = Index::open(dir.path()).unwrap();
+        assert!(index.get_recording("a").unwrap().is_some());
+        index
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &7u32.to_be_bytes())
+            .unwrap();
+        index.db.flush().unwrap();
+        drop(index);
+        assert!(matches!(
+            Index::open(dir.path()),
+            Err(IndexError::Schema { found: 7 })
+        ));
+    }
+}

@@ -1,0 +1,173 @@
+//! The rows the index stores: [`RecordingRow`] and [`SegmentRow`], and the recording
+//! lifecycle ([`RecordingState`]). Plain data with serde; no sled here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::{ticks_to_seconds, Ticks};
+
+/// Where a recording is in its life (DESIGN.md "Recording model").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingState {
+    /// A publisher is live and segments are being written.
+    Recording,
+    /// The publisher left; a publish of the same stream before `resumable_until_ms`
+    /// continues this recording (with a discontinuity).
+    Resumable,
+    /// Closed for good: its playlist has `EXT-X-ENDLIST`.
+    Finished,
+    /// Stopped by an error (`failure` says which); what was durable is kept and playable.
+    Failed,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Recording => "recording",
+            RecordingState::Resumable => "resumable",
+            RecordingState::Finished => "finished",
+            RecordingState::Failed => "failed",
+        }
+    }
+
+    /// Open recordings can still gain segments.
+    pub fn is_open(self) -> bool {
+        matches!(self, RecordingState::Recording | RecordingState::Resumable)
+    }
+
+    pub fn parse(s: &str) -> Option<RecordingState> {
+        match s {
+            "recording" => Some(RecordingState::Recording),
+            "resumable" => Some(RecordingState::Resumable),
+            "finished" => Some(RecordingState::Finished),
+            "failed" => Some(RecordingState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One logical recording of one stream (one HLS playlist).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordingRow {
+    pub id: String,
+    pub app: String,
+    pub stream: String,
+    pub state: RecordingState,
+    /// Wall clock (unix ms) when the row was created.
+    pub created_ms: i64,
+    /// Wall clock (unix ms) of the first segment's start; `created_ms` until one exists.
+    pub start_ms: i64,
+    /// Wall clock (unix ms) of the last segment's end.
+    pub end_ms: i64,
+    /// While `Resumable`: the publish deadline for continuing this recording.
+    pub resumable_until_ms: Option<i64>,
+    /// Sum of segment durations (media time).
+    pub duration_ticks: Ticks,
+    pub segments: u32,
+    pub bytes: u64,
+    /// Segments flagged as following a discontinuity (resume, codec change, gap).
+    pub discontinuities: u32,
+    /// The sequence number the next segment gets.
+    pub next_seq: u32,
+    /// Publish sessions that contributed (1 + resumes).
+    pub sessions: u32,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub resolution: Option<(u32, u32)>,
+    /// Why the recording failed, or what recovery had to repair.
+    pub failure: Option<String>,
+    /// Longest segment so far, in whole seconds rounded up (for `EXT-X-TARGETDURATION`).
+    pub max_segment_s: u32,
+    /// Phase one of a two-phase delete (invariant 3): files may already be gone.
+    #[serde(default)]
+    pub deleting: bool,
+}
+
+impl RecordingRow {
+    pub fn new(id: String, app: String, stream: String, now_ms: i64) -> RecordingRow {
+        RecordingRow {
+            id,
+            app,
+            stream,
+            state: RecordingState::Recording,
+            created_ms: now_ms,
+            start_ms: now_ms,
+            end_ms: now_ms,
+            resumable_until_ms: None,
+            duration_ticks: 0,
+            segments: 0,
+            bytes: 0,
+            discontinuities: 0,
+            next_seq: 1,
+            sessions: 1,
+            video_codec: None,
+            audio_codec: None,
+            resolution: None,
+            failure: None,
+            max_segment_s: 0,
+            deleting: false,
+        }
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        ticks_to_seconds(self.duration_ticks)
+    }
+
+    /// `app/stream`, the identity of a live stream.
+    pub fn stream_key(&self) -> String {
+        format!("{}/{}", self.app, self.stream)
+    }
+
+    /// Folds a newly committed segment into the totals.
+    pub fn add_segment(&mut self, seg: &SegmentRow) {
+        if self.segments == 0 {
+            self.start_ms = seg.wall_start_ms;
+        }
+        self.segments += 1;
+        self.bytes += seg.bytes;
+        self.duration_ticks += seg.duration_ticks;
+        if seg.discontinuity {
+            self.discontinuities += 1;
+        }
+        self.next_seq = self.next_seq.max(seg.seq + 1);
+        self.end_ms = self.end_ms.max(seg.wall_end_ms());
+        self.max_segment_s = self.max_segment_s.max(seg.duration_s().ceil() as u32);
+    }
+}
+
+/// One sealed segment file of a recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRow {
+    pub seq: u32,
+    /// File name inside the recording's folder (`00000001.ts`).
+    pub file: String,
+    pub duration_ticks: Ticks,
+    pub bytes: u64,
+    /// DTS of the first frame (media time, 90 kHz).
+    pub media_start: Ticks,
+    /// Wall clock (unix ms) of the first frame.
+    pub wall_start_ms: i64,
+    /// Starts with a keyframe (always, except a segment adopted by recovery whose start
+    /// was lost).
+    pub keyframe: bool,
+    /// Follows a discontinuity: `EXT-X-DISCONTINUITY` goes before it.
+    pub discontinuity: bool,
+    /// The file is missing: listed as `EXT-X-GAP` so players skip it.
+    pub gap: bool,
+    /// Adopted by startup recovery from a `.part` or unindexed file.
+    pub recovered: bool,
+}
+
+impl SegmentRow {
+    pub fn file_name(seq: u32) -> String {
+        format!("{seq:08}.ts")
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        ticks_to_seconds(self.duration_ticks)
+    }
+
+    pub fn wall_end_ms(&self) -> i64 {
+        self.wall_start_ms + self.duration_ticks / crate::media::TICKS_PER_MS
+    }
+}

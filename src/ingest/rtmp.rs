@@ -1,0 +1,357 @@
+//! The RTMP publish listener: accepts connections, drives a `proto::rtmp::ServerSession`
+//! per connection, admits publishes (name checks, one publisher per stream) and forwards
+//! demuxed frames to the stream's recorder.
+//!
+//! A bad peer costs only its own connection: protocol errors, timeouts (handshake and
+//! publish, idle, a peer that stops reading our replies) and refused names close that
+//! socket with a log line; every other stream keeps recording. Never blocks on flash: the
+//! recorder hand-off is non-blocking (see `record::PublishHandle`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RtmpConfig;
+use crate::proto::rtmp::amf0;
+use crate::proto::rtmp::{DemuxEvent, FlvDemuxer, Limits, ServerSession, SessionEvent};
+use crate::record::{PublishHandle, PublishRefused, Recorders};
+use crate::storage::validate_name;
+
+/// Accepts RTMP connections until `cancel`, then waits for the connections to close.
+pub async fn run(
+    listener: TcpListener,
+    config: RtmpConfig,
+    recorders: Recorders,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let tracker = TaskTracker::new();
+    let config = Arc::new(config);
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (socket, peer) = match accepted {
+            Ok(v) => v,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "rtmp accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = config.max_connections, "rtmp connection refused: too many connections");
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let (config, recorders, cancel) = (config.clone(), recorders.clone(), cancel.clone());
+        tracker.spawn(async move {
+            let mut conn = Connection::new(peer, &config, recorders);
+            match conn.serve(socket, cancel).await {
+                Ok(()) => tracing::debug!(%peer, "rtmp connection closed"),
+                Err(reason) => tracing::warn!(%peer, stream = conn.stream_label(), %reason, "rtmp connection dropped"),
+            }
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// One publisher's connection.
+struct Connection<'a> {
+    peer: SocketAddr,
+    config: &'a RtmpConfig,
+    recorders: Recorders,
+    session: ServerSession,
+    demux: FlvDemuxer,
+    app: Option<String>,
+    publishing: Option<(u32, PublishHandle)>,
+    demux_errors: u64,
+}
+
+impl<'a> Connection<'a> {
+    fn new(peer: SocketAddr, config: &'a RtmpConfig, recorders: Recorders) -> Connection<'a> {
+        let limits = Limits {
+            max_message_size: config.max_message_kb.saturating_mul(1024),
+            ..Limits::default()
+        };
+        Connection {
+            peer,
+            config,
+            recorders,
+            session: ServerSession::new(limits),
+            demux: FlvDemuxer::default(),
+            app: None,
+            publishing: None,
+            demux_errors: 0,
+        }
+    }
+
+    fn stream_label(&self) -> String {
+        match &self.publishing {
+            Some((_, h)) => format!("{}/{}", h.stats().app, h.stats().stream),
+            None => "-".into(),
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        mut socket: TcpStream,
+        cancel: CancellationToken,
+    ) -> Result<(), String> {
+        let publish_deadline =
+            Instant::now() + Duration::from_secs(self.config.handshake_timeout_s);
+        let idle = Duration::from_secs(self.config.idle_timeout_s);
+        let write_timeout = Duration::from_secs(self.config.write_timeout_s);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut rate = RateMeter::new();
+        loop {
+            let deadline = match self.publishing {
+                None => publish_deadline,
+                Some(_) => Instant::now() + idle,
+            };
+            let read = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = tokio::time::timeout_at(deadline, socket.read(&mut buf)) => r,
+            };
+            let n = match read {
+                Err(_) if self.publishing.is_none() => {
+                    return Err("no publish within the handshake timeout".into())
+                }
+                Err(_) => return Err(format!("no data for {} s", idle.as_secs())),
+                Ok(Err(e)) => return Err(format!("read: {e}")),
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+            };
+            self.session
+                .feed(&buf[..n])
+                .map_err(|e| format!("protocol error: {e}"))?;
+            while let Some(event) = self.session.poll_event() {
+                self.on_event(event).await?;
+            }
+            let out = self.session.take_output();
+            if !out.is_empty() {
+                match tokio::time::timeout(write_timeout, socket.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("write: {e}")),
+                    Err(_) => {
+                        return Err(format!(
+                            "peer did not read for {} s",
+                            write_timeout.as_secs()
+                        ))
+                    }
+                }
+            }
+            if let Some((_, handle)) = &self.publishing {
+                let received = self.session.bytes_received();
+                let stats = handle.stats();
+                stats.bytes_received.store(received, Ordering::Relaxed);
+                if let Some(bps) = rate.sample(received) {
+                    stats.bitrate_bps.store(bps, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: SessionEvent) -> Result<(), String> {
+        match event {
+            SessionEvent::Connected { app, .. } => {
+                self.app = Some(strip_query(&app).to_owned());
+            }
+            SessionEvent::PublishRequested {
+                stream_id,
+                stream_key,
+                ..
+            } => {
+                self.on_publish(stream_id, &stream_key).await;
+            }
+            SessionEvent::Metadata { stream_id, values } => {
+                if let Some((id, handle)) = self.publishing.as_mut() {
+                    if *id == stream_id && announces_video(&values) {
+                        handle.expect_video().map_err(|_| self.recorder_failure())?;
+                    }
+                }
+            }
+            SessionEvent::Video {
+                stream_id,
+                timestamp,
+                data,
+            } => {
+                let demuxed = self.demux.push_video(timestamp, data);
+                self.forward(stream_id, demuxed.map_err(|e| e.to_string()))?;
+            }
+            SessionEvent::Audio {
+                stream_id,
+                timestamp,
+                data,
+            } => {
+                let demuxed = self.demux.push_audio(timestamp, data);
+                self.forward(stream_id, demuxed.map_err(|e| e.to_string()))?;
+            }
+            SessionEvent::Unpublished { stream_id } => {
+                if self
+                    .publishing
+                    .as_ref()
+                    .is_some_and(|(id, _)| *id == stream_id)
+                {
+                    if let Some((_, handle)) = self.publishing.take() {
+                        tracing::info!(peer = %self.peer, stream = %format!("{}/{}", handle.stats().app, handle.stats().stream), "unpublished");
+                    }
+                    self.demux = FlvDemuxer::default();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_publish(&mut self, stream_id: u32, stream_key: &str) {
+        if self.publishing.is_some() {
+            self.session.reject_publish(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "this connection is already publishing",
+            );
+            return;
+        }
+        let app = self.app.clone().unwrap_or_default();
+        let stream = strip_query(stream_key).to_owned();
+        for (what, name) in [("app", &app), ("stream", &stream)] {
+            if let Err(e) = validate_name(name) {
+                tracing::warn!(peer = %self.peer, %app, %stream, "publish refused: bad {what} name: {e}");
+                self.session.reject_publish(
+                    stream_id,
+                    "NetStream.Publish.BadName",
+                    &format!("bad {what} name: {e}"),
+                );
+                return;
+            }
+        }
+        match self
+            .recorders
+            .start_publish(&app, &stream, self.peer.to_string())
+            .await
+        {
+            Ok(handle) => {
+                tracing::info!(peer = %self.peer, stream = %format!("{app}/{stream}"), recording = handle.recording_id(), "publish started");
+                self.session.accept_publish(stream_id);
+                self.publishing = Some((stream_id, handle));
+            }
+            Err(e) => {
+                let code = match e {
+                    PublishRefused::AlreadyPublishing(_) => "NetStream.Publish.BadName",
+                    _ => "NetStream.Publish.Failed",
+                };
+                tracing::warn!(peer = %self.peer, stream = %format!("{app}/{stream}"), reason = %e, "publish refused");
+                self.session.reject_publish(stream_id, code, &e.to_string());
+            }
+        }
+    }
+
+    fn forward(
+        &mut self,
+        stream_id: u32,
+        demuxed: Result<Option<DemuxEvent>, String>,
+    ) -> Result<(), String> {
+        let Some((id, handle)) = self.publishing.as_mut() else {
+            return Ok(());
+        };
+        if *id != stream_id {
+            return Ok(());
+        }
+        let sent = match demuxed {
+            Ok(Some(DemuxEvent::Config(params))) => handle.send_config(params),
+            Ok(Some(DemuxEvent::Frame(frame))) => handle.send_frame(frame),
+            Ok(Some(DemuxEvent::EndOfSequence(_))) | Ok(None) => Ok(()),
+            Err(e) => {
+                self.demux_errors += 1;
+                handle
+                    .stats()
+                    .frames_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                // Log the first few, then one in a thousand: a broken encoder must not
+                // flood the journal.
+                if self.demux_errors <= 3 || self.demux_errors % 1000 == 0 {
+                    tracing::warn!(peer = %self.peer, count = self.demux_errors, error = %e, "dropping a malformed media message");
+                }
+                Ok(())
+            }
+        };
+        sent.map_err(|_| self.recorder_failure())
+    }
+
+    fn recorder_failure(&self) -> String {
+        let reason = self
+            .publishing
+            .as_ref()
+            .and_then(|(_, h)| h.stats().failure())
+            .unwrap_or_else(|| "unknown".into());
+        format!("recording failed: {reason}")
+    }
+}
+
+/// The name part of an RTMP app or stream key (`name?query` -> `name`).
+pub fn strip_query(s: &str) -> &str {
+    s.split('?').next().unwrap_or("")
+}
+
+/// Whether `onMetaData` announces a video track.
+fn announces_video(values: &[(String, amf0::Value)]) -> bool {
+    values.iter().any(|(k, v)| {
+        k == "videocodecid"
+            && match v {
+                amf0::Value::Number(n) => *n != 0.0,
+                amf0::Value::String(s) => !s.is_empty(),
+                _ => false,
+            }
+    })
+}
+
+/// Bitrate over windows of about two seconds.
+struct RateMeter {
+    since: Instant,
+    bytes_at_since: u64,
+}
+
+impl RateMeter {
+    fn new() -> RateMeter {
+        RateMeter {
+            since: Instant::now(),
+            bytes_at_since: 0,
+        }
+    }
+
+    fn sample(&mut self, total: u64) -> Option<u64> {
+        let elapsed = self.since.elapsed();
+        if elapsed < Duration::from_secs(2) {
+            return None;
+        }
+        let bps =
+            (total.saturating_sub(self.bytes_at_since) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+        self.since = Instant::now();
+        self.bytes_at_since = total;
+        Some(bps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_stripped_from_names() {
+        assert_eq!(strip_query("cam1?txSecret=abc&txTime=5C271099"), "cam1");
+        assert_eq!(strip_query("live"), "live");
+        assert_eq!(strip_query("?x"), "");
+    }
+}

@@ -1,0 +1,20 @@
+//! edgerec: the venue recorder. Publishers stream to the box (RTMP); every stream is
+//! recorded to crash-safe, keyframe-aligned MPEG-TS segments on flash, indexed in sled,
+//! and served back as HLS.
+//!
+//! Layout (see `../shared/DESIGN.md`): pure code without IO in [`media`], [`proto`] and
+//! [`mux`]; IO in [`ingest`], [`record`], [`storage`], [`index`] and [`api`]; [`daemon`]
+//! wires them; `main.rs` is the CLI.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod index;
+pub mod ingest;
+pub mod media;
+pub mod mux;
+pub mod proto;
+pub mod record;
+pub mod storage;

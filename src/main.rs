@@ -1,0 +1,203 @@
+//! The `edgerec` command line: `run` (the daemon), `check-config` and `fsck`. Only parses
+//! arguments, sets up logging and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use edgerec::config::Config;
+use edgerec::storage::{fsck, Storage};
+
+#[derive(Parser)]
+#[command(
+    name = "edgerec",
+    version,
+    about = "Venue recorder: RTMP in, crash-safe HLS recordings on flash"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the recorder (with no -c: the embedded default, recording to ./edgerec-data).
+    Run {
+        /// Config file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Overrides data_dir.
+        #[arg(short = 'd', long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a config file and list every problem with its key and allowed range.
+    CheckConfig { file: PathBuf },
+    /// Check the index against the media files (stop the daemon first).
+    Fsck {
+        /// Data dir (default: the config's, or ./edgerec-data).
+        #[arg(short = 'd', long)]
+        data_dir: Option<PathBuf>,
+        /// Config file, for data_dir and the resume window.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Fix what is found (adopt, mark gaps, close, remove orphans).
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, String> {
+    let mut c = match config {
+        Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(d) = data_dir {
+        c.data_dir = d;
+    }
+    Ok(c)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, data_dir } => {
+            init_logging();
+            let config = match load(config, data_dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edgerec: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("edgerec: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let cancel = CancellationToken::new();
+                tokio::spawn(shutdown_on_signal(cancel.clone()));
+                edgerec::daemon::run(config, cancel).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edgerec: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Fsck {
+            data_dir,
+            config,
+            repair,
+        } => {
+            init_logging();
+            let config = match load(config, data_dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edgerec: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_fsck(&config, repair)
+        }
+    }
+}
+
+fn run_fsck(config: &Config, repair: bool) -> ExitCode {
+    let index = match edgerec::daemon::open_index(config) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("edgerec fsck: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let storage = Storage::new(config.media_dir());
+    let findings = match fsck::check(&index, &storage) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("edgerec fsck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for f in &findings {
+        println!("{f}");
+    }
+    println!("{} finding(s)", findings.len());
+    if findings.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if !repair {
+        println!("run with --repair to fix");
+        return ExitCode::from(1);
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    match fsck::repair(&index, &storage, config.record.resume_window(), now) {
+        Ok(report) => {
+            println!(
+                "repaired: {}",
+                serde_json::to_string(&report).unwrap_or_default()
+            );
+            match fsck::check(&index, &storage) {
+                Ok(left) if left.is_empty() => ExitCode::SUCCESS,
+                Ok(left) => {
+                    for f in &left {
+                        println!("still: {f}");
+                    }
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("edgerec fsck: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("edgerec fsck --repair: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    cancel.cancel();
+}

@@ -1,0 +1,569 @@
+//! Recording: which live stream records into which recording, the resume window, and the
+//! hand-off from the ingest to the per-stream writer thread.
+//!
+//! Owns [`Recorders`] (the registry of live publishers: one recorder per `app/stream`, a
+//! second publisher is refused), [`PublishHandle`] (what an ingest connection holds: it
+//! sends frames through a byte-budgeted channel and never waits on flash, invariant 6) and
+//! the resume window (a publish within `flow_continue_duration_s` of the last one
+//! continues the same recording; [`run_resume_reaper`] finishes recordings whose window
+//! passed). Writing happens in [`session`], on one thread per live stream.
+
+mod session;
+pub mod timeline;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RecordConfig;
+use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
+use crate::media::{CodecParams, Frame, Tracks};
+use crate::mux::MuxError;
+use crate::storage::Storage;
+use session::RecordingSession;
+
+/// Wall clock now, unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Why recording failed or a publish could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{what} in {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("cannot mux: {0}")]
+    Mux(#[from] MuxError),
+    #[error("recording {0} disappeared from the index")]
+    Gone(String),
+}
+
+impl RecordError {
+    fn io(what: &'static str, path: &Path, source: std::io::Error) -> RecordError {
+        RecordError::Io {
+            what,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishRefused {
+    #[error("stream {0} is already being published")]
+    AlreadyPublishing(String),
+    #[error("the previous publish of {0} is still being closed; try again")]
+    StillClosing(String),
+    #[error("cannot start recording {stream}: {source}")]
+    Failed { stream: String, source: RecordError },
+}
+
+/// What the ingest sends to a recorder thread.
+pub(crate) enum Msg {
+    Config(CodecParams),
+    /// The publisher's metadata announced a video track.
+    ExpectVideo,
+    Frame(Frame),
+    /// Frames were dropped because the writer fell behind the byte budget.
+    Gap {
+        dropped: u64,
+    },
+}
+
+/// Live numbers about one publisher, shared by the ingest, its recorder and the API.
+pub struct LiveStats {
+    pub app: String,
+    pub stream: String,
+    pub remote: String,
+    pub since_ms: i64,
+    pub recording_id: String,
+    pub bytes_received: AtomicU64,
+    pub bitrate_bps: AtomicU64,
+    pub segments_written: AtomicU64,
+    pub frames_skipped: AtomicU64,
+    pub frames_rejected: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub timestamps_repaired: AtomicU64,
+    pub gaps: AtomicU64,
+    /// Media bytes waiting in the channel to the writer.
+    in_flight: AtomicUsize,
+    tracks: Mutex<Tracks>,
+    failure: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl LiveStats {
+    fn set_tracks(&self, tracks: &Tracks) {
+        *lock(&self.tracks) = tracks.clone();
+    }
+
+    fn set_failure(&self, reason: &str) {
+        *lock(&self.failure) = Some(reason.to_owned());
+    }
+
+    /// Why the recorder stopped, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// A JSON view for `GET /api/v1/streams`.
+    pub fn view(&self) -> StreamView {
+        let tracks = lock(&self.tracks).clone();
+        StreamView {
+            app: self.app.clone(),
+            stream: self.stream.clone(),
+            remote: self.remote.clone(),
+            since: crate::api::rfc3339(self.since_ms),
+            recording_id: self.recording_id.clone(),
+            video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
+            audio_codec: tracks.audio.as_ref().map(|p| p.codec_name()),
+            resolution: tracks
+                .video
+                .as_ref()
+                .and_then(|p| p.resolution())
+                .map(|(w, h)| format!("{w}x{h}")),
+            bitrate_bps: self.bitrate_bps.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            segments_written: self.segments_written.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            frames_rejected: self.frames_rejected.load(Ordering::Relaxed),
+            timestamps_repaired: self.timestamps_repaired.load(Ordering::Relaxed),
+            gaps: self.gaps.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One live publisher as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct StreamView {
+    pub app: String,
+    pub stream: String,
+    pub remote: String,
+    pub since: String,
+    pub recording_id: String,
+    pub video_codec: Option<&'static str>,
+    pub audio_codec: Option<&'static str>,
+    pub resolution: Option<String>,
+    pub bitrate_bps: u64,
+    pub bytes_received: u64,
+    pub segments_written: u64,
+    pub frames_dropped: u64,
+    pub frames_rejected: u64,
+    pub timestamps_repaired: u64,
+    pub gaps: u64,
+}
+
+struct Slot {
+    generation: u64,
+    /// A publisher holds the handle; false while its recorder is closing.
+    active: bool,
+    stats: Arc<LiveStats>,
+    done: watch::Receiver<bool>,
+}
+
+struct Inner {
+    index: Index,
+    storage: Storage,
+    config: RecordConfig,
+    live: Mutex<HashMap<String, Slot>>,
+    generation: AtomicU64,
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// The registry of live recorders. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorders {
+    inner: Arc<Inner>,
+}
+
+/// Held by the ingest connection that publishes a stream. Dropping it ends the publish
+/// session: the recorder seals its segment and the recording becomes resumable.
+pub struct PublishHandle {
+    inner: Arc<Inner>,
+    key: String,
+    generation: u64,
+    tx: Sender<Msg>,
+    stats: Arc<LiveStats>,
+    budget: usize,
+    dropping: u64,
+}
+
+impl PublishHandle {
+    pub fn stats(&self) -> &Arc<LiveStats> {
+        &self.stats
+    }
+
+    pub fn recording_id(&self) -> &str {
+        &self.stats.recording_id
+    }
+
+    /// Announces a track's codec parameters. Err = the recorder has stopped (failed).
+    pub fn send_config(&mut self, params: CodecParams) -> Result<(), RecorderStopped> {
+        self.tx
+            .send(Msg::Config(params))
+            .map_err(|_| RecorderStopped)
+    }
+
+    /// The publisher's metadata announced video: hold audio back until it comes.
+    pub fn expect_video(&mut self) -> Result<(), RecorderStopped> {
+        self.tx.send(Msg::ExpectVideo).map_err(|_| RecorderStopped)
+    }
+
+    /// Hands a frame to the writer without waiting. If the writer is more than the byte
+    /// budget behind, the frame is dropped and counted; when room returns, the recorder
+    /// is told to close the segment with a discontinuity.
+    pub fn send_frame(&mut self, frame: Frame) -> Result<(), RecorderStopped> {
+        let len = frame.data.len();
+        let in_flight = self.stats.in_flight.load(Ordering::Acquire);
+        if in_flight + len > self.budget {
+            self.dropping += 1;
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.dropping > 0 {
+            let dropped = std::mem::take(&mut self.dropping);
+            self.tx
+                .send(Msg::Gap { dropped })
+                .map_err(|_| RecorderStopped)?;
+        }
+        self.stats.in_flight.fetch_add(len, Ordering::AcqRel);
+        self.tx.send(Msg::Frame(frame)).map_err(|_| RecorderStopped)
+    }
+}
+
+/// The recorder thread has stopped (its recording failed; see [`LiveStats::failure`]).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the recorder for this stream has stopped")]
+pub struct RecorderStopped;
+
+impl Drop for PublishHandle {
+    fn drop(&mut self) {
+        let mut live = lock(&self.inner.live);
+        if let Some(slot) = live.get_mut(&self.key) {
+            if slot.generation == self.generation {
+                slot.active = false;
+            }
+        }
+        // Dropping `tx` (after this) disconnects the channel: the recorder finishes.
+    }
+}
+
+impl Recorders {
+    pub fn new(index: Index, storage: Storage, config: RecordConfig) -> Recorders {
+        Recorders {
+            inner: Arc::new(Inner {
+                index,
+                storage,
+                config,
+                live: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                running: AtomicUsize::new(0),
+                idle: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Starts (or resumes) the recording of `app/stream` for a new publisher. The names
+    /// must already be validated. Refused while another publisher is live on the stream.
+    pub async fn start_publish(
+        &self,
+        app: &str,
+        stream: &str,
+        remote: String,
+    ) -> Result<PublishHandle, PublishRefused> {
+        let key = format!("{app}/{stream}");
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        // Claim the slot, waiting for a closing recorder of the same stream first.
+        loop {
+            let mut done = {
+                let mut live = lock(&self.inner.live);
+                match live.get(&key) {
+                    Some(slot) if slot.active => {
+                        return Err(PublishRefused::AlreadyPublishing(key))
+                    }
+                    Some(slot) => slot.done.clone(),
+                    None => {
+                        let (_tx, rx) = watch::channel(false);
+                        live.insert(
+                            key.clone(),
+                            Slot {
+                                generation,
+                                active: true,
+                                stats: Arc::new(placeholder_stats(app, stream)),
+                                done: rx,
+                            },
+                        );
+                        break;
+                    }
+                }
+            };
+            let closed = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
+            if closed.is_err() {
+                return Err(PublishRefused::StillClosing(key));
+            }
+        }
+        let inner = self.inner.clone();
+        let (app_s, stream_s) = (app.to_owned(), stream.to_owned());
+        let begun = tokio::task::spawn_blocking(move || begin_recording(&inner, &app_s, &stream_s))
+            .await
+            .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
+        let (row, resumed) = match begun {
+            Ok(v) => v,
+            Err(source) => {
+                lock(&self.inner.live).remove(&key);
+                return Err(PublishRefused::Failed {
+                    stream: key,
+                    source,
+                });
+            }
+        };
+        let stats = Arc::new(LiveStats {
+            recording_id: row.id.clone(),
+            remote,
+            ..placeholder_stats(app, stream)
+        });
+        let (done_tx, done_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut live = lock(&self.inner.live);
+            live.insert(
+                key.clone(),
+                Slot {
+                    generation,
+                    active: true,
+                    stats: stats.clone(),
+                    done: done_rx,
+                },
+            );
+        }
+        let session = RecordingSession::new(
+            self.inner.index.clone(),
+            self.inner.storage.clone(),
+            self.inner.config.clone(),
+            stats.clone(),
+            row,
+            resumed,
+        );
+        self.inner.running.fetch_add(1, Ordering::AcqRel);
+        let inner = self.inner.clone();
+        let thread_key = key.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("rec {key}"))
+            .spawn(move || {
+                session.run(rx);
+                {
+                    let mut live = lock(&inner.live);
+                    if live
+                        .get(&thread_key)
+                        .is_some_and(|s| s.generation == generation)
+                    {
+                        live.remove(&thread_key);
+                    }
+                }
+                let _ = done_tx.send(true);
+                if inner.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    inner.idle.notify_waiters();
+                }
+            });
+        if let Err(e) = spawned {
+            self.inner.running.fetch_sub(1, Ordering::AcqRel);
+            lock(&self.inner.live).remove(&key);
+            return Err(PublishRefused::Failed {
+                stream: key,
+                source: RecordError::io("spawn recorder thread", Path::new("-"), e),
+            });
+        }
+        Ok(PublishHandle {
+            budget: self.inner.config.writer_budget_kb * 1024,
+            inner: self.inner.clone(),
+            key,
+            generation,
+            tx,
+            stats,
+            dropping: 0,
+        })
+    }
+
+    /// Live publishers, for the API.
+    pub fn live(&self) -> Vec<Arc<LiveStats>> {
+        let live = lock(&self.inner.live);
+        let mut v: Vec<_> = live
+            .values()
+            .filter(|s| s.active && !s.stats.recording_id.is_empty())
+            .map(|s| s.stats.clone())
+            .collect();
+        v.sort_by(|a, b| (&a.app, &a.stream).cmp(&(&b.app, &b.stream)));
+        v
+    }
+
+    /// Whether `app/stream` has a live publisher or a recorder still closing.
+    pub fn is_live(&self, stream_key: &str) -> bool {
+        lock(&self.inner.live).contains_key(stream_key)
+    }
+
+    /// Waits until every recorder thread has sealed its segment and exited (shutdown).
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.running.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inner.running.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.inner.index
+    }
+}
+
+fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
+    LiveStats {
+        app: app.to_owned(),
+        stream: stream.to_owned(),
+        remote: String::new(),
+        since_ms: now_ms(),
+        recording_id: String::new(),
+        bytes_received: AtomicU64::new(0),
+        bitrate_bps: AtomicU64::new(0),
+        segments_written: AtomicU64::new(0),
+        frames_skipped: AtomicU64::new(0),
+        frames_rejected: AtomicU64::new(0),
+        frames_dropped: AtomicU64::new(0),
+        timestamps_repaired: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        tracks: Mutex::new(Tracks::default()),
+        failure: Mutex::new(None),
+    }
+}
+
+/// A new recording id: sortable by creation time, readable, URL- and path-safe.
+pub fn new_recording_id(now_ms: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+    format!(
+        "{}-{:04x}",
+        t.format("%Y%m%dT%H%M%S%3fZ"),
+        rand::random::<u16>()
+    )
+}
+
+/// Resumes the stream's open recording if its window has not passed, otherwise finishes
+/// it and creates a new one. Returns the row and whether it was resumed.
+fn begin_recording(
+    inner: &Inner,
+    app: &str,
+    stream: &str,
+) -> Result<(RecordingRow, bool), RecordError> {
+    let key = format!("{app}/{stream}");
+    let now = now_ms();
+    if let Some(open) = inner.index.open_recording(&key)? {
+        let row = inner.index.update_recording(&open.id, |r| {
+            let in_window = match r.state {
+                RecordingState::Resumable => r.resumable_until_ms.is_some_and(|until| now <= until),
+                // Left `recording` by a recorder that is gone: continue it.
+                RecordingState::Recording => true,
+                _ => false,
+            };
+            if in_window {
+                r.state = RecordingState::Recording;
+                r.resumable_until_ms = None;
+                r.sessions += 1;
+            } else {
+                r.state = RecordingState::Finished;
+                r.resumable_until_ms = None;
+            }
+            Update::Write
+        })?;
+        if row.state == RecordingState::Recording {
+            tracing::info!(recording = %row.id, stream = %key, session = row.sessions, "resuming recording inside its window");
+            return Ok((row, true));
+        }
+        tracing::info!(recording = %row.id, stream = %key, "resume window passed; recording finished");
+    }
+    let row = RecordingRow::new(
+        new_recording_id(now),
+        app.to_owned(),
+        stream.to_owned(),
+        now,
+    );
+    inner
+        .storage
+        .create_recording_dir(app, stream, &row.id)
+        .map_err(|e| RecordError::io("create recording folder", inner.storage.media_dir(), e))?;
+    inner.index.create_recording(&row)?;
+    tracing::info!(recording = %row.id, stream = %key, "new recording");
+    Ok((row, false))
+}
+
+/// Finishes resumable recordings whose window has passed (and whose stream is not live
+/// again). Runs until cancelled.
+pub async fn run_resume_reaper(recorders: Recorders, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let r = recorders.clone();
+        let result = tokio::task::spawn_blocking(move || finish_expired(&r)).await;
+        match result {
+            Ok(Err(e)) => tracing::warn!(error = %e, "resume window check failed"),
+            Err(e) => tracing::warn!(error = %e, "resume window task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+fn finish_expired(recorders: &Recorders) -> Result<(), IndexError> {
+    let index = recorders.index();
+    let now = now_ms();
+    for (stream_key, id) in index.open_entries()? {
+        if recorders.is_live(&stream_key) {
+            continue;
+        }
+        let Some(row) = index.get_recording(&id)? else {
+            continue;
+        };
+        if row.state != RecordingState::Resumable || row.resumable_until_ms.is_some_and(|u| u > now)
+        {
+            continue;
+        }
+        let row = index.update_recording(&id, |r| {
+            if r.state == RecordingState::Resumable && r.resumable_until_ms.is_none_or(|u| u <= now)
+            {
+                r.state = RecordingState::Finished;
+                r.resumable_until_ms = None;
+                Update::Write
+            } else {
+                Update::Skip
+            }
+        })?;
+        if row.state == RecordingState::Finished {
+            tracing::info!(recording = %id, segments = row.segments, duration_s = row.duration_s(), "resume window passed; recording finished");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! One publish session's recorder: runs on its own thread, takes frames from the ingest
+//! through the byte-budgeted channel, cuts keyframe-aligned segments, muxes them to
+//! MPEG-TS, writes them per the fsync discipline and commits each sealed segment to the
+//! index.
+//!
+//! Owns the segmenting rule (cut at the first keyframe at or after the target duration;
+//! audio-only streams cut on any frame), track-set decisions (audio-only, video-only, a
+//! codec change mid-stream = a new segment after a discontinuity) and failure handling (a
+//! write error fails this recording with its reason; other streams are untouched). It never
+//! talks to the network.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::timeline::{TimelineGuard, Verdict};
+use super::{now_ms, LiveStats, Msg, RecordError};
+use crate::config::RecordConfig;
+use crate::index::{Index, RecordingRow, RecordingState, SegmentRow, Update};
+use crate::media::{CodecParams, Frame, Ticks, TrackKind, Tracks, TICKS_PER_SECOND};
+use crate::mux::ts::TsMuxer;
+use crate::storage::{recovery, SegmentWriter, Storage};
+
+/// Cut tolerance: encoders round timestamps to milliseconds.
+const CUT_TOLERANCE: Ticks = TICKS_PER_SECOND / 100;
+/// How long audio is held back waiting for an announced video track before recording
+/// audio-only.
+const VIDEO_WAIT: Ticks = 3 * TICKS_PER_SECOND;
+
+struct OpenSegment {
+    writer: SegmentWriter,
+    seq: u32,
+    start_dts: Ticks,
+    end_dts: Ticks,
+    wall_start_ms: i64,
+    discontinuity: bool,
+}
+
+/// The state of one publish session's recording.
+pub(super) struct RecordingSession {
+    index: Index,
+    storage: Storage,
+    config: RecordConfig,
+    stats: Arc<LiveStats>,
+    recording: RecordingRow,
+    dir: PathBuf,
+    tracks: Tracks,
+    expect_video: bool,
+    first_audio_dts: Option<Ticks>,
+    muxer: Option<TsMuxer>,
+    segment: Option<OpenSegment>,
+    next_seq: u32,
+    discontinuity_next: bool,
+    timeline: TimelineGuard,
+    last_flush: Instant,
+}
+
+impl RecordingSession {
+    /// `resumed`: this session continues an existing recording, so its first segment
+    /// follows a discontinuity.
+    pub(super) fn new(
+        index: Index,
+        storage: Storage,
+        config: RecordConfig,
+        stats: Arc<LiveStats>,
+        recording: RecordingRow,
+        resumed: bool,
+    ) -> RecordingSession {
+        let dir = storage.recording_dir(&recording.app, &recording.stream, &recording.id);
+        RecordingSession {
+            index,
+            storage,
+            config,
+            stats,
+            next_seq: recording.next_seq,
+            recording,
+            dir,
+            tracks: Tracks::default(),
+            expect_video: false,
+            first_audio_dts: None,
+            muxer: None,
+            segment: None,
+            discontinuity_next: resumed,
+            timeline: TimelineGuard::default(),
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Runs until the publisher leaves (the sender side is dropped) or writing fails.
+    pub(super) fn run(mut self, rx: Receiver<Msg>) {
+        let interval = self.config.flush_interval();
+        loop {
+            let result = match rx.recv_timeout(interval) {
+                Ok(Msg::Frame(frame)) => {
+                    let len = frame.data.len();
+                    let r = self.on_frame(frame);
+                    self.stats.in_flight.fetch_sub(len, Ordering::AcqRel);
+                    r
+                }
+                Ok(Msg::Config(params)) => self.on_config(params),
+                Ok(Msg::ExpectVideo) => {
+                    self.expect_video = true;
+                    Ok(())
+                }
+                Ok(Msg::Gap { dropped }) => self.on_gap(dropped),
+                Err(RecvTimeoutError::Timeout) => Ok(()),
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let result = result.and_then(|()| self.flush_if_due());
+            if let Err(e) = result {
+                self.fail(e);
+                return;
+            }
+        }
+        if let Err(e) = self.finish() {
+            self.fail(e);
+        }
+    }
+
+    fn on_frame(&mut self, mut frame: Frame) -> Result<(), RecordError> {
+        match self.timeline.check(&mut frame) {
+            Verdict::InOrder => {}
+            Verdict::Adjusted => {
+                self.stats
+                    .timestamps_repaired
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Jump { step } => {
+                tracing::warn!(stream = %self.recording.stream_key(), step_s = step as f64 / TICKS_PER_SECOND as f64,
+                    "timestamps jumped; starting a new segment after a discontinuity");
+                self.close_segment(None)?;
+                self.discontinuity_next = true;
+                self.timeline.check(&mut frame);
+            }
+        }
+        if self.segment.is_none() {
+            if !self.can_start_with(&frame) {
+                self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            self.open_segment(frame.dts)?;
+        } else if self.should_cut_before(&frame) {
+            self.close_segment(Some(frame.dts))?;
+            self.open_segment(frame.dts)?;
+        }
+        let frame_ticks = self.frame_ticks(frame.kind);
+        let (Some(segment), Some(muxer)) = (self.segment.as_mut(), self.muxer.as_mut()) else {
+            return Ok(());
+        };
+        if let Err(e) = muxer.write_frame(&frame, segment.writer.buffer()) {
+            // A malformed access unit costs that frame only.
+            self.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(stream = %self.recording.stream_key(), error = %e, "frame not muxed");
+            return Ok(());
+        }
+        segment.end_dts = segment.end_dts.max(frame.dts + frame_ticks);
+        Ok(())
+    }
+
+    fn frame_ticks(&self, kind: TrackKind) -> Ticks {
+        if let Some(t) = self.timeline.frame_ticks(kind) {
+            return t;
+        }
+        match (kind, self.tracks.get(kind)) {
+            (TrackKind::Audio, Some(CodecParams::Aac(aac))) => aac.frame_ticks(),
+            _ => TICKS_PER_SECOND / 25,
+        }
+    }
+
+    /// A segment starts with a video keyframe, or with audio when there is no video.
+    fn can_start_with(&mut self, frame: &Frame) -> bool {
+        if self.tracks.video.is_some() {
+            return frame.kind == TrackKind::Video && frame.keyframe;
+        }
+        if frame.kind != TrackKind::Audio || self.tracks.audio.is_none() {
+            return false;
+        }
+        if !self.expect_video {
+            return true;
+        }
+        let first = *self.first_audio_dts.get_or_insert(frame.dts);
+        if frame.dts - first >= VIDEO_WAIT {
+            tracing::info!(stream = %self.recording.stream_key(), "video was announced but never came; recording audio only");
+            self.expect_video = false;
+            return true;
+        }
+        false
+    }
+
+    fn should_cut_before(&self, frame: &Frame) -> bool {
+        let Some(segment) = &self.segment else {
+            return false;
+        };
+        let target = i64::from(self.config.segment_duration_s) * TICKS_PER_SECOND - CUT_TOLERANCE;
+        let cut_point = match self.tracks.video {
+            Some(_) => frame.kind == TrackKind::Video && frame.keyframe,
+            None => frame.kind == TrackKind::Audio,
+        };
+        cut_point && frame.dts - segment.start_dts >= target
+    }
+
+    fn on_config(&mut self, params: CodecParams) -> Result<(), RecordError> {
+        if self.tracks.get(params.kind()) == Some(&params) {
+            return Ok(());
+        }
+        tracing::info!(stream = %self.recording.stream_key(), codec = params.codec_name(),
+            resolution = ?params.resolution(), "track configured");
+        self.tracks.set(params);
+        self.stats.set_tracks(&self.tracks);
+        if self.muxer.is_some() {
+            // The track set or its parameters changed mid-recording.
+            self.close_segment(None)?;
+            self.muxer = None;
+            self.discontinuity_next = true;
+        }
+        Ok(())
+    }
+
+    fn on_gap(&mut self, dropped: u64) -> Result<(), RecordError> {
+        tracing::warn!(stream = %self.recording.stream_key(), dropped_frames = dropped,
+            "the flash writer fell behind; frames were dropped and the segment is closed with a discontinuity");
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        self.close_segment(None)?;
+        self.discontinuity_next = true;
+        self.timeline.reset();
+        Ok(())
+    }
+
+    fn open_segment(&mut self, start_dts: Ticks) -> Result<(), RecordError> {
+        if self.muxer.is_none() {
+            self.muxer = Some(TsMuxer::new(&self.tracks)?);
+            self.record_tracks()?;
+        }
+        let seq = self.next_seq;
+        let mut writer = SegmentWriter::create(&self.dir, &SegmentRow::file_name(seq))
+            .map_err(|e| RecordError::io("create segment", &self.dir, e))?;
+        if let Some(muxer) = self.muxer.as_mut() {
+            muxer.write_tables(writer.buffer());
+        }
+        self.next_seq += 1;
+        self.segment = Some(OpenSegment {
+            writer,
+            seq,
+            start_dts,
+            end_dts: start_dts,
+            wall_start_ms: now_ms(),
+            discontinuity: std::mem::take(&mut self.discontinuity_next),
+        });
+        Ok(())
+    }
+
+    /// Seals the open segment (if any) and commits it. `next_start` is the DTS of the
+    /// frame that starts the next segment, which makes durations sum exactly.
+    fn close_segment(&mut self, next_start: Option<Ticks>) -> Result<(), RecordError> {
+        let Some(mut segment) = self.segment.take() else {
+            return Ok(());
+        };
+        if let Some(muxer) = self.muxer.as_mut() {
+            muxer.flush(segment.writer.buffer());
+        }
+        let end = next_start.unwrap_or(segment.end_dts);
+        let duration_ticks = (end - segment.start_dts).max(1);
+        let sealed = segment
+            .writer
+            .seal()
+            .map_err(|e| RecordError::io("seal segment", &self.dir, e))?;
+        let row = SegmentRow {
+            seq: segment.seq,
+            file: sealed.name,
+            duration_ticks,
+            bytes: sealed.bytes,
+            media_start: segment.start_dts,
+            wall_start_ms: segment.wall_start_ms,
+            keyframe: true,
+            discontinuity: segment.discontinuity,
+            gap: false,
+            recovered: false,
+        };
+        self.recording = self.index.commit_segment(&self.recording.id, &row)?;
+        self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn flush_if_due(&mut self) -> Result<(), RecordError> {
+        if self.last_flush.elapsed() < self.config.flush_interval() {
+            return Ok(());
+        }
+        if let Some(segment) = self.segment.as_mut() {
+            if segment.writer.is_dirty() {
+                segment
+                    .writer
+                    .make_durable()
+                    .map_err(|e| RecordError::io("flush segment", &self.dir, e))?;
+            }
+        }
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn record_tracks(&mut self) -> Result<(), RecordError> {
+        let video = self
+            .tracks
+            .video
+            .as_ref()
+            .map(|p| p.codec_name().to_owned());
+        let audio = self
+            .tracks
+            .audio
+            .as_ref()
+            .map(|p| p.codec_name().to_owned());
+        let resolution = self.tracks.video.as_ref().and_then(|p| p.resolution());
+        self.recording = self.index.update_recording(&self.recording.id, |r| {
+            r.video_codec = video.clone();
+            r.audio_codec = audio.clone();
+            if resolution.is_some() {
+                r.resolution = resolution;
+            }
+            Update::Write
+        })?;
+        Ok(())
+    }
+
+    /// The publisher left: seal, then make the recording resumable or finished. A new
+    /// recording that never got a segment is removed rather than listed empty.
+    fn finish(&mut self) -> Result<(), RecordError> {
+        self.close_segment(None)?;
+        let id = self.recording.id.clone();
+        let current = self
+            .index
+            .get_recording(&id)?
+            .ok_or_else(|| RecordError::Gone(id.clone()))?;
+        if current.segments == 0 && current.sessions <= 1 {
+            self.storage
+                .remove_recording_dir(&current.app, &current.stream, &id)
+                .map_err(|e| RecordError::io("remove empty recording", &self.dir, e))?;
+            self.index.remove_recording(&id)?;
+            tracing::info!(recording = %id, "publish ended before any media; nothing recorded");
+            return Ok(());
+        }
+        let window_ms = self.config.resume_window().as_millis() as i64;
+        let row = self.index.update_recording(&id, |r| {
+            if window_ms > 0 {
+                r.state = RecordingState::Resumable;
+                r.resumable_until_ms = Some(now_ms() + window_ms);
+            } else {
+                r.state = RecordingState::Finished;
+                r.resumable_until_ms = None;
+            }
+            Update::Write
+        })?;
+        tracing::info!(recording = %id, state = row.state.as_str(), segments = row.segments,
+            duration_s = row.duration_s(), "publish ended");
+        Ok(())
+    }
+
+    /// A write failed (typically a full disk): keep what is durable, mark the recording
+    /// failed with the reason, and stop. The ingest sees the channel close and drops the
+    /// connection.
+    fn fail(&mut self, error: RecordError) {
+        let reason = error.to_string();
+        tracing::error!(recording = %self.recording.id, stream = %self.recording.stream_key(), error = %reason,
+            "recording failed");
+        self.stats.set_failure(&reason);
+        if let Some(segment) = self.segment.take() {
+            segment.writer.abandon();
+        }
+        // Adopt the durable part of the open segment now, if the disk allows.
+        let mut report = recovery::RecoveryReport::default();
+        if let Err(e) =
+            recovery::reconcile_files(&self.index, &self.storage, &self.recording, &mut report)
+        {
+            tracing::warn!(recording = %self.recording.id, error = %e, "could not adopt the last segment now; startup recovery will");
+        }
+        let marked = self.index.update_recording(&self.recording.id, |r| {
+            r.state = RecordingState::Failed;
+            r.resumable_until_ms = None;
+            r.failure = Some(reason.clone());
+            Update::Write
+        });
+        if let Err(e) = marked {
+            tracing::error!(recording = %self.recording.id, error = %e, "could not mark the recording failed");
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Shared integration-test support: start/stop/SIGKILL the real `edgerec` binary on
+//! loopback ephemeral ports and a temp data dir, a minimal HTTP client for its API, and
+//! ffmpeg/ffprobe helpers that generate test media and decode what was recorded.
+//!
+//! Nothing here sleeps blindly: waits poll a condition with a deadline.
+
+#![allow(dead_code)]
+
+pub mod flv;
+pub mod http;
+pub mod media;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Polls `cond` every 100 ms until it returns `Some`, or panics after `limit` with `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running (or stopped) daemon with its own data dir and config.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    pub rtmp: String,
+    pub http: String,
+    log_path: PathBuf,
+    runs: u32,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edgerec"))
+}
+
+impl Daemon {
+    /// Starts a daemon whose config is the contract keys plus `extra_record` lines in
+    /// `[record]` (e.g. `flow_continue_duration_s = 2`) and `extra` top-level sections.
+    pub fn start(extra_record: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let config_path = dir.path().join("edgerec.toml");
+        let text = format!(
+            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{extra}\n",
+        );
+        std::fs::write(&config_path, text).expect("write config");
+        let mut d = Daemon {
+            log_path: dir.path().join("daemon.log"),
+            dir,
+            config_path,
+            child: None,
+            rtmp: String::new(),
+            http: String::new(),
+            runs: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// (Re)starts the process on fresh ephemeral ports and waits until it listens.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,sled=warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn edgerec");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("edgerec: listening ") {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        self.child = Some(child);
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => panic!("daemon did not start; log:\n{}", self.log()),
+        };
+        for part in line.split_whitespace() {
+            if let Some(a) = part.strip_prefix("rtmp=") {
+                self.rtmp = a.to_owned();
+            }
+            if let Some(a) = part.strip_prefix("http=") {
+                self.http = a.to_owned();
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn rtmp_url(&self, app: &str, stream: &str) -> String {
+        format!("rtmp://{}/{app}/{stream}", self.rtmp)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn get(&self, path: &str) -> http::Response {
+        http::get(&self.http, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nlog:\n{}", self.log()))
+    }
+
+    pub fn json(&self, path: &str) -> Value {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        serde_json::from_slice(&r.body).expect("json")
+    }
+
+    pub fn recordings(&self) -> Vec<Value> {
+        self.json("/api/v1/recordings")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until exactly `n` recordings exist and all are in `state`.
+    pub fn wait_recordings(&self, n: usize, state: &str, limit: Duration) -> Vec<Value> {
+        wait_for(&format!("{n} recording(s) in state {state}"), limit, || {
+            let recs = self.recordings();
+            (recs.len() == n && recs.iter().all(|r| r["state"] == state)).then_some(recs)
+        })
+    }
+
+    pub fn recording(&self, id: &str) -> Value {
+        self.json(&format!("/api/v1/recordings/{id}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no cleanup at all, like a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "daemon did not stop within 30 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Runs `edgerec fsck` (daemon must be stopped) and returns (exit code, stdout).
+    pub fn fsck(&self, repair: bool) -> (i32, String) {
+        let mut cmd = Command::new(binary());
+        cmd.args(["fsck", "-c"]).arg(&self.config_path);
+        if repair {
+            cmd.arg("--repair");
+        }
+        let out = cmd.output().expect("fsck");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    /// The folder of a recording, from its API object.
+    pub fn recording_dir(&self, rec: &Value) -> PathBuf {
+        self.data_dir()
+            .join("media")
+            .join(rec["app"].as_str().unwrap())
+            .join(rec["stream"].as_str().unwrap())
+            .join(rec["id"].as_str().unwrap())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A scratch folder for generated media, shared by the tests of one binary.
+pub fn media_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("edgerec-test-media-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("media dir");
+        dir
+    })
+}
