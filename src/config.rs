@@ -236,7 +236,7 @@ impl Config {
                 message: "must not be empty".into(),
             });
         }
-        if self.rtmp.listen == self.http.listen {
+        if self.rtmp.listen == self.http.listen && self.rtmp.listen.port() != 0 {
             problems.push(ConfigProblem {
                 key: "http.listen".into(),
                 message: format!("{} is also rtmp.listen", self.http.listen),

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RecordConfig;
 use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
-use crate::media::{CodecParams, Frame, Tracks};
+use crate::media::{CodecParams, Frame, Ticks, Tracks};
 use crate::mux::MuxError;
 use crate::storage::Storage;
 use session::RecordingSession;
@@ -325,7 +325,7 @@ impl Recorders {
         let begun = tokio::task::spawn_blocking(move || begin_recording(&inner, &app_s, &stream_s))
             .await
             .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
-        let (row, resumed) = match begun {
+        let (row, resumed, media_end) = match begun {
             Ok(v) => v,
             Err(source) => {
                 lock(&self.inner.live).remove(&key);
@@ -361,6 +361,7 @@ impl Recorders {
             stats.clone(),
             row,
             resumed,
+            media_end,
         );
         self.inner.running.fetch_add(1, Ordering::AcqRel);
         let inner = self.inner.clone();
@@ -470,12 +471,13 @@ pub fn new_recording_id(now_ms: i64) -> String {
 }
 
 /// Resumes the stream's open recording if its window has not passed, otherwise finishes
-/// it and creates a new one. Returns the row and whether it was resumed.
+/// it and creates a new one. Returns the row, whether it was resumed, and where its media
+/// ends (recording time) so a resumed session continues the timeline.
 fn begin_recording(
     inner: &Inner,
     app: &str,
     stream: &str,
-) -> Result<(RecordingRow, bool), RecordError> {
+) -> Result<(RecordingRow, bool, Ticks), RecordError> {
     let key = format!("{app}/{stream}");
     let now = now_ms();
     if let Some(open) = inner.index.open_recording(&key)? {
@@ -498,7 +500,12 @@ fn begin_recording(
         })?;
         if row.state == RecordingState::Recording {
             tracing::info!(recording = %row.id, stream = %key, session = row.sessions, "resuming recording inside its window");
-            return Ok((row, true));
+            let media_end = inner
+                .index
+                .last_segments(&row.id, 1)?
+                .first()
+                .map_or(0, |s| s.media_start + s.duration_ticks);
+            return Ok((row, true, media_end));
         }
         tracing::info!(recording = %row.id, stream = %key, "resume window passed; recording finished");
     }
@@ -514,7 +521,7 @@ fn begin_recording(
         .map_err(|e| RecordError::io("create recording folder", inner.storage.media_dir(), e))?;
     inner.index.create_recording(&row)?;
     tracing::info!(recording = %row.id, stream = %key, "new recording");
-    Ok((row, false))
+    Ok((row, false, 0))
 }
 
 /// Finishes resumable recordings whose window has passed (and whose stream is not live

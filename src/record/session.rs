@@ -8,6 +8,13 @@
 //! codec change mid-stream = a new segment after a discontinuity) and failure handling (a
 //! write error fails this recording with its reason; other streams are untouched). It never
 //! talks to the network.
+//!
+//! Output timestamps are continuous for the whole recording: a resumed session, or a jump
+//! in the encoder's clock, is re-anchored to continue where the recording's media ended
+//! (the segment still carries `EXT-X-DISCONTINUITY`, since codec parameters may change).
+//! Players and demuxers that do not reset their clocks at a discontinuity (ffmpeg's HLS
+//! demuxer among them) then play the whole recording, and later MP4 packaging gets one
+//! monotonic timeline.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -54,6 +61,16 @@ pub(super) struct RecordingSession {
     next_seq: u32,
     discontinuity_next: bool,
     timeline: TimelineGuard,
+    /// Added to the encoder's timestamps to get recording time.
+    offset: Ticks,
+    /// Set on resume and after a jump: the next segment-opening frame re-anchors `offset`
+    /// so recording time continues from `media_end`.
+    reanchor: bool,
+    /// End of the recording's media so far (recording time).
+    media_end: Ticks,
+    /// Last output DTS per track (video, audio), to keep the output strictly increasing
+    /// right after a re-anchor.
+    last_out: [Option<Ticks>; 2],
     last_flush: Instant,
 }
 
@@ -67,6 +84,7 @@ impl RecordingSession {
         stats: Arc<LiveStats>,
         recording: RecordingRow,
         resumed: bool,
+        media_end: Ticks,
     ) -> RecordingSession {
         let dir = storage.recording_dir(&recording.app, &recording.stream, &recording.id);
         RecordingSession {
@@ -84,6 +102,10 @@ impl RecordingSession {
             segment: None,
             discontinuity_next: resumed,
             timeline: TimelineGuard::default(),
+            offset: 0,
+            reanchor: resumed,
+            media_end,
+            last_out: [None, None],
             last_flush: Instant::now(),
         }
     }
@@ -132,14 +154,30 @@ impl RecordingSession {
                     "timestamps jumped; starting a new segment after a discontinuity");
                 self.close_segment(None)?;
                 self.discontinuity_next = true;
+                self.reanchor = true;
                 self.timeline.check(&mut frame);
             }
         }
+        if self.segment.is_none() && !self.can_start_with(&frame) {
+            self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if std::mem::take(&mut self.reanchor) {
+            self.offset = self.media_end - frame.dts;
+        }
+        frame.dts += self.offset;
+        frame.pts += self.offset;
+        let slot = match frame.kind {
+            TrackKind::Video => 0,
+            TrackKind::Audio => 1,
+        };
+        if self.last_out[slot].is_some_and(|last| frame.dts <= last) {
+            // Only right after a re-anchor: a frame that interleaved before the anchor.
+            self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.last_out[slot] = Some(frame.dts);
         if self.segment.is_none() {
-            if !self.can_start_with(&frame) {
-                self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
             self.open_segment(frame.dts)?;
         } else if self.should_cut_before(&frame) {
             self.close_segment(Some(frame.dts))?;
@@ -262,6 +300,7 @@ impl RecordingSession {
         }
         let end = next_start.unwrap_or(segment.end_dts);
         let duration_ticks = (end - segment.start_dts).max(1);
+        self.media_end = segment.start_dts + duration_ticks;
         let sealed = segment
             .writer
             .seal()

@@ -21,7 +21,10 @@ static GENERATE: Mutex<()> = Mutex::new(());
 
 fn tool(name: &str) -> Command {
     let mut c = Command::new(name);
-    c.arg("-hide_banner").arg("-nostdin");
+    c.arg("-hide_banner");
+    if name == "ffmpeg" {
+        c.arg("-nostdin");
+    }
     c
 }
 
