@@ -65,7 +65,14 @@ impl TimelineGuard {
             return Verdict::Jump { step };
         }
         if step <= 0 {
-            let fix = 1 - step;
+            // Video: the smallest step keeps decode order. Audio frames have a fixed
+            // duration, so a squeezed frame would overlap its predecessor: place it one
+            // frame after.
+            let min_step = match frame.kind {
+                TrackKind::Audio if clock.step > 0 => clock.step,
+                _ => 1,
+            };
+            let fix = min_step - step;
             frame.dts += fix;
             frame.pts += fix;
             self.tracks[i] = Some(TrackClock {
@@ -122,6 +129,22 @@ mod tests {
         let mut f = video(3602 + 3600, 3602 + 3600);
         assert_eq!(g.check(&mut f), Verdict::InOrder);
         assert_eq!(g.frame_ticks(TrackKind::Video), Some(3600));
+    }
+
+    #[test]
+    fn audio_steps_back_are_placed_one_frame_later() {
+        let mut g = TimelineGuard::default();
+        let audio = |dts| Frame {
+            kind: TrackKind::Audio,
+            ..video(dts, dts)
+        };
+        g.check(&mut audio(0));
+        g.check(&mut audio(1920));
+        let mut back = audio(1920 - 2700);
+        assert_eq!(g.check(&mut back), Verdict::Adjusted);
+        assert_eq!(back.dts, 3840);
+        let mut next = audio(5760);
+        assert_eq!(g.check(&mut next), Verdict::InOrder);
     }
 
     #[test]

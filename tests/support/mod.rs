@@ -7,8 +7,10 @@
 #![allow(dead_code)]
 
 pub mod flv;
+pub mod hevc;
 pub mod http;
 pub mod media;
+pub mod rtmp_client;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -49,16 +51,23 @@ pub fn binary() -> PathBuf {
 
 impl Daemon {
     /// Starts a daemon whose config is the contract keys plus `extra_record` lines in
-    /// `[record]` (e.g. `flow_continue_duration_s = 2`) and `extra` top-level sections.
-    pub fn start(extra_record: &str, extra: &str) -> Daemon {
+    /// `[record]` (e.g. `flow_continue_duration_s = 2`) and `extra_rtmp` lines in `[rtmp]`.
+    pub fn start(extra_record: &str, extra_rtmp: &str) -> Daemon {
+        let mut d = Daemon::configure(extra_record, extra_rtmp);
+        d.spawn();
+        d
+    }
+
+    /// Writes the config and data dir but does not start the process.
+    pub fn configure(extra_record: &str, extra_rtmp: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let config_path = dir.path().join("edgerec.toml");
         let text = format!(
-            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{extra}\n",
+            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n",
         );
         std::fs::write(&config_path, text).expect("write config");
-        let mut d = Daemon {
+        let d = Daemon {
             log_path: dir.path().join("daemon.log"),
             dir,
             config_path,
@@ -67,7 +76,7 @@ impl Daemon {
             http: String::new(),
             runs: 0,
         };
-        d.spawn();
+        std::fs::create_dir_all(d.data_dir()).expect("data dir");
         d
     }
 

@@ -1,0 +1,374 @@
+//! Bad input and faults against the real daemon: each hostile peer or fault costs only its
+//! own connection or recording, is logged with a reason, and everything else keeps
+//! recording.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::flv::{read_tags, Tag};
+use support::media::{self, Clip};
+use support::rtmp_client::RawClient;
+use support::{wait_for, Daemon};
+
+/// The daemon still accepts and records a normal ffmpeg publish.
+fn assert_still_records(d: &Daemon, stream: &str) {
+    let clip = media::clip(Clip::AudioVideo, 4);
+    media::publish_and_wait(&d.rtmp_url("live", stream), &clip, false);
+    let rec = wait_for(
+        "the healthy stream's recording",
+        Duration::from_secs(20),
+        || {
+            d.recordings()
+                .into_iter()
+                .find(|r| r["stream"] == stream && r["segments"].as_u64() >= Some(1))
+        },
+    );
+    assert_eq!(d.get("/healthz").status, 200);
+    let errors = media::decode_errors(&d.http_url(&format!(
+        "/hls/recordings/{}/00000001.ts",
+        rec["id"].as_str().unwrap()
+    )));
+    assert!(errors.trim().is_empty(), "{errors}");
+}
+
+/// Sends the tags of an FLV file as RTMP messages on `stream_id`, rewriting each tag's
+/// timestamp with `retime`.
+fn send_tags(c: &mut RawClient, stream_id: u32, tags: &[Tag], retime: impl Fn(usize, u32) -> u32) {
+    for (i, tag) in tags.iter().enumerate() {
+        let ts = retime(i, tag.timestamp);
+        match tag.kind {
+            8 => c.session.audio(stream_id, ts, &tag.body),
+            9 => c.session.video(stream_id, ts, &tag.body),
+            _ => continue,
+        }
+        if i % 32 == 0 {
+            c.flush().expect("send media");
+        }
+    }
+    c.session.delete_stream(stream_id);
+    c.flush().expect("send media");
+}
+
+#[test]
+fn random_bytes_instead_of_a_handshake_cost_only_that_connection() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut noise = vec![0u8; 8192];
+    for b in noise.iter_mut() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *b = seed as u8;
+    }
+    // A wrong version byte, and a valid one followed by garbage chunks.
+    for first in [0x16u8, 0x03] {
+        noise[0] = first;
+        let mut c = RawClient::connect(&d.rtmp);
+        let _ = c.sock.write_all(&noise);
+        assert!(
+            c.closed_by_server(Duration::from_secs(10)),
+            "server kept a garbage connection (first byte {first:#x})"
+        );
+    }
+    assert!(d.log().contains("protocol error"), "the reason is logged");
+    assert_still_records(&d, "after-garbage");
+}
+
+#[test]
+fn hostile_chunk_sizes_are_refused() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    for size in [0u32, 1 << 31] {
+        let mut c = RawClient::connect(&d.rtmp);
+        c.handshake();
+        c.session.set_chunk_size(size);
+        c.session.connect("live", "rtmp://127.0.0.1/live", false);
+        let _ = c.flush();
+        assert!(
+            c.closed_by_server(Duration::from_secs(10)),
+            "chunk size {size} accepted"
+        );
+    }
+    assert_still_records(&d, "after-chunk-size");
+}
+
+#[test]
+fn absurd_amf_nesting_and_publish_before_connect_are_refused() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    // `connect` whose command object nests 100,000 objects deep.
+    let mut payload = vec![0x02, 0x00, 0x07];
+    payload.extend_from_slice(b"connect");
+    payload.push(0x00);
+    payload.extend_from_slice(&1f64.to_be_bytes());
+    for _ in 0..100_000 {
+        payload.extend_from_slice(&[0x03, 0x00, 0x01, b'a']);
+    }
+    let mut c = RawClient::connect(&d.rtmp);
+    c.handshake();
+    c.session.raw_message(20, 0, 0, &payload);
+    let _ = c.flush();
+    assert!(
+        c.closed_by_server(Duration::from_secs(10)),
+        "deep AMF accepted"
+    );
+
+    let mut c = RawClient::connect(&d.rtmp);
+    c.handshake();
+    c.session.create_stream();
+    c.session.publish(1, "sneaky");
+    let _ = c.flush();
+    assert!(
+        c.closed_by_server(Duration::from_secs(10)),
+        "publish before connect accepted"
+    );
+    assert!(d.recordings().is_empty());
+    assert_still_records(&d, "after-amf");
+}
+
+#[test]
+fn names_that_could_escape_the_data_dir_are_refused() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    for key in ["..", "../../etc", "a\u{1}b", ".hidden"] {
+        let mut c = RawClient::connect(&d.rtmp);
+        let (_, codes) = c.publish("live", key, false);
+        assert!(
+            codes.iter().any(|c| c == "NetStream.Publish.BadName"),
+            "{key:?}: {codes:?}"
+        );
+        assert!(
+            !codes.iter().any(|c| c == "NetStream.Publish.Start"),
+            "{key:?}: {codes:?}"
+        );
+    }
+    let mut c = RawClient::connect(&d.rtmp);
+    let (_, codes) = c.publish("..", "cam", false);
+    assert!(
+        codes.iter().any(|c| c == "NetStream.Publish.BadName"),
+        "{codes:?}"
+    );
+    assert!(d.recordings().is_empty());
+    let entries: Vec<_> = std::fs::read_dir(d.data_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        2,
+        "only index/ and media/ in the data dir: {entries:?}"
+    );
+    assert_still_records(&d, "after-names");
+}
+
+#[test]
+fn video_before_its_sequence_header_is_dropped_and_the_rest_recorded() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    let clip = media::clip(Clip::AudioVideo, 8);
+    let sent = media::probe(clip.to_str().unwrap());
+    let mut tags = read_tags(&clip);
+    // Move the first coded video frame ahead of the sequence headers (a copy of it).
+    let frame = tags
+        .iter()
+        .find(|t| t.kind == 9 && t.body.get(1) == Some(&1))
+        .unwrap()
+        .clone();
+    tags.insert(0, frame);
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, codes) = c.publish("live", "early", false);
+    assert!(
+        codes.iter().any(|c| c == "NetStream.Publish.Start"),
+        "{codes:?}"
+    );
+    send_tags(&mut c, id, &tags, |_, ts| ts);
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(20));
+    let url = d.http_url(recs[0]["playlist"].as_str().unwrap());
+    let errors = media::decode_errors(&url);
+    assert!(errors.trim().is_empty(), "{errors}");
+    let got = media::probe(&url);
+    assert_eq!(
+        got.video_frames, sent.video_frames,
+        "every real frame recorded"
+    );
+    assert!(
+        d.log().contains("dropping a malformed media message"),
+        "the early frame is logged"
+    );
+}
+
+#[test]
+fn timestamps_going_backwards_are_repaired_or_become_a_discontinuity() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    let clip = media::clip(Clip::AudioVideo, 12);
+    let sent = media::probe(clip.to_str().unwrap());
+    let tags = read_tags(&clip);
+    let half = tags.len() / 2;
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, _) = c.publish("live", "backwards", false);
+    // Every 10th tag steps back 30 ms; from the middle on, the clock restarts 5 s earlier.
+    send_tags(&mut c, id, &tags, |i, ts| {
+        let ts = if i % 10 == 5 {
+            ts.saturating_sub(30)
+        } else {
+            ts
+        };
+        if i >= half {
+            ts.saturating_sub(5000)
+        } else {
+            ts
+        }
+    });
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(20));
+    let rec = d.recording(recs[0]["id"].as_str().unwrap());
+    assert_eq!(
+        rec["discontinuities"], 1,
+        "the 5 s jump is one discontinuity: {rec}"
+    );
+    let url = d.http_url(rec["playlist"].as_str().unwrap());
+    let errors = media::decode_errors(&url);
+    assert!(errors.trim().is_empty(), "{errors}");
+    let got = media::probe(&url);
+    // At most one GOP lost at the jump (the new segment waits for a keyframe).
+    assert!(
+        got.video_frames + 25 >= sent.video_frames,
+        "{} of {}",
+        got.video_frames,
+        sent.video_frames
+    );
+    let playlist = d.get(rec["playlist"].as_str().unwrap()).text();
+    assert_eq!(
+        playlist.matches("#EXT-X-DISCONTINUITY\n").count(),
+        1,
+        "{playlist}"
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_others_keep_recording() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "write_timeout_s = 1");
+    let mut c = RawClient::connect(&d.rtmp);
+    c.handshake();
+    c.session.connect("live", "rtmp://127.0.0.1/live", false);
+    let _ = c.flush();
+    // Every releaseStream earns a `_result`; never read them.
+    let sock = c.sock.try_clone().unwrap();
+    let flooder = std::thread::spawn(move || {
+        let mut sock = sock;
+        let mut session = edgerec::proto::rtmp::ClientSession::new();
+        for _ in 0..2000 {
+            for _ in 0..256 {
+                session.release_stream("x");
+            }
+            if sock.write_all(&session.take_output()).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    wait_for(
+        "the daemon to drop the non-reading client",
+        Duration::from_secs(60),
+        || d.log().contains("did not read").then_some(()),
+    );
+    assert!(
+        flooder.join().unwrap(),
+        "the flood ended because the server closed the socket"
+    );
+    assert_still_records(&d, "while-flooded");
+}
+
+#[test]
+fn a_full_disk_fails_the_recording_cleanly_and_the_daemon_keeps_serving() {
+    if std::env::var_os("EDGEREC_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipped: needs root to mount a small tmpfs (EDGEREC_SKIP_ROOT_TESTS set)");
+        return;
+    }
+    let mut d = Daemon::configure("flow_continue_duration_s = 0", "");
+    let media_dir = d.data_dir().join("media");
+    std::fs::create_dir_all(&media_dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=700k", "edgerec-test-full"])
+        .arg(&media_dir)
+        .status()
+        .expect("mount");
+    assert!(
+        mounted.success(),
+        "this test needs root to mount a 700 KB tmpfs (set EDGEREC_SKIP_ROOT_TESTS=1 to skip)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let unmount = Unmount(media_dir.clone());
+    d.spawn();
+    // Real time, so the publisher is still sending when the disk fills (~5 s in).
+    let clip = media::clip(Clip::AudioVideo, 20);
+    let out = media::publish(&d.rtmp_url("live", "full"), &clip, true)
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the publisher is disconnected when its recording fails"
+    );
+    let rec = wait_for("the recording to fail", Duration::from_secs(20), || {
+        d.recordings().into_iter().find(|r| r["state"] == "failed")
+    });
+    let failure = rec["failure"].as_str().unwrap();
+    assert!(failure.contains("No space left"), "{failure}");
+    assert!(d.log().contains("recording failed"), "logged loudly");
+    // What was durable before the disk filled is indexed, exists and decodes.
+    let rec = d.recording(rec["id"].as_str().unwrap());
+    let segments = rec["segment_list"].as_array().unwrap();
+    assert!(!segments.is_empty(), "{rec}");
+    for seg in segments {
+        let errors = media::decode_errors(&d.http_url(seg["uri"].as_str().unwrap()));
+        assert!(errors.trim().is_empty(), "{}: {errors}", seg["uri"]);
+    }
+    assert_eq!(d.get("/healthz").status, 200);
+    // Space comes back (the operator frees the disk): recording works again.
+    drop(unmount);
+    assert_still_records(&d, "after-full");
+}
+
+/// Enhanced RTMP HEVC (ffmpeg 5.1 cannot send it): x265 output wrapped in `hvc1` tags.
+#[test]
+fn enhanced_rtmp_hevc_is_recorded() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    let (aus, hvcc) = support::hevc::encode_clip(6);
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, codes) = c.publish("live", "hevc", true);
+    assert!(
+        codes.iter().any(|c| c == "NetStream.Publish.Start"),
+        "{codes:?}"
+    );
+    let mut seq = vec![0x80 | (1 << 4)];
+    seq.extend_from_slice(b"hvc1");
+    seq.extend_from_slice(&hvcc);
+    c.session.video(id, 0, &seq);
+    for (i, au) in aus.iter().enumerate() {
+        let frame_type = if au.keyframe { 1 } else { 2 };
+        let mut body = vec![0x80 | (frame_type << 4) | 3];
+        body.extend_from_slice(b"hvc1");
+        body.extend_from_slice(&au.data);
+        c.session.video(id, i as u32 * 40, &body);
+        if i % 16 == 0 {
+            c.flush().unwrap();
+        }
+    }
+    c.session.delete_stream(id);
+    c.flush().unwrap();
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(20));
+    assert_eq!(recs[0]["video_codec"], "h265");
+    assert_eq!(recs[0]["resolution"], "640x360");
+    let url = d.http_url(recs[0]["playlist"].as_str().unwrap());
+    let errors = media::decode_errors(&url);
+    assert!(errors.trim().is_empty(), "{errors}");
+    let got = media::probe(&url);
+    assert_eq!(got.video_frames, aus.len() as u64);
+    assert!(recs[0]["segments"].as_u64().unwrap() >= 2);
+}
