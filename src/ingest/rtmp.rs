@@ -281,7 +281,7 @@ impl<'a> Connection<'a> {
                     .fetch_add(1, Ordering::Relaxed);
                 // Log the first few, then one in a thousand: a broken encoder must not
                 // flood the journal.
-                if self.demux_errors <= 3 || self.demux_errors % 1000 == 0 {
+                if self.demux_errors <= 3 || self.demux_errors.is_multiple_of(1000) {
                     tracing::warn!(peer = %self.peer, count = self.demux_errors, error = %e, "dropping a malformed media message");
                 }
                 Ok(())
