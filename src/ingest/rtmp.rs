@@ -114,7 +114,7 @@ impl<'a> Connection<'a> {
             Instant::now() + Duration::from_secs(self.config.handshake_timeout_s);
         let idle = Duration::from_secs(self.config.idle_timeout_s);
         let write_timeout = Duration::from_secs(self.config.write_timeout_s);
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         let mut rate = RateMeter::new();
         loop {
             let deadline = match self.publishing {

@@ -29,6 +29,13 @@ use crate::mux::MuxError;
 use crate::storage::Storage;
 use session::RecordingSession;
 
+/// Frames are handed to the writer thread in batches of about this much media (or
+/// [`BATCH_BYTES`]), so it wakes a few times a second instead of once per frame. Small
+/// against the flush interval, so it does not change what a crash can lose.
+pub const BATCH_TICKS: crate::media::Ticks = crate::media::TICKS_PER_SECOND / 5;
+/// See [`BATCH_TICKS`].
+pub const BATCH_BYTES: usize = 256 * 1024;
+
 /// Wall clock now, unix milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -77,7 +84,8 @@ pub(crate) enum Msg {
     Config(CodecParams),
     /// The publisher's metadata announced a video track.
     ExpectVideo,
-    Frame(Frame),
+    /// A batch of frames in arrival order (see [`BATCH_TICKS`]).
+    Frames(Vec<Frame>),
     /// Frames were dropped because the writer fell behind the byte budget.
     Gap {
         dropped: u64,
@@ -204,6 +212,8 @@ pub struct PublishHandle {
     stats: Arc<LiveStats>,
     budget: usize,
     dropping: u64,
+    batch: Vec<Frame>,
+    batch_bytes: usize,
 }
 
 impl PublishHandle {
@@ -217,6 +227,7 @@ impl PublishHandle {
 
     /// Announces a track's codec parameters. Err = the recorder has stopped (failed).
     pub fn send_config(&mut self, params: CodecParams) -> Result<(), RecorderStopped> {
+        self.send_batch()?;
         self.tx
             .send(Msg::Config(params))
             .map_err(|_| RecorderStopped)
@@ -224,6 +235,7 @@ impl PublishHandle {
 
     /// The publisher's metadata announced video: hold audio back until it comes.
     pub fn expect_video(&mut self) -> Result<(), RecorderStopped> {
+        self.send_batch()?;
         self.tx.send(Msg::ExpectVideo).map_err(|_| RecorderStopped)
     }
 
@@ -233,19 +245,38 @@ impl PublishHandle {
     pub fn send_frame(&mut self, frame: Frame) -> Result<(), RecorderStopped> {
         let len = frame.data.len();
         let in_flight = self.stats.in_flight.load(Ordering::Acquire);
-        if in_flight + len > self.budget {
+        if in_flight + self.batch_bytes + len > self.budget {
             self.dropping += 1;
             self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         if self.dropping > 0 {
+            self.send_batch()?;
             let dropped = std::mem::take(&mut self.dropping);
             self.tx
                 .send(Msg::Gap { dropped })
                 .map_err(|_| RecorderStopped)?;
         }
-        self.stats.in_flight.fetch_add(len, Ordering::AcqRel);
-        self.tx.send(Msg::Frame(frame)).map_err(|_| RecorderStopped)
+        let span = self.batch.first().map_or(0, |first| frame.dts - first.dts);
+        self.batch_bytes += len;
+        self.batch.push(frame);
+        if span.abs() >= BATCH_TICKS || self.batch_bytes >= BATCH_BYTES {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) -> Result<(), RecorderStopped> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.stats
+            .in_flight
+            .fetch_add(std::mem::take(&mut self.batch_bytes), Ordering::AcqRel);
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(32));
+        self.tx
+            .send(Msg::Frames(batch))
+            .map_err(|_| RecorderStopped)
     }
 }
 
@@ -256,6 +287,8 @@ pub struct RecorderStopped;
 
 impl Drop for PublishHandle {
     fn drop(&mut self) {
+        // The publisher's last frames (a failed recorder has gone; nothing to do then).
+        let _ = self.send_batch();
         let mut live = lock(&self.inner.live);
         if let Some(slot) = live.get_mut(&self.key) {
             if slot.generation == self.generation {
@@ -368,6 +401,8 @@ impl Recorders {
         let thread_key = key.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("rec {key}"))
+            // The writer needs little stack; keep per-stream memory small.
+            .stack_size(256 * 1024)
             .spawn(move || {
                 session.run(rx);
                 {
@@ -400,6 +435,8 @@ impl Recorders {
             tx,
             stats,
             dropping: 0,
+            batch: Vec::with_capacity(32),
+            batch_bytes: 0,
         })
     }
 

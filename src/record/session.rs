@@ -115,10 +115,10 @@ impl RecordingSession {
         let interval = self.config.flush_interval();
         loop {
             let result = match rx.recv_timeout(interval) {
-                Ok(Msg::Frame(frame)) => {
-                    let len = frame.data.len();
-                    let r = self.on_frame(frame);
-                    self.stats.in_flight.fetch_sub(len, Ordering::AcqRel);
+                Ok(Msg::Frames(frames)) => {
+                    let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
+                    let r = frames.into_iter().try_for_each(|f| self.on_frame(f));
+                    self.stats.in_flight.fetch_sub(bytes, Ordering::AcqRel);
                     r
                 }
                 Ok(Msg::Config(params)) => self.on_config(params),
@@ -194,7 +194,10 @@ impl RecordingSession {
             return Ok(());
         }
         segment.end_dts = segment.end_dts.max(frame.dts + frame_ticks);
-        Ok(())
+        segment
+            .writer
+            .spill()
+            .map_err(|e| RecordError::io("write segment", &self.dir, e))
     }
 
     fn frame_ticks(&self, kind: TrackKind) -> Ticks {

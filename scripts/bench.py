@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Recording bench: CPU, memory and write amplification per stream.
+
+Pushes N copies of a pre-encoded 2 Mb/s clip (`ffmpeg -re -stream_loop -1 -c copy`) into
+a release build of edgerec and, when nginx with libnginx-mod-rtmp is installed, into
+nginx-rtmp with `hls on` side by side, and prints for each N:
+
+- CPU % of one core per stream (utime+stime from /proc/PID/stat over a fixed window),
+- RSS total, and RSS per extra stream relative to N=1,
+- bytes written to disk (/proc/PID/io write_bytes) divided by media bytes received
+  (edgerec: RTMP bytes received, from its API; nginx: the same publishers' bytes, taken
+  from edgerec's run at the same N).
+
+This is a benchmark, not a test: numbers depend on the machine. Usage:
+    scripts/bench.py [--streams 1,8,32] [--window 20] [--no-nginx]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def make_clip(path):
+    if os.path.exists(path):
+        return
+    tmp = path + ".tmp.flv"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25:duration=60",
+         "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:duration=60",
+         "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+         "-b:v", "2M", "-maxrate", "2M", "-bufsize", "4M", "-g", "50", "-keyint_min", "50",
+         "-sc_threshold", "0", "-c:a", "aac", "-b:a", "128k", "-f", "flv", tmp],
+        check=True)
+    os.rename(tmp, path)
+
+
+def proc_cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def proc_rss(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def proc_write_bytes(pid):
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def sample(pids):
+    return {
+        "cpu": sum(proc_cpu_ticks(p) for p in pids),
+        "rss": sum(proc_rss(p) for p in pids),
+        "write": sum(proc_write_bytes(p) for p in pids),
+        "t": time.monotonic(),
+    }
+
+
+def push(url, clip, n, stream_prefix):
+    return [subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-re", "-stream_loop", "-1",
+         "-i", clip, "-c", "copy", "-f", "flv", f"{url}/{stream_prefix}{i}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(n)]
+
+
+def stop_all(procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def http_json(addr, path):
+    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+        return json.load(r)
+
+
+def bench_edgerec(binary, clip, n, window):
+    work = tempfile.mkdtemp(prefix="edgerec-bench-")
+    cfg = os.path.join(work, "edgerec.toml")
+    with open(cfg, "w") as f:
+        f.write(f'data_dir = "{work}/data"\n[rtmp]\nlisten = "127.0.0.1:0"\nmax_connections = 256\n'
+                f'[http]\nlisten = "127.0.0.1:0"\n[record]\nflow_continue_duration_s = 0\n')
+    daemon = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.PIPE,
+                              stderr=open(os.path.join(work, "log"), "w"), text=True)
+    line = daemon.stdout.readline()
+    addrs = dict(part.split("=", 1) for part in line.split()[2:])
+    pushers = push(f"rtmp://{addrs['rtmp']}/live", clip, n, "bench")
+    try:
+        deadline = time.monotonic() + 30
+        while len(http_json(addrs["http"], "/api/v1/streams")) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(http_json(addrs['http'], '/api/v1/streams'))} of {n} streams came up")
+            time.sleep(0.2)
+        time.sleep(5)  # warm-up: first segments, allocator steady state
+        received0 = sum(s["bytes_received"] for s in http_json(addrs["http"], "/api/v1/streams"))
+        s0 = sample([daemon.pid])
+        time.sleep(window)
+        s1 = sample([daemon.pid])
+        received1 = sum(s["bytes_received"] for s in http_json(addrs["http"], "/api/v1/streams"))
+    finally:
+        stop_all(pushers)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    return result(s0, s1, n, received1 - received0)
+
+
+def bench_nginx(clip, n, window, received_hint):
+    work = tempfile.mkdtemp(prefix="nginx-bench-")
+    os.chmod(work, 0o755)  # the www-data worker must reach hls/
+    os.makedirs(f"{work}/hls", exist_ok=True)
+    os.makedirs(f"{work}/logs", exist_ok=True)
+    shutil.chown(f"{work}/hls", "www-data", "www-data")
+    port = 19350
+    with open(f"{work}/nginx.conf", "w") as f:
+        f.write(f"""load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+user www-data;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/logs/error.log;
+events {{ worker_connections 1024; }}
+rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; hls on; hls_path {work}/hls; hls_fragment 4s; }} }} }}
+""")
+    subprocess.run(["nginx", "-p", work, "-c", f"{work}/nginx.conf"], check=True)
+    time.sleep(0.5)
+    with open(f"{work}/nginx.pid") as f:
+        master = int(f.read())
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
+                                                text=True).stdout.split()]
+    pushers = push(f"rtmp://127.0.0.1:{port}/live", clip, n, "bench")
+    try:
+        time.sleep(8)
+        s0 = sample(workers)
+        time.sleep(window)
+        s1 = sample(workers)
+    finally:
+        stop_all(pushers)
+        subprocess.run(["nginx", "-p", work, "-c", f"{work}/nginx.conf", "-s", "stop"])
+        time.sleep(0.5)
+        shutil.rmtree(work, ignore_errors=True)
+    return result(s0, s1, n, received_hint)
+
+
+def result(s0, s1, n, received):
+    elapsed = s1["t"] - s0["t"]
+    cpu_pct = (s1["cpu"] - s0["cpu"]) / CLK_TCK / elapsed * 100
+    written = s1["write"] - s0["write"]
+    return {
+        "n": n,
+        "cpu_per_stream_pct": cpu_pct / n,
+        "rss_mb": s1["rss"] / 1e6,
+        "written_mb": written / 1e6,
+        "received_mb": received / 1e6,
+        "write_amp": written / received if received else float("nan"),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", default="1,8,32")
+    ap.add_argument("--window", type=float, default=20.0)
+    ap.add_argument("--no-nginx", action="store_true")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.streams.split(",")]
+
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", "release", "edgerec")
+    clip = os.path.join(tempfile.gettempdir(), "edgerec-bench-2mbps.flv")
+    make_clip(clip)
+
+    with_nginx = (not args.no_nginx and shutil.which("nginx")
+                  and os.path.exists("/usr/lib/nginx/modules/ngx_rtmp_module.so"))
+    rows = []
+    for n in counts:
+        e = bench_edgerec(binary, clip, n, args.window)
+        g = bench_nginx(clip, n, args.window, e["received_mb"] * 1e6) if with_nginx else None
+        rows.append((e, g))
+        print(f"measured N={n}", file=sys.stderr)
+
+    base_e = rows[0][0]["rss_mb"]
+    base_g = rows[0][1]["rss_mb"] if with_nginx else 0
+    print(f"window {args.window:.0f} s per run; clip 2 Mb/s H.264 720p25 + AAC 128k; "
+          f"{os.cpu_count()} cores")
+    print(f"{'N':>3} | {'server':<10} | {'CPU %/stream':>12} | {'RSS MB':>7} | "
+          f"{'RSS/extra MB':>12} | {'written/received':>16}")
+    for e, g in rows:
+        for name, r, base in (("edgerec", e, base_e), ("nginx-rtmp", g, base_g)):
+            if r is None:
+                continue
+            extra = (r["rss_mb"] - base) / (r["n"] - 1) if r["n"] > 1 else float("nan")
+            print(f"{r['n']:>3} | {name:<10} | {r['cpu_per_stream_pct']:>12.3f} | {r['rss_mb']:>7.1f} | "
+                  f"{extra:>12.3f} | {r['write_amp']:>16.4f}")
+
+
+if __name__ == "__main__":
+    main()
