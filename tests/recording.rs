@@ -236,6 +236,24 @@ fn sigkill_mid_segment_recovers_with_bounded_loss() {
         let recs = d.recordings();
         (recs.len() == 1 && recs[0]["segments"].as_u64() >= Some(2)).then_some(())
     });
+    // The live sliding window lists the sealed segments, has no end, and they play.
+    let live = d.get("/hls/live/live/crash/index.m3u8");
+    assert_eq!(live.status, 200);
+    let live = live.text();
+    assert!(live.contains("#EXT-X-MEDIA-SEQUENCE:1"), "{live}");
+    assert!(
+        !live.contains("#EXT-X-ENDLIST") && !live.contains("PLAYLIST-TYPE"),
+        "{live}"
+    );
+    let uris: Vec<_> = live
+        .lines()
+        .filter(|l| l.starts_with("/hls/recordings/"))
+        .collect();
+    assert!(uris.len() >= 2, "{live}");
+    for uri in uris {
+        let errors = media::decode_errors(&d.http_url(uri));
+        assert!(errors.trim().is_empty(), "{uri}: {errors}");
+    }
     std::thread::sleep(Duration::from_millis(2500));
     let sent_s = live_since.elapsed().as_secs_f64();
     d.kill9();

@@ -1,0 +1,103 @@
+//! The command line: `check-config` reports every problem with its key and range, and
+//! `run` with no config records on the embedded default.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::binary;
+
+#[test]
+fn check_config_lists_every_problem_with_key_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[record]\nsegment_duration_s = 0\nflow_continue_duration_s = 4000\nflush_interval_ms = 10\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(
+        err.contains("record.segment_duration_s: 0 is out of range; allowed 1-60"),
+        "{err}"
+    );
+    assert!(
+        err.contains("record.flow_continue_duration_s: 4000 is out of range; allowed 0-1800"),
+        "{err}"
+    );
+    assert!(
+        err.contains("record.flush_interval_ms: 10 is out of range; allowed 100-60000"),
+        "{err}"
+    );
+
+    std::fs::write(&path, "[rtmp]\nlisten = \"0.0.0.0:1935\"\nport = 5\n").unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `port`"), "{err}");
+
+    std::fs::write(
+        &path,
+        "data_dir = \"/var/lib/edgerec\"\n[record]\nsegment_duration_s = 6\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn run_without_a_config_records_on_the_embedded_default() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary())
+        .arg("run")
+        .current_dir(cwd.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let line = line.unwrap_or_else(|_| {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        panic!("no listening line (is port 1935 or 8080 taken?): {err}")
+    });
+    assert_eq!(
+        line,
+        "edgerec: listening rtmp=0.0.0.0:1935 http=127.0.0.1:8080"
+    );
+    assert!(status.success());
+    assert!(cwd.path().join("edgerec-data/index").is_dir());
+    assert!(cwd.path().join("edgerec-data/media").is_dir());
+}
