@@ -70,40 +70,8 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run { config, data_dir } => {
-            init_logging();
-            let config = match load(config, data_dir) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("edgerec: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("edgerec: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let result = runtime.block_on(async {
-                let cancel = CancellationToken::new();
-                tokio::spawn(shutdown_on_signal(cancel.clone()));
-                edgerec::daemon::run(config, cancel).await
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("edgerec: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+    match Cli::parse().command {
+        Command::Run { config, data_dir } => with_config(config, data_dir, run_daemon),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -118,16 +86,47 @@ fn main() -> ExitCode {
             data_dir,
             config,
             repair,
-        } => {
-            init_logging();
-            let config = match load(config, data_dir) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("edgerec: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            run_fsck(&config, repair)
+        } => with_config(config, data_dir, |c| run_fsck(&c, repair)),
+    }
+}
+
+/// Sets up logging, loads the config (exit 2 when it is invalid) and runs `f` with it.
+fn with_config(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    f: impl FnOnce(Config) -> ExitCode,
+) -> ExitCode {
+    init_logging();
+    match load(config, data_dir) {
+        Ok(c) => f(c),
+        Err(e) => {
+            eprintln!("edgerec: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_daemon(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edgerec: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        edgerec::daemon::run(config, cancel).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgerec: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

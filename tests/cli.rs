@@ -9,22 +9,28 @@ use std::time::Duration;
 
 use support::binary;
 
-#[test]
-fn check_config_lists_every_problem_with_key_and_range() {
+/// Runs `edgerec check-config` on `text`; returns (exit code, stderr).
+fn check_config(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        "[record]\nsegment_duration_s = 0\nflow_continue_duration_s = 4000\nflush_interval_ms = 10\n",
-    )
-    .unwrap();
+    let path = dir.path().join("edgerec.toml");
+    std::fs::write(&path, text).unwrap();
     let out = Command::new(binary())
         .arg("check-config")
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_lists_every_problem_with_key_and_range() {
+    let (code, err) = check_config(
+        "[record]\nsegment_duration_s = 0\nflow_continue_duration_s = 4000\nflush_interval_ms = 10\n",
+    );
+    assert_eq!(code, Some(2));
     assert!(err.contains("3 problem(s)"), "{err}");
     assert!(
         err.contains("record.segment_duration_s: 0 is out of range; allowed 1-60"),
@@ -39,31 +45,13 @@ fn check_config_lists_every_problem_with_key_and_range() {
         "{err}"
     );
 
-    std::fs::write(&path, "[rtmp]\nlisten = \"0.0.0.0:1935\"\nport = 5\n").unwrap();
-    let out = Command::new(binary())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_config("[rtmp]\nlisten = \"0.0.0.0:1935\"\nport = 5\n");
+    assert_eq!(code, Some(2));
     assert!(err.contains("unknown field `port`"), "{err}");
 
-    std::fs::write(
-        &path,
-        "data_dir = \"/var/lib/edgerec\"\n[record]\nsegment_duration_s = 6\n",
-    )
-    .unwrap();
-    let out = Command::new(binary())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) =
+        check_config("data_dir = \"/var/lib/edgerec\"\n[record]\nsegment_duration_s = 6\n");
+    assert_eq!(code, Some(0), "{err}");
 }
 
 #[test]
