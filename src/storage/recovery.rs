@@ -10,6 +10,7 @@
 //!   (measured from its last durable media), or `finished` when the window has passed.
 //!
 //! Failed recordings get their files reconciled (a write error may leave a `.part`).
+//! A recording that never got a durable segment is removed (nothing to play or resume).
 //! Recordings marked `deleting` finish their two-phase delete (invariant 3). Finished
 //! recordings are not rescanned here (that is `fsck`'s job), which keeps start-up fast.
 
@@ -51,6 +52,7 @@ pub struct RecoveryReport {
     pub deletions_completed: usize,
     pub made_resumable: usize,
     pub finished: usize,
+    pub empty_removed: usize,
 }
 
 impl RecoveryReport {
@@ -89,6 +91,13 @@ pub fn recover(
         }
         report.recordings_checked += 1;
         let row = reconcile_files(index, storage, &row, &mut report)?;
+        if row.segments == 0 && row.sessions <= 1 {
+            // Created just before the crash, before any media became durable: there is
+            // nothing to resume or play (the live path removes these too).
+            finish_delete(index, storage, &row)?;
+            report.empty_removed += 1;
+            continue;
+        }
         close_or_resume(index, &row, resume_window, now_ms, &mut report)?;
     }
     Ok(report)
@@ -257,8 +266,23 @@ mod tests {
     use super::*;
     use crate::storage::PART_SUFFIX;
 
+    fn segment_row(seq: u32, bytes: u64) -> SegmentRow {
+        SegmentRow {
+            seq,
+            file: SegmentRow::file_name(seq),
+            duration_ticks: 90_000,
+            bytes,
+            media_start: 0,
+            wall_start_ms: 10_000,
+            keyframe: true,
+            discontinuity: false,
+            gap: false,
+            recovered: false,
+        }
+    }
+
     #[test]
-    fn empty_part_files_are_discarded_and_state_moves_on() {
+    fn empty_part_files_are_discarded_and_empty_recordings_removed() {
         let data = tempfile::tempdir().unwrap();
         let index = Index::open(&data.path().join("index")).unwrap();
         let storage = Storage::new(data.path().join("media"));
@@ -266,13 +290,11 @@ mod tests {
         index.create_recording(&row).unwrap();
         let dir = storage.create_recording_dir("live", "s", "r").unwrap();
         std::fs::write(dir.join(format!("00000001.ts{PART_SUFFIX}")), b"").unwrap();
-        // Window long past: finished.
         let report = recover(&index, &storage, Duration::from_secs(30), 1_000_000).unwrap();
         assert_eq!(report.parts_discarded, 1);
-        assert_eq!(report.finished, 1);
-        assert!(!dir.join("00000001.ts.part").exists());
-        let row = index.get_recording("r").unwrap().unwrap();
-        assert_eq!(row.state, RecordingState::Finished);
+        assert_eq!(report.empty_removed, 1);
+        assert!(!dir.exists());
+        assert!(index.get_recording("r").unwrap().is_none());
         // Idempotent.
         let again = recover(&index, &storage, Duration::from_secs(30), 1_000_000).unwrap();
         assert!(!again.changed_anything(), "{again:?}");
@@ -285,11 +307,28 @@ mod tests {
         let storage = Storage::new(data.path().join("media"));
         let row = RecordingRow::new("r".into(), "live".into(), "s".into(), 10_000);
         index.create_recording(&row).unwrap();
+        let dir = storage.create_recording_dir("live", "s", "r").unwrap();
+        std::fs::write(dir.join(SegmentRow::file_name(1)), [0x47; 188]).unwrap();
+        index.commit_segment("r", &segment_row(1, 188)).unwrap();
+        // Media ended at 11 s wall time; the window is 30 s.
         let report = recover(&index, &storage, Duration::from_secs(30), 20_000).unwrap();
         assert_eq!(report.made_resumable, 1);
         let row = index.get_recording("r").unwrap().unwrap();
         assert_eq!(row.state, RecordingState::Resumable);
-        assert_eq!(row.resumable_until_ms, Some(40_000));
+        assert_eq!(row.resumable_until_ms, Some(41_000));
+        // Past the window it is finished instead.
+        index
+            .update_recording("r", |r| {
+                r.state = RecordingState::Recording;
+                Update::Write
+            })
+            .unwrap();
+        let report = recover(&index, &storage, Duration::from_secs(30), 41_001).unwrap();
+        assert_eq!(report.finished, 1);
+        assert_eq!(
+            index.get_recording("r").unwrap().unwrap().state,
+            RecordingState::Finished
+        );
     }
 
     #[test]
@@ -300,19 +339,7 @@ mod tests {
         let row = RecordingRow::new("r".into(), "live".into(), "s".into(), 0);
         index.create_recording(&row).unwrap();
         storage.create_recording_dir("live", "s", "r").unwrap();
-        let seg = SegmentRow {
-            seq: 1,
-            file: SegmentRow::file_name(1),
-            duration_ticks: 90_000,
-            bytes: 188,
-            media_start: 0,
-            wall_start_ms: 0,
-            keyframe: true,
-            discontinuity: false,
-            gap: false,
-            recovered: false,
-        };
-        index.commit_segment("r", &seg).unwrap();
+        index.commit_segment("r", &segment_row(1, 188)).unwrap();
         let report = recover(&index, &storage, Duration::ZERO, 5_000).unwrap();
         assert_eq!(report.gaps_marked, 1);
         assert!(index.segments("r").unwrap()[0].gap);
