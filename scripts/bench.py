@@ -96,12 +96,13 @@ def http_json(addr, path):
         return json.load(r)
 
 
-def bench_edgerec(binary, clip, n, window):
+def bench_edgerec(binary, clip, n, window, flush_ms):
     work = tempfile.mkdtemp(prefix="edgerec-bench-")
     cfg = os.path.join(work, "edgerec.toml")
     with open(cfg, "w") as f:
         f.write(f'data_dir = "{work}/data"\n[rtmp]\nlisten = "127.0.0.1:0"\nmax_connections = 256\n'
-                f'[http]\nlisten = "127.0.0.1:0"\n[record]\nflow_continue_duration_s = 0\n')
+                f'[http]\nlisten = "127.0.0.1:0"\n[record]\nflow_continue_duration_s = 0\n'
+                f'flush_interval_ms = {flush_ms}\n')
     daemon = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.PIPE,
                               stderr=open(os.path.join(work, "log"), "w"), text=True)
     line = daemon.stdout.readline()
@@ -182,6 +183,8 @@ def main():
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--flush-ms", type=int, default=1000,
+                    help="edgerec's flush_interval_ms (nginx never fsyncs; 60000 shows the cost of durability)")
     args = ap.parse_args()
     counts = [int(x) for x in args.streams.split(",")]
 
@@ -194,7 +197,7 @@ def main():
                   and os.path.exists("/usr/lib/nginx/modules/ngx_rtmp_module.so"))
     rows = []
     for n in counts:
-        e = bench_edgerec(binary, clip, n, args.window)
+        e = bench_edgerec(binary, clip, n, args.window, args.flush_ms)
         g = bench_nginx(clip, n, args.window, e["received_mb"] * 1e6) if with_nginx else None
         rows.append((e, g))
         print(f"measured N={n}", file=sys.stderr)
@@ -202,7 +205,7 @@ def main():
     base_e = rows[0][0]["rss_mb"]
     base_g = rows[0][1]["rss_mb"] if with_nginx else 0
     print(f"window {args.window:.0f} s per run; clip 2 Mb/s H.264 720p25 + AAC 128k; "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores; edgerec flush_interval_ms={args.flush_ms}")
     print(f"{'N':>3} | {'server':<10} | {'CPU %/stream':>12} | {'RSS MB':>7} | "
           f"{'RSS/extra MB':>12} | {'written/received':>16}")
     for e, g in rows:

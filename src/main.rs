@@ -107,7 +107,12 @@ fn with_config(
 }
 
 fn run_daemon(config: Config) -> ExitCode {
+    // One event-loop thread: the network side of dozens of streams needs a small share
+    // of one core, and a second worker mostly adds cross-thread wake-ups (measured:
+    // scripts/bench.py). Disk work runs on the per-stream writer threads and the blocking
+    // pool.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
