@@ -315,10 +315,7 @@ impl Index {
     /// `open` entries whose recording is missing or no longer open (fsck).
     pub fn stale_open_entries(&self) -> Result<Vec<(String, String)>, IndexError> {
         let mut stale = Vec::new();
-        for item in self.open.iter() {
-            let (key, id) = item?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let id = String::from_utf8_lossy(&id).into_owned();
+        for (key, id) in self.open_entries()? {
             match self.get_recording(&id)? {
                 Some(row) if row.state.is_open() && row.stream_key() == key => {}
                 _ => stale.push((key, id)),

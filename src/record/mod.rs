@@ -152,6 +152,7 @@ impl LiveStats {
             segments_written: self.segments_written.load(Ordering::Relaxed),
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
             frames_rejected: self.frames_rejected.load(Ordering::Relaxed),
+            frames_skipped: self.frames_skipped.load(Ordering::Relaxed),
             timestamps_repaired: self.timestamps_repaired.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
         }
@@ -174,6 +175,8 @@ pub struct StreamView {
     pub segments_written: u64,
     pub frames_dropped: u64,
     pub frames_rejected: u64,
+    /// Frames not recorded while waiting for a keyframe (start, after a discontinuity).
+    pub frames_skipped: u64,
     pub timestamps_repaired: u64,
     pub gaps: u64,
 }

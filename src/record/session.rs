@@ -167,10 +167,7 @@ impl RecordingSession {
         }
         frame.dts += self.offset;
         frame.pts += self.offset;
-        let slot = match frame.kind {
-            TrackKind::Video => 0,
-            TrackKind::Audio => 1,
-        };
+        let slot = super::timeline::slot(frame.kind);
         if self.last_out[slot].is_some_and(|last| frame.dts <= last) {
             // Only right after a re-anchor: a frame that interleaved before the anchor.
             self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);

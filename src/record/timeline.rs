@@ -37,7 +37,8 @@ pub struct TimelineGuard {
     tracks: [Option<TrackClock>; 2],
 }
 
-fn slot(kind: TrackKind) -> usize {
+/// Index of a track in per-track arrays: video 0, audio 1.
+pub(crate) fn slot(kind: TrackKind) -> usize {
     match kind {
         TrackKind::Video => 0,
         TrackKind::Audio => 1,

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::recovery::{self, RecoveryError, RecoveryReport};
 use super::{parse_segment_file_name, Storage};
-use crate::index::Index;
+use crate::index::{Index, RecordingState};
 
 /// One inconsistency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -181,7 +181,8 @@ pub fn repair(
     let rows: Vec<_> = index.recordings().filter_map(Result::ok).collect();
     for row in rows {
         owned_dirs.insert(storage.recording_dir(&row.app, &row.stream, &row.id));
-        if !row.state.is_open() {
+        // Open and failed recordings were reconciled by `recover` above.
+        if !row.state.is_open() && row.state != RecordingState::Failed {
             report.recordings_checked += 1;
             recovery::reconcile_files(index, storage, &row, &mut report)?;
         }
