@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::index::Index;
+use crate::notify;
 use crate::record::{self, Recorders};
-use crate::storage::{recovery, Storage};
+use crate::storage::{recovery, retention, Storage};
+use crate::upload::Uploader;
 
 /// Opens the index, explaining the usual cause when sled's lock is held.
 pub fn open_index(config: &Config) -> anyhow::Result<Index> {
@@ -68,13 +70,53 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
 
     let recorders = Recorders::new(index.clone(), storage.clone(), config.record.clone());
+    let callbacks_due = Arc::new(tokio::sync::Notify::new());
+    let uploader = if config.upload.enabled {
+        let uploader = Uploader::new(
+            index.clone(),
+            storage.clone(),
+            &config,
+            callbacks_due.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot set up uploads: {e}"))?;
+        tracing::info!(endpoint = %config.upload.s3.endpoint, bucket = %config.upload.s3.bucket, concurrency = config.upload.concurrency, "uploads enabled");
+        Some(uploader)
+    } else {
+        None
+    };
     let config = Arc::new(config);
     let api_state = ApiState {
         index: index.clone(),
-        storage,
+        storage: storage.clone(),
         recorders: recorders.clone(),
         config: config.clone(),
+        uploader: uploader.clone(),
     };
+    // Background work that stops with the daemon; in-flight uploads resume at next start.
+    let background = CancellationToken::new();
+    let mut workers = Vec::new();
+    if let Some(uploader) = uploader {
+        workers.push(tokio::spawn(uploader.run(background.clone())));
+    }
+    if config.callback.enabled() {
+        workers.push(tokio::spawn(notify::run(
+            index.clone(),
+            config.callback.clone(),
+            callbacks_due,
+            background.clone(),
+        )));
+    }
+    let policy = retention::Policy {
+        storage: config.storage.clone(),
+        keep_local: config.upload.enabled.then(|| config.upload.keep_local()),
+    };
+    workers.push(tokio::spawn(retention::run(
+        index.clone(),
+        storage,
+        policy,
+        recorders.disk_state(),
+        background.clone(),
+    )));
     let ingest_cancel = cancel.child_token();
     let ingest = tokio::spawn(crate::ingest::rtmp::run(
         rtmp,
@@ -101,6 +143,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         );
     }
     let _ = reaper.await;
+    background.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
     api_cancel.cancel();
     let _ = api.await;
     tracing::info!("stopped");

@@ -15,6 +15,8 @@ pub mod index;
 pub mod ingest;
 pub mod media;
 pub mod mux;
+pub mod notify;
 pub mod proto;
 pub mod record;
 pub mod storage;
+pub mod upload;

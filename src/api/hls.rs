@@ -8,25 +8,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, ApiState};
-use crate::index::{RecordingRow, SegmentRow};
-use crate::mux::hls::{render_media_playlist, PlaylistKind, PlaylistSegment};
+use crate::index::RecordingRow;
+use crate::mux::hls::{render_media_playlist, PlaylistKind};
+use crate::record::playlist::{self, playlist_segments};
 use crate::storage::parse_segment_file_name;
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
-
-fn playlist_segments(segments: &[SegmentRow], uri_prefix: &str) -> Vec<PlaylistSegment> {
-    segments
-        .iter()
-        .enumerate()
-        .map(|(i, seg)| PlaylistSegment {
-            uri: format!("{uri_prefix}{}", seg.file),
-            duration_s: seg.duration_s(),
-            discontinuity: seg.discontinuity && i > 0,
-            program_date_time_ms: (i == 0 || seg.discontinuity).then_some(seg.wall_start_ms),
-            gap: seg.gap,
-        })
-        .collect()
-}
 
 fn playlist_response(text: String) -> Response {
     (
@@ -52,18 +39,7 @@ pub async fn recording_playlist(
 ) -> Result<Response, ApiError> {
     let row = recording(&s, &id)?;
     let segments = s.index.segments(&id)?;
-    let open = row.state.is_open();
-    let kind = if open {
-        PlaylistKind::Event
-    } else {
-        PlaylistKind::Vod
-    };
-    let text = render_media_playlist(
-        kind,
-        s.config.record.segment_duration_s,
-        &playlist_segments(&segments, ""),
-        !open,
-    );
+    let text = playlist::recording_playlist(&row, &segments, s.config.record.segment_duration_s);
     Ok(playlist_response(text))
 }
 

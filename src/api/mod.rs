@@ -4,12 +4,13 @@
 
 mod hls;
 mod recordings;
+mod uploads;
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::index::{Index, IndexError};
 use crate::record::Recorders;
 use crate::storage::Storage;
+use crate::upload::Uploader;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -25,6 +27,8 @@ pub struct ApiState {
     pub storage: Storage,
     pub recorders: Recorders,
     pub config: Arc<Config>,
+    /// None when uploads are off.
+    pub uploader: Option<Uploader>,
 }
 
 /// The whole route table.
@@ -34,6 +38,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/recordings", get(recordings::list))
         .route("/api/v1/recordings/{id}", get(recordings::get_one))
+        .route("/api/v1/uploads", get(uploads::list))
+        .route("/api/v1/uploads/{id}/retry", post(uploads::retry))
+        .route("/api/v1/callbacks", get(uploads::callbacks))
+        .route(
+            "/api/v1/callbacks/{id}/retry",
+            post(uploads::retry_callback),
+        )
+        .route("/api/v1/storage", get(uploads::storage))
         .route(
             "/hls/recordings/{id}/index.m3u8",
             get(hls::recording_playlist),
@@ -68,6 +80,13 @@ impl ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!("{what} not found"),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
         }
     }
 
@@ -123,6 +142,7 @@ async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Res
         "status": if problems.is_empty() { "ok" } else { "unhealthy" },
         "problems": problems,
         "live_streams": s.recorders.live().len(),
+        "accepting_new_recordings": s.recorders.disk_state().accepting(),
         "disk": disk,
     });
     let status = if problems.is_empty() {

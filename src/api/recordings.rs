@@ -35,6 +35,16 @@ pub struct RecordingView {
     pub resolution: Option<String>,
     pub resumable_until: Option<String>,
     pub failure: Option<String>,
+    /// `local_only` (uploads off), `waiting` (open), `queued`, `uploading`, `failed`,
+    /// `uploaded`.
+    pub upload_state: &'static str,
+    /// The playlist's URL in the store, once its location is fixed.
+    pub store_url: Option<String>,
+    pub uploaded_at: Option<String>,
+    /// `pending`, `delivered` or `failed` once the completion callback is queued.
+    pub callback_state: Option<&'static str>,
+    /// False once the local files were evicted after upload.
+    pub local_files: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment_list: Option<Vec<SegmentView>>,
 }
@@ -71,9 +81,39 @@ impl RecordingView {
             resolution: row.resolution.map(|(w, h)| format!("{w}x{h}")),
             resumable_until: row.resumable_until_ms.map(rfc3339),
             failure: row.failure.clone(),
+            upload_state: "local_only",
+            store_url: None,
+            uploaded_at: row.uploaded_ms.map(rfc3339),
+            callback_state: None,
+            local_files: row.evicted_ms.is_none(),
             segment_list: None,
         }
     }
+}
+
+/// Fills the upload fields of a view.
+fn with_upload(
+    s: &ApiState,
+    row: &RecordingRow,
+    mut view: RecordingView,
+) -> Result<RecordingView, ApiError> {
+    if let Some(uploader) = &s.uploader {
+        view.upload_state = if row.uploaded_ms.is_some() {
+            "uploaded"
+        } else if row.state.is_open() && row.segments == 0 {
+            "waiting"
+        } else {
+            uploader.recording_state(&row.id)?
+        };
+        view.store_url = row
+            .store_path
+            .as_ref()
+            .map(|p| uploader.public_url(&format!("{p}/index.m3u8")));
+    } else if row.uploaded_ms.is_some() {
+        view.upload_state = "uploaded";
+    }
+    view.callback_state = s.index.get_callback(&row.id)?.map(|c| c.state.as_str());
+    Ok(view)
 }
 
 impl SegmentView {
@@ -119,7 +159,7 @@ pub async fn list(
         {
             continue;
         }
-        out.push(RecordingView::new(&row));
+        out.push(with_upload(&s, &row, RecordingView::new(&row))?);
     }
     Ok(Json(out))
 }
@@ -134,7 +174,7 @@ pub async fn get_one(
         .filter(|r| !r.deleting)
         .ok_or_else(|| ApiError::not_found(format!("recording {id}")))?;
     let segments = s.index.segments(&id)?;
-    let mut view = RecordingView::new(&row);
+    let mut view = with_upload(&s, &row, RecordingView::new(&row))?;
     view.segment_list = Some(
         segments
             .iter()

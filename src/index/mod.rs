@@ -9,13 +9,20 @@
 //! - `open`: `app/stream` -> recording id, for recordings that are `recording` or
 //!   `resumable` (at most one per stream), so a publish finds what to resume without a scan.
 //!
+//! - `upload_pending`, `uploads`, `outbox`: the upload queue and callback outbox (see
+//!   `uploads.rs`).
+//!
 //! Every mutation is one sled transaction over the trees it touches, followed by a flush
 //! (fsync) before it returns: callers act on a change only once it is durable
 //! (crash-safety invariant 1). Never does media file IO.
 
 mod rows;
+mod uploads;
 
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
+pub use uploads::{
+    CallbackRow, CallbackState, DonePart, Multipart, ObjectKind, PendingRow, UploadRow, UploadState,
+};
 
 use std::path::Path;
 
@@ -57,6 +64,9 @@ pub struct Index {
     recordings: sled::Tree,
     segments: sled::Tree,
     open: sled::Tree,
+    upload_pending: sled::Tree,
+    uploads: sled::Tree,
+    outbox: sled::Tree,
 }
 
 fn encode<T: serde::Serialize>(row: &T) -> Vec<u8> {
@@ -124,11 +134,14 @@ impl Index {
             recordings: db.open_tree("recordings")?,
             segments: db.open_tree("segments")?,
             open: db.open_tree("open")?,
+            upload_pending: db.open_tree("upload_pending")?,
+            uploads: db.open_tree("uploads")?,
+            outbox: db.open_tree("outbox")?,
             db,
         })
     }
 
-    fn flush(&self) -> Result<(), IndexError> {
+    pub(crate) fn flush(&self) -> Result<(), IndexError> {
         self.db.flush()?;
         Ok(())
     }
@@ -141,13 +154,14 @@ impl Index {
     /// Creates an open recording; fails if its stream already has one.
     pub fn create_recording(&self, row: &RecordingRow) -> Result<(), IndexError> {
         let stream_key = row.stream_key();
-        (&self.recordings, &self.open)
-            .transaction(|(recordings, open)| {
+        (&self.recordings, &self.open, &self.upload_pending)
+            .transaction(|(recordings, open, pending)| {
                 if let Some(existing) = open.get(stream_key.as_bytes())? {
                     let existing = String::from_utf8_lossy(&existing).into_owned();
                     return Err(abort(IndexError::AlreadyOpen(stream_key.clone(), existing)));
                 }
                 recordings.insert(row.id.as_bytes(), encode(row))?;
+                pending.insert(row.id.as_bytes(), encode(&PendingRow::default()))?;
                 if row.state.is_open() {
                     open.insert(stream_key.as_bytes(), row.id.as_bytes())?;
                 }
@@ -253,6 +267,26 @@ impl Index {
             .collect()
     }
 
+    /// A recording's segments with a sequence number above `after`, in order.
+    pub fn segments_after(
+        &self,
+        recording_id: &str,
+        after: u32,
+    ) -> Result<Vec<SegmentRow>, IndexError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let prefix = segment_prefix(recording_id);
+        self.segments
+            .range(segment_key(recording_id, first)..)
+            .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(|item| {
+                let (key, value) = item?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
     /// The last `n` segments of a recording, in order.
     pub fn last_segments(
         &self,
@@ -288,6 +322,7 @@ impl Index {
             batch.remove(key);
         }
         self.segments.apply_batch(batch)?;
+        self.drop_uploads(id)?;
         if let Some(row) = self.get_recording(id)? {
             let key = row.stream_key();
             if self.open.get(key.as_bytes())?.as_deref() == Some(id.as_bytes()) {
@@ -366,6 +401,13 @@ mod tests {
             segs.iter().map(|s| s.seq).collect::<Vec<_>>(),
             [1, 2, 3, 256]
         );
+        let after: Vec<_> = index
+            .segments_after("r1", 2)
+            .unwrap()
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        assert_eq!(after, [3, 256]);
         let last = index.last_segments("r1", 2).unwrap();
         assert_eq!(last.iter().map(|s| s.seq).collect::<Vec<_>>(), [3, 256]);
         let row = index.get_recording("r1").unwrap().unwrap();

@@ -81,6 +81,17 @@ pub struct RecordingRow {
     /// Phase one of a two-phase delete (invariant 3): files may already be gone.
     #[serde(default)]
     pub deleting: bool,
+    /// Where its objects go in the store: `<prefix>/<app>/<stream>/<name>`, fixed when
+    /// the first object is queued.
+    #[serde(default)]
+    pub store_path: Option<String>,
+    /// Wall time (unix ms) when every object of the recording was in the store.
+    #[serde(default)]
+    pub uploaded_ms: Option<i64>,
+    /// Wall time (unix ms) when its local files were evicted after upload; the rows stay
+    /// so the recording can still be found (and fetched from the store).
+    #[serde(default)]
+    pub evicted_ms: Option<i64>,
 }
 
 impl RecordingRow {
@@ -106,11 +117,22 @@ impl RecordingRow {
             failure: None,
             max_segment_s: 0,
             deleting: false,
+            store_path: None,
+            uploaded_ms: None,
+            evicted_ms: None,
         }
     }
 
     pub fn duration_s(&self) -> f64 {
         ticks_to_seconds(self.duration_ticks)
+    }
+
+    /// Closed for good: no segment will be added.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.state,
+            RecordingState::Finished | RecordingState::Failed
+        )
     }
 
     /// `app/stream`, the identity of a live stream.

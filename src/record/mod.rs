@@ -8,6 +8,7 @@
 //! continues the same recording; [`run_resume_reaper`] finishes recordings whose window
 //! passed). Writing happens in [`session`], on one thread per live stream.
 
+pub mod playlist;
 mod session;
 pub mod timeline;
 
@@ -26,6 +27,7 @@ use crate::config::RecordConfig;
 use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
 use crate::media::{CodecParams, Frame, Ticks, Tracks};
 use crate::mux::MuxError;
+use crate::storage::retention::DiskState;
 use crate::storage::Storage;
 use session::RecordingSession;
 
@@ -75,6 +77,8 @@ pub enum PublishRefused {
     AlreadyPublishing(String),
     #[error("the previous publish of {0} is still being closed; try again")]
     StillClosing(String),
+    #[error("the recorder's disk is above its high watermark with nothing evictable; new recordings are refused until recordings are uploaded or space is freed")]
+    DiskFull,
     #[error("cannot start recording {stream}: {source}")]
     Failed { stream: String, source: RecordError },
 }
@@ -197,6 +201,7 @@ struct Inner {
     generation: AtomicU64,
     running: AtomicUsize,
     idle: tokio::sync::Notify,
+    disk: Arc<DiskState>,
 }
 
 /// The registry of live recorders. Cheap to clone.
@@ -313,6 +318,7 @@ impl Recorders {
                 generation: AtomicU64::new(0),
                 running: AtomicUsize::new(0),
                 idle: tokio::sync::Notify::new(),
+                disk: Arc::new(DiskState::default()),
             }),
         }
     }
@@ -325,6 +331,9 @@ impl Recorders {
         stream: &str,
         remote: String,
     ) -> Result<PublishHandle, PublishRefused> {
+        if !self.inner.disk.accepting() {
+            return Err(PublishRefused::DiskFull);
+        }
         let key = format!("{app}/{stream}");
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // Claim the slot, waiting for a closing recorder of the same stream first.
@@ -472,6 +481,11 @@ impl Recorders {
                 return self.inner.running.load(Ordering::Acquire) == 0;
             }
         }
+    }
+
+    /// The disk policy's verdict, shared with `storage::retention`.
+    pub fn disk_state(&self) -> Arc<DiskState> {
+        self.inner.disk.clone()
     }
 
     pub fn index(&self) -> &Index {

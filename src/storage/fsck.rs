@@ -112,6 +112,10 @@ pub fn check(index: &Index, storage: &Storage) -> Result<Vec<Finding>, RecoveryE
         };
         let dir = storage.recording_dir(&row.app, &row.stream, &row.id);
         owned_dirs.insert(dir.clone());
+        if row.evicted_ms.is_some() {
+            // Uploaded, local files removed on purpose: nothing to check.
+            continue;
+        }
         if row.deleting {
             findings.push(Finding::InterruptedDelete {
                 recording: row.id.clone(),
@@ -182,7 +186,7 @@ pub fn repair(
     for row in rows {
         owned_dirs.insert(storage.recording_dir(&row.app, &row.stream, &row.id));
         // Open and failed recordings were reconciled by `recover` above.
-        if !row.state.is_open() && row.state != RecordingState::Failed {
+        if !row.state.is_open() && row.state != RecordingState::Failed && row.evicted_ms.is_none() {
             report.recordings_checked += 1;
             recovery::reconcile_files(index, storage, &row, &mut report)?;
         }

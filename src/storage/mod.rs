@@ -8,6 +8,7 @@
 
 pub mod fsck;
 pub mod recovery;
+pub mod retention;
 mod segment_writer;
 
 pub use segment_writer::{SealedSegment, SegmentWriter};

@@ -80,6 +80,10 @@ pub fn recover(
             report.deletions_completed += 1;
             continue;
         }
+        if row.evicted_ms.is_some() {
+            // Uploaded, local files removed on purpose.
+            continue;
+        }
         if row.state == RecordingState::Failed {
             // A recording that failed on a write error may have left a `.part` behind.
             report.recordings_checked += 1;

@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod upload;
+
+pub use upload::{
+    CallbackConfig, OnFull, S3Config, S3Credentials, Secret, StorageConfig, UploadConfig,
+};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +27,9 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     pub http: HttpConfig,
     pub record: RecordConfig,
+    pub upload: UploadConfig,
+    pub callback: CallbackConfig,
+    pub storage: StorageConfig,
 }
 
 /// `[rtmp]`: the RTMP publish listener.
@@ -78,6 +87,9 @@ impl Default for Config {
             rtmp: RtmpConfig::default(),
             http: HttpConfig::default(),
             record: RecordConfig::default(),
+            upload: UploadConfig::default(),
+            callback: CallbackConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -230,6 +242,7 @@ impl Config {
             256,
             1_048_576,
         );
+        upload::validate(&self.upload, &self.callback, &self.storage, &mut problems);
         if self.data_dir.as_os_str().is_empty() {
             problems.push(ConfigProblem {
                 key: "data_dir".into(),

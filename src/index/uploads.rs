@@ -1,0 +1,413 @@
+//! The upload and callback rows and their sled trees (crash-safety invariant 4).
+//!
+//! Trees:
+//! - `upload_pending`: recording id -> JSON [`PendingRow`]: recordings whose objects are
+//!   not all in the store yet. A row is added in the same transaction that creates the
+//!   recording, so the uploader only ever scans recordings that still need work.
+//! - `uploads`: object id (`<recording id>.<seq:08>` or `<recording id>.playlist`, so a
+//!   recording's playlist sorts after its segments) -> JSON [`UploadRow`].
+//! - `outbox`: recording id -> JSON [`CallbackRow`]: completion callbacks to deliver.
+//!
+//! A recording's object rows are removed in the transaction that marks it uploaded and
+//! queues its callback; the recording row then carries the outcome (`uploaded_ms`).
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::TransactionError;
+use sled::Transactional;
+
+use super::{abort, decode, encode, flatten, Index, IndexError, RecordingRow};
+
+/// Per-recording progress of the planner.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PendingRow {
+    /// Segments up to this sequence number have an object row.
+    pub queued_through: u32,
+    /// The playlist object has been queued (all segments were in the store).
+    pub playlist_queued: bool,
+}
+
+/// What an object is made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum ObjectKind {
+    /// A sealed segment file of the recording.
+    Segment { seq: u32, file: String },
+    /// The finished VOD playlist, rendered from the index when it is sent.
+    Playlist,
+}
+
+/// Where an object is in its upload (DESIGN.md "Upload").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    /// Waiting for a worker.
+    Queued,
+    /// A multipart upload exists in the store (`multipart` says which parts are done).
+    Uploading,
+    /// The object is complete in the store.
+    Uploaded,
+    /// Parked after `max_attempts` failures of this object; kept until retried from the
+    /// API. Store-wide faults (outage, credentials) never park an object.
+    Failed,
+}
+
+impl UploadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Queued => "queued",
+            UploadState::Uploading => "uploading",
+            UploadState::Uploaded => "uploaded",
+            UploadState::Failed => "failed",
+        }
+    }
+}
+
+/// One completed part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DonePart {
+    pub number: u32,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// A multipart upload as persisted before its first part is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Multipart {
+    pub upload_id: String,
+    pub part_size: u64,
+    /// Completed parts, ascending by number.
+    pub parts: Vec<DonePart>,
+}
+
+/// One object to put in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRow {
+    pub id: String,
+    pub recording_id: String,
+    pub kind: ObjectKind,
+    /// The object key in the bucket (prefix included).
+    pub key: String,
+    /// Bytes of the object (the playlist's is known once rendered).
+    pub size: u64,
+    pub state: UploadState,
+    pub multipart: Option<Multipart>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Not retried before this wall time (unix ms).
+    pub next_attempt_ms: i64,
+    pub created_ms: i64,
+    pub uploaded_ms: Option<i64>,
+    /// The segment file was missing and its row is a gap: nothing to send.
+    #[serde(default)]
+    pub skipped: bool,
+    /// Failures of this object itself (not outages); `max_attempts` of them park it.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+impl UploadRow {
+    pub fn segment_id(recording_id: &str, seq: u32) -> String {
+        format!("{recording_id}.{seq:08}")
+    }
+
+    pub fn playlist_id(recording_id: &str) -> String {
+        format!("{recording_id}.playlist")
+    }
+
+    /// Bytes the store already holds for this object.
+    pub fn bytes_done(&self) -> u64 {
+        match (&self.state, &self.multipart) {
+            (UploadState::Uploaded, _) => self.size,
+            (_, Some(m)) => m.parts.iter().map(|p| p.size).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Delivery state of a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackState {
+    Pending,
+    Delivered,
+    /// Gave up after `max_attempts`; kept and shown, retried only from the API.
+    Failed,
+}
+
+impl CallbackState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackState::Pending => "pending",
+            CallbackState::Delivered => "delivered",
+            CallbackState::Failed => "failed",
+        }
+    }
+}
+
+/// One completion callback in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackRow {
+    /// The recording id; also the `Idempotency-Key` and the body's `file_id`.
+    pub id: String,
+    pub url: String,
+    /// The body without `t` and `sign`, which are added at each attempt.
+    pub body: serde_json::Value,
+    pub state: CallbackState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_ms: i64,
+    pub created_ms: i64,
+    pub delivered_ms: Option<i64>,
+}
+
+impl Index {
+    /// Recordings that still have objects to upload, with their planner progress.
+    pub fn upload_pending(&self) -> Result<Vec<(String, PendingRow)>, IndexError> {
+        self.upload_pending
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((
+                    String::from_utf8_lossy(&key).into_owned(),
+                    decode(&key, &value)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Adds (or re-adds) a recording to the planner's set, keeping existing progress.
+    pub fn ensure_upload_pending(&self, recording_id: &str) -> Result<(), IndexError> {
+        let inserted = self.upload_pending.compare_and_swap(
+            recording_id.as_bytes(),
+            None as Option<&[u8]>,
+            Some(encode(&PendingRow::default())),
+        )?;
+        if inserted.is_ok() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Inserts new object rows (existing ids are left alone) and the planner's progress,
+    /// in one transaction.
+    pub fn queue_uploads(
+        &self,
+        recording_id: &str,
+        rows: &[UploadRow],
+        progress: &PendingRow,
+    ) -> Result<(), IndexError> {
+        (&self.uploads, &self.upload_pending)
+            .transaction(|(uploads, pending)| {
+                for row in rows {
+                    if uploads.get(row.id.as_bytes())?.is_none() {
+                        uploads.insert(row.id.as_bytes(), encode(row))?;
+                    }
+                }
+                pending.insert(recording_id.as_bytes(), encode(progress))?;
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush()
+    }
+
+    pub fn get_upload(&self, id: &str) -> Result<Option<UploadRow>, IndexError> {
+        match self.uploads.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode(id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores an object row's new state; durable when this returns (invariant 4).
+    /// Returns false (and writes nothing) if the row was removed meanwhile (its
+    /// recording was deleted).
+    pub fn put_upload(&self, row: &UploadRow) -> Result<bool, IndexError> {
+        let key = row.id.as_bytes();
+        let stored = self
+            .uploads
+            .transaction(|uploads| {
+                if uploads.get(key)?.is_none() {
+                    return Ok(false);
+                }
+                uploads.insert(key, encode(row))?;
+                Ok(true)
+            })
+            .map_err(|e: TransactionError<IndexError>| flatten(e))?;
+        self.flush()?;
+        Ok(stored)
+    }
+
+    /// Every object row in key order (oldest recording first, playlist last).
+    pub fn uploads(&self) -> impl Iterator<Item = Result<UploadRow, IndexError>> + '_ {
+        self.uploads.iter().map(|item| {
+            let (key, value) = item?;
+            decode(&key, &value)
+        })
+    }
+
+    /// A recording's object rows.
+    pub fn uploads_of(&self, recording_id: &str) -> Result<Vec<UploadRow>, IndexError> {
+        self.uploads
+            .scan_prefix(format!("{recording_id}."))
+            .map(|item| {
+                let (key, value) = item?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// Marks a recording uploaded at `uploaded_ms`: drops its object rows and planner
+    /// entry and queues its callback, all in one transaction.
+    pub fn complete_upload(
+        &self,
+        recording_id: &str,
+        uploaded_ms: i64,
+        callback: Option<&CallbackRow>,
+    ) -> Result<RecordingRow, IndexError> {
+        let keys: Vec<_> = self
+            .uploads
+            .scan_prefix(format!("{recording_id}."))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let id = recording_id.as_bytes();
+        let row = (
+            &self.recordings,
+            &self.uploads,
+            &self.upload_pending,
+            &self.outbox,
+        )
+            .transaction(|(recordings, uploads, pending, outbox)| {
+                let bytes = recordings
+                    .get(id)?
+                    .ok_or_else(|| abort(IndexError::NoSuchRecording(recording_id.to_owned())))?;
+                let mut row: RecordingRow = decode(id, &bytes).map_err(abort)?;
+                row.uploaded_ms = Some(uploaded_ms);
+                recordings.insert(id, encode(&row))?;
+                for key in &keys {
+                    uploads.remove(key.as_ref())?;
+                }
+                pending.remove(id)?;
+                if let Some(cb) = callback {
+                    outbox.insert(cb.id.as_bytes(), encode(cb))?;
+                }
+                Ok(row)
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(row)
+    }
+
+    /// Forgets a recording's upload work (the recording was deleted).
+    pub fn drop_uploads(&self, recording_id: &str) -> Result<(), IndexError> {
+        let keys: Vec<_> = self
+            .uploads
+            .scan_prefix(format!("{recording_id}."))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key);
+        }
+        self.uploads.apply_batch(batch)?;
+        self.upload_pending.remove(recording_id.as_bytes())?;
+        self.flush()
+    }
+
+    pub fn callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
+        self.outbox
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    pub fn get_callback(&self, id: &str) -> Result<Option<CallbackRow>, IndexError> {
+        match self.outbox.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode(id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_callback(&self, row: &CallbackRow) -> Result<(), IndexError> {
+        self.outbox.insert(row.id.as_bytes(), encode(row))?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(rec: &str, seq: u32) -> UploadRow {
+        UploadRow {
+            id: UploadRow::segment_id(rec, seq),
+            recording_id: rec.into(),
+            kind: ObjectKind::Segment {
+                seq,
+                file: format!("{seq:08}.ts"),
+            },
+            key: format!("p/{seq:08}.ts"),
+            size: 100,
+            state: UploadState::Queued,
+            multipart: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_ms: 0,
+            created_ms: 0,
+            uploaded_ms: None,
+            skipped: false,
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn created_recordings_are_pending_and_completion_clears_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let row = RecordingRow::new("r1".into(), "live".into(), "cam".into(), 0);
+        index.create_recording(&row).unwrap();
+        assert_eq!(index.upload_pending().unwrap()[0].0, "r1");
+
+        let progress = PendingRow {
+            queued_through: 2,
+            playlist_queued: false,
+        };
+        let mut first = object("r1", 1);
+        index
+            .queue_uploads("r1", &[first.clone(), object("r1", 2)], &progress)
+            .unwrap();
+        // Re-queueing keeps the existing row's state.
+        first.state = UploadState::Uploaded;
+        index.put_upload(&first).unwrap();
+        index
+            .queue_uploads("r1", &[object("r1", 1)], &progress)
+            .unwrap();
+        let rows = index.uploads_of("r1").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].state, UploadState::Uploaded);
+        assert_eq!(index.upload_pending().unwrap()[0].1, progress);
+        // The playlist sorts after the segments.
+        assert!(UploadRow::playlist_id("r1") > UploadRow::segment_id("r1", 99_999_999));
+
+        let cb = CallbackRow {
+            id: "r1".into(),
+            url: "http://x".into(),
+            body: serde_json::json!({"event_type": 100}),
+            state: CallbackState::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_ms: 0,
+            created_ms: 5,
+            delivered_ms: None,
+        };
+        index.complete_upload("r1", 5, Some(&cb)).unwrap();
+        assert!(index.uploads_of("r1").unwrap().is_empty());
+        assert!(index.upload_pending().unwrap().is_empty());
+        assert_eq!(index.callbacks().unwrap(), vec![cb]);
+        assert_eq!(
+            index.get_recording("r1").unwrap().unwrap().uploaded_ms,
+            Some(5)
+        );
+    }
+}

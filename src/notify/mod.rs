@@ -1,0 +1,270 @@
+//! Completion callbacks: the `event_type` 100 body (SPECS.md), its signature
+//! (`sign` = MD5(key + t)), and the sender that delivers the durable outbox at least once,
+//! with the recording id as a stable `Idempotency-Key`, retrying every
+//! `retry_interval_s` until a 200 or `max_attempts`, after which the callback is kept as
+//! failed and shown in the API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CallbackConfig;
+use crate::index::{CallbackRow, CallbackState, Index, IndexError, RecordingRow};
+use crate::record::now_ms;
+
+/// How long a signature stays valid (SPECS: `t` defaults to now + 600).
+const SIGN_VALID_S: i64 = 600;
+/// A receiver that does not answer within this is retried (SPECS: 20 s).
+const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+
+/// Lower-case hex MD5 of `key` followed by the decimal `t`.
+pub fn sign(key: &str, t: i64) -> String {
+    crate::upload::s3::hex_md5(format!("{key}{t}").as_bytes())
+}
+
+/// The `event_type` 100 body of a finished HLS recording, without `t` and `sign`.
+pub fn completion_body(
+    rec: &RecordingRow,
+    config: &CallbackConfig,
+    video_url: &str,
+    file_size: u64,
+) -> Value {
+    let ext = json!({
+        "video_codec": rec.video_codec.clone().unwrap_or_default(),
+        "resolution": rec.resolution.map(|(w, h)| format!("{w}x{h}")).unwrap_or_default(),
+        "session_id": rec.id,
+    });
+    json!({
+        "event_type": 100,
+        "appid": config.appid,
+        "app": config.domain,
+        "appname": rec.app,
+        "stream_id": rec.stream,
+        "channel_id": rec.stream,
+        "file_id": rec.id,
+        "record_file_id": rec.id,
+        "file_format": "hls",
+        "start_time": rec.start_ms.div_euclid(1000),
+        "end_time": rec.end_ms.div_euclid(1000),
+        "start_time_usec": rec.start_ms.rem_euclid(1000) * 1000,
+        "end_time_usec": rec.end_ms.rem_euclid(1000) * 1000,
+        "duration": rec.duration_s().round() as i64,
+        "file_size": file_size,
+        "stream_param": "",
+        "video_url": video_url,
+        "video_id": "",
+        "media_start_time": 0,
+        "record_bps": 0,
+        "callback_ext": ext.to_string(),
+    })
+}
+
+/// Delivers due callbacks until `cancel`.
+pub async fn run(
+    index: Index,
+    config: CallbackConfig,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let http = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(ANSWER_WITHIN)
+        .user_agent(concat!("edgerec/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the callback HTTP client; callbacks stay queued");
+            return;
+        }
+    };
+    loop {
+        let idx = index.clone();
+        let due = tokio::task::spawn_blocking(move || due_callbacks(&idx, now_ms())).await;
+        match due {
+            Ok(Ok(rows)) => {
+                for row in rows {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    deliver(&index, &config, &http, row).await;
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "callback outbox"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+fn due_callbacks(index: &Index, now: i64) -> Result<Vec<CallbackRow>, IndexError> {
+    Ok(index
+        .callbacks()?
+        .into_iter()
+        .filter(|c| c.state == CallbackState::Pending && c.next_attempt_ms <= now)
+        .collect())
+}
+
+async fn deliver(
+    index: &Index,
+    config: &CallbackConfig,
+    http: &reqwest::Client,
+    mut row: CallbackRow,
+) {
+    let t = now_ms() / 1000 + SIGN_VALID_S;
+    let mut body = row.body.clone();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("t".into(), json!(t));
+        obj.insert("sign".into(), json!(sign(&config.key.0, t)));
+    }
+    row.attempts += 1;
+    let result = http
+        .post(&row.url)
+        .header("Idempotency-Key", &row.id)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    let now = now_ms();
+    match result {
+        Ok(r) if r.status() == reqwest::StatusCode::OK => {
+            row.state = CallbackState::Delivered;
+            row.delivered_ms = Some(now);
+            row.last_error = None;
+            tracing::info!(recording = %row.id, attempts = row.attempts, "callback delivered");
+        }
+        other => {
+            let error = match other {
+                Ok(r) => format!("receiver answered {}", r.status()),
+                Err(e) if e.is_timeout() => {
+                    format!("no answer within {}s", ANSWER_WITHIN.as_secs())
+                }
+                Err(e) => format!("cannot reach the receiver: {}", root_cause(&e)),
+            };
+            if row.attempts >= config.max_attempts {
+                row.state = CallbackState::Failed;
+                tracing::error!(recording = %row.id, attempts = row.attempts, %error, "callback failed for good; retry it from the API");
+            } else {
+                row.next_attempt_ms = now + config.retry_interval_s as i64 * 1000;
+                tracing::warn!(recording = %row.id, attempts = row.attempts, %error, retry_in_s = config.retry_interval_s, "callback not delivered");
+            }
+            row.last_error = Some(error);
+        }
+    }
+    let idx = index.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = idx.put_callback(&row) {
+            tracing::error!(error = %e, "cannot store the callback state");
+        }
+    })
+    .await;
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    cause
+}
+
+/// One callback as `GET /api/v1/callbacks` shows it.
+#[derive(Debug, Serialize)]
+pub struct CallbackView {
+    pub id: String,
+    pub recording_id: String,
+    pub url: String,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub body: Value,
+}
+
+impl CallbackView {
+    pub fn new(row: &CallbackRow) -> CallbackView {
+        CallbackView {
+            id: row.id.clone(),
+            recording_id: row.id.clone(),
+            url: row.url.clone(),
+            state: row.state.as_str(),
+            attempts: row.attempts,
+            last_error: row.last_error.clone(),
+            next_attempt: (row.state == CallbackState::Pending)
+                .then(|| crate::api::rfc3339(row.next_attempt_ms)),
+            created_at: crate::api::rfc3339(row.created_ms),
+            delivered_at: row.delivered_ms.map(crate::api::rfc3339),
+            body: row.body.clone(),
+        }
+    }
+}
+
+/// Puts a callback back in line now (`POST /api/v1/callbacks/{id}/retry`).
+pub fn retry(index: &Index, id: &str) -> Result<Option<CallbackRow>, IndexError> {
+    let Some(mut row) = index.get_callback(id)? else {
+        return Ok(None);
+    };
+    if row.state != CallbackState::Delivered {
+        row.state = CallbackState::Pending;
+        row.attempts = 0;
+        row.next_attempt_ms = 0;
+        index.put_callback(&row)?;
+    }
+    Ok(Some(row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_published_vector() {
+        assert_eq!(
+            sign("abc123", 1_506_309_357),
+            "39a8c16852c3733c9d0402a8257aba35"
+        );
+    }
+
+    #[test]
+    fn body_has_the_reference_fields() {
+        let mut rec = RecordingRow::new("20261121T1-ab".into(), "live".into(), "cam".into(), 0);
+        rec.start_ms = 1_700_000_000_250;
+        rec.end_ms = 1_700_000_012_750;
+        rec.duration_ticks = 12 * 90_000 + 45_000;
+        rec.video_codec = Some("h264".into());
+        rec.resolution = Some((1280, 720));
+        let config = CallbackConfig {
+            appid: 7,
+            domain: "push.example".into(),
+            ..CallbackConfig::default()
+        };
+        let body = completion_body(&rec, &config, "https://cdn/x/index.m3u8", 4242);
+        assert_eq!(body["event_type"], 100);
+        assert_eq!(body["file_format"], "hls");
+        assert_eq!(body["start_time"], 1_700_000_000);
+        assert_eq!(body["start_time_usec"], 250_000);
+        assert_eq!(body["end_time"], 1_700_000_012);
+        assert_eq!(body["duration"], 13);
+        assert_eq!(body["file_size"], 4242);
+        assert_eq!(body["file_id"], "20261121T1-ab");
+        assert_eq!(body["stream_id"], "cam");
+        assert_eq!(body["channel_id"], "cam");
+        assert_eq!(body["appname"], "live");
+        assert_eq!(body["app"], "push.example");
+        let ext: Value = serde_json::from_str(body["callback_ext"].as_str().unwrap()).unwrap();
+        assert_eq!(ext["resolution"], "1280x720");
+        assert_eq!(ext["session_id"], "20261121T1-ab");
+    }
+}

@@ -1,0 +1,298 @@
+//! The planner: turns committed segments and finished recordings into object rows, and
+//! a recording whose objects are all in the store into "uploaded" plus a queued callback.
+//!
+//! It scans only the `upload_pending` tree (recordings with work left), so its cost does
+//! not grow with the archive. Blocking (sled); runs on the blocking pool.
+
+use crate::config::UploadConfig;
+use crate::index::{
+    CallbackRow, Index, IndexError, ObjectKind, PendingRow, RecordingRow, Update, UploadRow,
+    UploadState,
+};
+
+/// Builds a recording's completion callback from its row and objects (None: callbacks off).
+pub type CallbackBuilder<'a> = dyn Fn(&RecordingRow, &[UploadRow], i64) -> Option<CallbackRow> + 'a;
+
+/// What the planner needs besides the index.
+pub struct PlanContext<'a> {
+    pub config: &'a UploadConfig,
+    /// Builds the completion callback of a recording (None: callbacks are off).
+    pub callback: &'a CallbackBuilder<'a>,
+}
+
+/// What one planning pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PlanReport {
+    pub queued: usize,
+    pub completed: Vec<String>,
+}
+
+/// One pass over the pending recordings.
+pub fn plan_once(index: &Index, ctx: &PlanContext, now_ms: i64) -> Result<PlanReport, IndexError> {
+    let mut report = PlanReport::default();
+    for (id, progress) in index.upload_pending()? {
+        let Some(rec) = index.get_recording(&id)? else {
+            index.drop_uploads(&id)?;
+            continue;
+        };
+        if rec.deleting {
+            continue;
+        }
+        if rec.uploaded_ms.is_some() || (rec.segments == 0 && rec.is_terminal()) {
+            // Nothing (left) to send.
+            index.drop_uploads(&id)?;
+            continue;
+        }
+        if rec.segments == 0 {
+            continue;
+        }
+        let rec = match rec.store_path {
+            Some(_) => rec,
+            None => {
+                let path = store_path(ctx.config, &rec);
+                index.update_recording(&id, |r| {
+                    if r.store_path.is_some() {
+                        return Update::Skip;
+                    }
+                    r.store_path = Some(path.clone());
+                    Update::Write
+                })?
+            }
+        };
+        report.queued += plan_recording(index, ctx, &rec, progress, now_ms, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn plan_recording(
+    index: &Index,
+    ctx: &PlanContext,
+    rec: &RecordingRow,
+    mut progress: PendingRow,
+    now_ms: i64,
+    report: &mut PlanReport,
+) -> Result<usize, IndexError> {
+    let base = rec.store_path.clone().unwrap_or_default();
+    let before = progress.clone();
+    let mut rows = Vec::new();
+    if rec.next_seq.saturating_sub(1) > progress.queued_through {
+        for seg in index.segments_after(&rec.id, progress.queued_through)? {
+            if !seg.gap {
+                rows.push(new_row(
+                    UploadRow::segment_id(&rec.id, seg.seq),
+                    rec,
+                    ObjectKind::Segment {
+                        seq: seg.seq,
+                        file: seg.file.clone(),
+                    },
+                    format!("{base}/{}", seg.file),
+                    seg.bytes,
+                    now_ms,
+                ));
+            }
+            progress.queued_through = seg.seq;
+        }
+    }
+    if rec.is_terminal() && !progress.playlist_queued && rows.is_empty() {
+        let objects = index.uploads_of(&rec.id)?;
+        if objects.iter().all(|o| o.state == UploadState::Uploaded) {
+            rows.push(new_row(
+                UploadRow::playlist_id(&rec.id),
+                rec,
+                ObjectKind::Playlist,
+                format!("{base}/index.m3u8"),
+                0,
+                now_ms,
+            ));
+            progress.playlist_queued = true;
+        }
+    }
+    let queued = rows.len();
+    if queued > 0 || progress != before {
+        index.queue_uploads(&rec.id, &rows, &progress)?;
+    }
+    if progress.playlist_queued {
+        let objects = index.uploads_of(&rec.id)?;
+        let playlist_done = objects
+            .iter()
+            .any(|o| o.kind == ObjectKind::Playlist && o.state == UploadState::Uploaded);
+        if playlist_done && objects.iter().all(|o| o.state == UploadState::Uploaded) {
+            let callback = (ctx.callback)(rec, &objects, now_ms);
+            index.complete_upload(&rec.id, now_ms, callback.as_ref())?;
+            tracing::info!(
+                recording = %rec.id,
+                objects = objects.len(),
+                bytes = objects.iter().map(|o| o.size).sum::<u64>(),
+                "recording is complete in the store"
+            );
+            report.completed.push(rec.id.clone());
+        }
+    }
+    Ok(queued)
+}
+
+fn new_row(
+    id: String,
+    rec: &RecordingRow,
+    kind: ObjectKind,
+    key: String,
+    size: u64,
+    now_ms: i64,
+) -> UploadRow {
+    UploadRow {
+        id,
+        recording_id: rec.id.clone(),
+        kind,
+        key,
+        size,
+        state: UploadState::Queued,
+        multipart: None,
+        attempts: 0,
+        last_error: None,
+        next_attempt_ms: 0,
+        created_ms: now_ms,
+        uploaded_ms: None,
+        skipped: false,
+        failures: 0,
+    }
+}
+
+/// `<prefix>/<app>/<stream>/<name>`: where a recording's objects go.
+pub fn store_path(config: &UploadConfig, rec: &RecordingRow) -> String {
+    let name = render_name(&config.file_name, rec);
+    let mut parts = Vec::new();
+    if !config.s3.prefix.is_empty() {
+        parts.push(config.s3.prefix.clone());
+    }
+    parts.extend([rec.app.clone(), rec.stream.clone(), name]);
+    parts.join("/")
+}
+
+/// Fills the file name pattern's placeholders from the recording (start time in UTC).
+pub fn render_name(pattern: &str, rec: &RecordingRow) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(rec.start_ms).unwrap_or_default();
+    let values = [
+        ("{StreamID}", rec.stream.clone()),
+        ("{RecordingID}", rec.id.clone()),
+        ("{StartYear}", t.format("%Y").to_string()),
+        ("{StartMonth}", t.format("%m").to_string()),
+        ("{StartDay}", t.format("%d").to_string()),
+        ("{StartHour}", t.format("%H").to_string()),
+        ("{StartMinute}", t.format("%M").to_string()),
+        ("{StartSecond}", t.format("%S").to_string()),
+        ("{StartMillisecond}", t.format("%3f").to_string()),
+    ];
+    let mut out = pattern.to_owned();
+    for (k, v) in values {
+        out = out.replace(k, &v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{RecordingState, SegmentRow};
+
+    fn seg(seq: u32, gap: bool) -> SegmentRow {
+        SegmentRow {
+            seq,
+            file: SegmentRow::file_name(seq),
+            duration_ticks: 360_000,
+            bytes: 1000 + u64::from(seq),
+            media_start: 0,
+            wall_start_ms: 1_700_000_000_000,
+            keyframe: true,
+            discontinuity: false,
+            gap,
+            recovered: false,
+        }
+    }
+
+    fn no_callback(_: &RecordingRow, _: &[UploadRow], _: i64) -> Option<CallbackRow> {
+        None
+    }
+
+    #[test]
+    fn names_follow_the_pattern() {
+        let mut rec = RecordingRow::new("r".into(), "live".into(), "cam1".into(), 0);
+        rec.start_ms = 1_700_000_000_123; // 2023-11-14T22:13:20.123Z
+        let mut config = UploadConfig::default();
+        config.s3.prefix = "venue-a".into();
+        assert_eq!(
+            store_path(&config, &rec),
+            "venue-a/live/cam1/cam1_2023-11-14-22-13-20"
+        );
+        assert_eq!(
+            render_name("{RecordingID}.{StartMillisecond}", &rec),
+            "r.123"
+        );
+    }
+
+    #[test]
+    fn segments_then_playlist_then_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let rec = RecordingRow::new("r1".into(), "live".into(), "cam".into(), 0);
+        index.create_recording(&rec).unwrap();
+        let config = UploadConfig::default();
+        let ctx = PlanContext {
+            config: &config,
+            callback: &no_callback,
+        };
+        assert_eq!(
+            plan_once(&index, &ctx, 1).unwrap().queued,
+            0,
+            "no segment yet"
+        );
+        index.commit_segment("r1", &seg(1, false)).unwrap();
+        index.commit_segment("r1", &seg(2, true)).unwrap();
+        assert_eq!(
+            plan_once(&index, &ctx, 1).unwrap().queued,
+            1,
+            "gaps are not sent"
+        );
+        index.commit_segment("r1", &seg(3, false)).unwrap();
+        assert_eq!(plan_once(&index, &ctx, 1).unwrap().queued, 1);
+        assert_eq!(plan_once(&index, &ctx, 1).unwrap().queued, 0, "idempotent");
+        let objects = index.uploads_of("r1").unwrap();
+        assert_eq!(objects.len(), 2);
+        assert!(
+            objects[1].key.ends_with("/00000003.ts"),
+            "{}",
+            objects[1].key
+        );
+
+        // Finished, but segments are not uploaded yet: no playlist.
+        index
+            .update_recording("r1", |r| {
+                r.state = RecordingState::Finished;
+                Update::Write
+            })
+            .unwrap();
+        assert_eq!(plan_once(&index, &ctx, 1).unwrap().queued, 0);
+        for mut o in objects {
+            o.state = UploadState::Uploaded;
+            index.put_upload(&o).unwrap();
+        }
+        assert_eq!(
+            plan_once(&index, &ctx, 1).unwrap().queued,
+            1,
+            "playlist last"
+        );
+        let mut playlist = index
+            .get_upload(&UploadRow::playlist_id("r1"))
+            .unwrap()
+            .unwrap();
+        assert!(playlist.key.ends_with("/index.m3u8"));
+        playlist.state = UploadState::Uploaded;
+        index.put_upload(&playlist).unwrap();
+        let report = plan_once(&index, &ctx, 9).unwrap();
+        assert_eq!(report.completed, vec!["r1".to_string()]);
+        assert_eq!(
+            index.get_recording("r1").unwrap().unwrap().uploaded_ms,
+            Some(9)
+        );
+        assert!(index.upload_pending().unwrap().is_empty());
+    }
+}
