@@ -1,27 +1,85 @@
 #!/usr/bin/env bash
 # Installs the real peers the integration tests drive, only where missing:
-# ffmpeg/ffprobe (publish RTMP, decode recordings). Debian/Ubuntu, as root or via sudo.
+# ffmpeg/ffprobe (publish RTMP, decode recordings) from apt (Debian/Ubuntu, as root or via
+# sudo), and the S3-compatible stores from crates.io with `cargo install`:
+# s3s-fs 0.14.1 (~4 min to build) and Garage 2.5.0 (~25 min: cache ~/.cargo/bin).
+# The tests find them via $EDGEREC_S3S_FS / $EDGEREC_GARAGE, else ~/.cargo/bin, else PATH.
 set -euo pipefail
 
+S3S_FS_VERSION=0.14.1
+GARAGE_VERSION=2.5.0
+
+# --- apt: ffmpeg ---------------------------------------------------------------------
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v mount >/dev/null 2>&1 || need+=(mount)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "test peers: all present ($(ffmpeg -version | head -n1))"
-  exit 0
+  echo "test peers: apt packages present ($(ffmpeg -version | head -n1))"
+else
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "install-test-deps: need root (or sudo) to apt-get install: ${need[*]}" >&2
+      exit 1
+    fi
+  fi
+  echo "test peers: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  ffmpeg -version | head -n1
 fi
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-    echo "install-test-deps: need root (or sudo) to apt-get install: ${need[*]}" >&2
+# --- cargo: S3 stores ----------------------------------------------------------------
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+
+# Where the tests will look for NAME: the env override, ~/.cargo/bin, then PATH.
+locate() { # ENV_VAR NAME
+  local override="${!1:-}"
+  if [ -n "$override" ]; then echo "$override"
+  elif [ -x "$cargo_bin/$2" ]; then echo "$cargo_bin/$2"
+  else command -v "$2" || true
+  fi
+}
+
+# Is BIN version WANT? Its `--version` output, else (for the copy in ~/.cargo/bin)
+# cargo's install record.
+has_version() { # BIN NAME WANT
+  local bin=$1 name=$2 want=$3 out
+  [ -n "$bin" ] && [ -x "$bin" ] || return 1
+  out=$("$bin" --version 2>/dev/null | head -n1 || true)
+  [[ " $out " =~ [^0-9.]v?${want//./\\.}[^0-9.-] ]] && return 0
+  [ "$bin" = "$cargo_bin/$name" ] && command -v cargo >/dev/null 2>&1 &&
+    cargo install --list 2>/dev/null | grep -qx "$name v$want:"
+}
+
+cargo_peer() { # ENV_VAR NAME VERSION [cargo install args...]
+  local env=$1 name=$2 version=$3 bin
+  shift 3
+  bin=$(locate "$env" "$name")
+  if has_version "$bin" "$name" "$version"; then
+    echo "test peers: $name $version present ($bin)"
+    return
+  fi
+  if [ -n "${!env:-}" ]; then
+    echo "install-test-deps: \$$env=${!env} is not $name $version" >&2
     exit 1
   fi
-fi
-echo "test peers: installing ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-ffmpeg -version | head -n1
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-test-deps: need cargo to install $name $version" >&2
+    exit 1
+  fi
+  echo "test peers: cargo install $name@$version ${bin:+(found ${bin}, wrong version)}"
+  local t0=$SECONDS
+  cargo install "$name@$version" --locked --force "$@"
+  echo "test peers: $name $version installed in $((SECONDS - t0)) s"
+  has_version "$cargo_bin/$name" "$name" "$version" || {
+    echo "install-test-deps: $cargo_bin/$name does not report version $version" >&2
+    exit 1
+  }
+}
+
+cargo_peer EDGEREC_S3S_FS s3s-fs "$S3S_FS_VERSION" --features binary
+cargo_peer EDGEREC_GARAGE garage "$GARAGE_VERSION"

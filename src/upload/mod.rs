@@ -132,12 +132,22 @@ impl Uploader {
             .iter()
             .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
             .collect();
+        let store_retry = {
+            let h = lock(&self.shared.health);
+            h.retry_at
+                .filter(|t| h.kind.is_some() && *t > Instant::now())
+                .map(|_| crate::api::rfc3339(h.retry_at_ms))
+        };
         let mut objects = Vec::new();
         let mut counts = HashMap::<&'static str, usize>::new();
         for row in self.shared.index.uploads() {
             let row = row?;
             let sending = in_flight.get(&row.id).copied();
-            let view = ObjectView::new(&row, sending);
+            let mut view = ObjectView::new(&row, sending);
+            if view.next_attempt.is_none() && sending.is_none() && row.state != UploadState::Failed
+            {
+                view.next_attempt = store_retry.clone();
+            }
             *counts.entry(view.state).or_default() += 1;
             if state_filter.is_none_or(|s| s == view.state) {
                 objects.push(view);
@@ -229,8 +239,8 @@ impl Shared {
         *h = StoreHealth::default();
     }
 
-    /// Records a store-wide fault; returns when to try again (unix ms).
-    fn store_failed(&self, kind: FaultKind, message: &str) -> i64 {
+    /// Records a store-wide fault.
+    fn store_failed(&self, kind: FaultKind, message: &str) {
         let mut h = lock(&self.health);
         h.consecutive_failures += 1;
         let delay = backoff(h.consecutive_failures, STORE_BACKOFF_CAP);
@@ -245,7 +255,6 @@ impl Shared {
         }
         h.kind = Some(kind);
         h.last_error = Some(message.to_owned());
-        h.retry_at_ms
     }
 
     /// Claims the next object that is due (oldest recording first).
@@ -388,7 +397,9 @@ async fn record_failure(shared: &Arc<Shared>, mut row: UploadRow, failure: Failu
     let now = now_ms();
     match failure {
         Failure::Store(e) if matches!(e.kind, FaultKind::Unavailable | FaultKind::Credentials) => {
-            row.next_attempt_ms = shared.store_failed(e.kind, &e.message);
+            // The wait is store-wide and held in memory: after a restart every object is
+            // tried at once, not at a deadline computed during the outage.
+            shared.store_failed(e.kind, &e.message);
             row.last_error = Some(e.message);
         }
         Failure::Store(e) if e.kind == FaultKind::NoSuchUpload => {

@@ -87,6 +87,51 @@ pub fn clip(kind: Clip, seconds: u32) -> PathBuf {
     path
 }
 
+/// A clip of incompressible video (lossless noise, ~9 MB/s) with audio: makes segments
+/// big enough for multipart uploads and fills disks fast.
+pub fn noise_clip(seconds: u32) -> PathBuf {
+    let _guard = GENERATE.lock().unwrap_or_else(|e| e.into_inner());
+    let path = super::media_dir().join(format!("noise-{seconds}s.flv"));
+    if path.exists() {
+        return path;
+    }
+    let tmp = path.with_extension("tmp.flv");
+    let d = seconds.to_string();
+    let out = tool("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "nullsrc=s=640x360:r=25:d={d},geq=lum='random(1)*255':cb=128:cr=128"
+        ))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:sample_rate=48000:duration={d}"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-f",
+            "flv",
+        ])
+        .arg(&tmp)
+        .output()
+        .expect("ffmpeg must be installed (see .ci/run)");
+    assert!(
+        out.status.success(),
+        "noise clip generation failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp, &path).expect("rename clip");
+    path
+}
+
 /// Starts `ffmpeg -c copy` publishing `clip` to `url`; `realtime` adds `-re`.
 pub fn publish(url: &str, clip: &Path, realtime: bool) -> Child {
     let mut c = tool("ffmpeg");

@@ -6,11 +6,14 @@
 
 #![allow(dead_code)]
 
+pub mod callback;
 pub mod flv;
 pub mod hevc;
 pub mod http;
 pub mod media;
+pub mod relay;
 pub mod rtmp_client;
+pub mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -60,13 +63,14 @@ impl Daemon {
 
     /// Writes the config and data dir but does not start the process.
     pub fn configure(extra_record: &str, extra_rtmp: &str) -> Daemon {
+        Daemon::configure_with(extra_record, extra_rtmp, "")
+    }
+
+    /// Like [`Daemon::configure`], with whole extra TOML sections (`[upload]`, ...)
+    /// appended.
+    pub fn configure_with(extra_record: &str, extra_rtmp: &str, sections: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
         let config_path = dir.path().join("edgerec.toml");
-        let text = format!(
-            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n",
-        );
-        std::fs::write(&config_path, text).expect("write config");
         let d = Daemon {
             log_path: dir.path().join("daemon.log"),
             dir,
@@ -76,8 +80,18 @@ impl Daemon {
             http: String::new(),
             runs: 0,
         };
+        d.write_config(extra_record, extra_rtmp, sections);
         std::fs::create_dir_all(d.data_dir()).expect("data dir");
         d
+    }
+
+    /// Rewrites the config file (takes effect at the next [`Daemon::spawn`]).
+    pub fn write_config(&self, extra_record: &str, extra_rtmp: &str, sections: &str) {
+        let data = self.data_dir();
+        let text = format!(
+            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{sections}\n",
+        );
+        std::fs::write(&self.config_path, text).expect("write config");
     }
 
     pub fn data_dir(&self) -> PathBuf {
