@@ -38,6 +38,12 @@ fn callback_section(receiver: &CallbackReceiver, retry_s: u32) -> String {
     )
 }
 
+/// A counting relay in front of `store`.
+fn relay_to(store: &dyn Store) -> Relay {
+    let endpoint = store.client().endpoint;
+    Relay::start(endpoint.trim_start_matches("http://").parse().unwrap())
+}
+
 /// Waits until the recording is uploaded; returns its API object.
 fn wait_uploaded(d: &Daemon, id: &str, limit: Duration) -> Value {
     wait_for(&format!("recording {id} uploaded"), limit, || {
@@ -228,14 +234,7 @@ fn store_killed_mid_multipart_then_restarted() {
 #[test]
 fn daemon_sigkilled_mid_part_resends_no_completed_part() {
     let store = S3sFs::start();
-    let relay = Relay::start(
-        store
-            .client()
-            .endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap(),
-    );
+    let relay = relay_to(&store);
     let mut d = Daemon::configure_with(
         "flow_continue_duration_s = 1",
         "",
@@ -268,14 +267,7 @@ fn daemon_sigkilled_mid_part_resends_no_completed_part() {
 #[test]
 fn a_60_s_outage_while_recording_loses_nothing() {
     let store = S3sFs::start();
-    let mut relay = Relay::start(
-        store
-            .client()
-            .endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap(),
-    );
+    let mut relay = relay_to(&store);
     let receiver = CallbackReceiver::start("abc123");
     let mut d = Daemon::configure_with(
         "flow_continue_duration_s = 2",
@@ -469,14 +461,7 @@ impl Drop for Tmpfs {
 #[test]
 fn full_disk_with_stop_new_keeps_everything_not_uploaded() {
     let store = S3sFs::start();
-    let mut relay = Relay::start(
-        store
-            .client()
-            .endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap(),
-    );
+    let mut relay = relay_to(&store);
     relay.stop();
     let storage = "[storage]\nhigh_watermark_percent = 40\nlow_watermark_percent = 20\ncheck_interval_s = 1\n";
     let mut d = Daemon::configure_with(

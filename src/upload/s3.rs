@@ -155,7 +155,17 @@ impl S3Store {
         key: &str,
         payload: Payload,
     ) -> Result<Option<String>, StoreError> {
-        let mut action = PutObject::new(&self.bucket, Some(&self.credentials), key);
+        let action = PutObject::new(&self.bucket, Some(&self.credentials), key);
+        self.put_signed(action, payload).await
+    }
+
+    /// Signs `action` with the payload's `Content-MD5` and sends the body; returns the
+    /// ETag the store answered with.
+    async fn put_signed<'a>(
+        &self,
+        mut action: impl S3Action<'a>,
+        payload: Payload,
+    ) -> Result<Option<String>, StoreError> {
         action
             .headers_mut()
             .insert("content-md5", payload.md5.clone());
@@ -199,28 +209,15 @@ impl S3Store {
     ) -> Result<String, StoreError> {
         let number16 = u16::try_from(number)
             .map_err(|_| StoreError::new(FaultKind::Rejected, "more than 10000 parts"))?;
-        let mut action = UploadPart::new(
+        let action = UploadPart::new(
             &self.bucket,
             Some(&self.credentials),
             key,
             number16,
             upload_id,
         );
-        action
-            .headers_mut()
-            .insert("content-md5", payload.md5.clone());
-        let url = action.sign(SIGN_FOR);
-        let response = self
-            .send(
-                self.http
-                    .put(url)
-                    .header("content-md5", &payload.md5)
-                    .header(reqwest::header::CONTENT_LENGTH, payload.len)
-                    .body(payload.body)
-                    .timeout(payload.timeout),
-            )
-            .await?;
-        etag(&response).ok_or_else(|| {
+        let etag = self.put_signed(action, payload).await?;
+        etag.ok_or_else(|| {
             StoreError::new(
                 FaultKind::Rejected,
                 format!("part {number} was accepted without an ETag"),
