@@ -140,7 +140,7 @@ def inner(args):
         f.write(os.urandom(total))
     t0 = time.time()
     sh("curl", "-sS", "-o", "/dev/null", "--fail", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", f"{AK}:{SK}",
-       "--upload-file", blob, f"http://127.0.0.1:{S3_PORT}/recordings/curl-baseline")
+       "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "--upload-file", blob, f"http://127.0.0.1:{S3_PORT}/recordings/curl-baseline")
     curl_s = time.time() - t0
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", CB_PORT), Receiver)
