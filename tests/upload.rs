@@ -576,3 +576,61 @@ fn garage_cluster_keeps_uploading_with_a_node_down_and_resumes_after_two() {
     let second = wait_uploaded(&d, &id, Duration::from_secs(400));
     check_store_matches(&d, &garage, &second);
 }
+
+#[test]
+fn an_object_that_keeps_failing_is_parked_then_retried_from_the_api() {
+    let store = S3sFs::start();
+    // The store is unreachable while recording, so nothing is uploaded yet.
+    let mut relay = relay_to(&store);
+    relay.stop();
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 1",
+        "",
+        &sections(&store, Some(&relay.url()), "max_attempts = 2", ""),
+    );
+    d.spawn();
+    media::publish_and_wait(
+        &d.rtmp_url("live", "parked"),
+        &media::clip(Clip::AudioVideo, 6),
+        true,
+    );
+    let rec = one_recording(&d, "finished", Duration::from_secs(30));
+    let id = rec["id"].as_str().unwrap().to_owned();
+    // Hide one segment file (a local fault of that object, not a gap in the index) and
+    // let the store answer: that object fails twice and is parked; the others upload.
+    d.stop();
+    let dir = d.recording_dir(&rec);
+    let (hidden, aside) = (dir.join("00000001.ts"), dir.join("aside.bin"));
+    std::fs::rename(&hidden, &aside).unwrap();
+    relay.start_again();
+    d.spawn();
+    let parked = wait_for(
+        "the object parked as failed",
+        Duration::from_secs(60),
+        || {
+            let u = d.json("/api/v1/uploads?state=failed");
+            u["objects"].as_array()?.first().cloned()
+        },
+    );
+    assert_eq!(parked["failures"], 2, "{parked}");
+    assert!(
+        parked["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("00000001.ts"),
+        "{parked}"
+    );
+    assert_eq!(d.recording(&id)["upload_state"], "failed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        d.json("/api/v1/uploads?state=failed")["objects"][0]["id"],
+        parked["id"],
+        "parked objects stay parked"
+    );
+    std::fs::rename(&aside, &hidden).unwrap();
+    let path = format!("/api/v1/uploads/{}/retry", parked["id"].as_str().unwrap());
+    let answer = support::http::post(&d.http, &path).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let rec = wait_uploaded(&d, &id, Duration::from_secs(60));
+    check_store_matches(&d, &store, &rec);
+}

@@ -25,11 +25,20 @@ impl Response {
 }
 
 pub fn get(addr: &str, path: &str) -> std::io::Result<Response> {
+    request("GET", addr, path)
+}
+
+/// A POST without a body.
+pub fn post(addr: &str, path: &str) -> std::io::Result<Response> {
+    request("POST", addr, path)
+}
+
+fn request(method: &str, addr: &str, path: &str) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
