@@ -14,6 +14,7 @@ use crate::index::Index;
 use crate::notify;
 use crate::record::{self, Recorders};
 use crate::storage::{recovery, retention, Storage};
+use crate::system;
 use crate::upload::Uploader;
 
 /// Opens the index, explaining the usual cause when sled's lock is held.
@@ -125,6 +126,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         ingest_cancel.clone(),
     ));
     let api_cancel = CancellationToken::new();
+    let uploader_for_health = api_state.uploader.clone();
     let api = tokio::spawn(api::serve(http, api_state, api_cancel.clone()));
     let reaper = tokio::spawn(record::run_resume_reaper(
         recorders.clone(),
@@ -133,9 +135,21 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
 
     tracing::info!(rtmp = %rtmp_addr, http = %http_addr, data_dir = %config.data_dir.display(), "edgerec ready");
     println!("edgerec: listening rtmp={rtmp_addr} http={http_addr}");
+    system::ready(&format!("listening rtmp={rtmp_addr} http={http_addr}"));
+    // After READY=1, so the first watchdog ping never precedes it.
+    workers.push(tokio::spawn(system::run(
+        system::Health {
+            index: index.clone(),
+            recorders: recorders.clone(),
+            uploader: uploader_for_health,
+            stuck_after: (config.record.flush_interval() * 3).max(Duration::from_secs(30)),
+        },
+        background.clone(),
+    )));
 
     cancel.cancelled().await;
     tracing::info!("shutting down: closing publishers and sealing segments");
+    system::stopping();
     let _ = ingest.await;
     if !recorders.wait_idle(Duration::from_secs(20)).await {
         tracing::error!(

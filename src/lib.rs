@@ -19,4 +19,5 @@ pub mod notify;
 pub mod proto;
 pub mod record;
 pub mod storage;
+pub mod system;
 pub mod upload;

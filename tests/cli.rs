@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -88,4 +89,30 @@ fn run_without_a_config_records_on_the_embedded_default() {
     assert!(status.success());
     assert!(cwd.path().join("edgerec-data/index").is_dir());
     assert!(cwd.path().join("edgerec-data/media").is_dir());
+}
+
+#[test]
+fn every_board_profile_and_the_packaged_default_pass_check_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("board/edgerec.toml")];
+    for entry in std::fs::read_dir(root.join("board")).unwrap() {
+        let profile = entry.unwrap().path().join("edgerec.toml");
+        if profile.exists() {
+            files.push(profile);
+        }
+    }
+    assert!(
+        files.len() >= 5,
+        "the packaged default and four boards: {files:?}"
+    );
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (code, out) = check_config(&text);
+        assert_eq!(code, Some(0), "{}: {out}", file.display());
+        assert!(
+            text.contains("data_dir = \"/var/lib/edgerec\""),
+            "{} records to the unit's StateDirectory",
+            file.display()
+        );
+    }
 }

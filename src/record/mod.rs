@@ -43,6 +43,15 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Milliseconds on a monotonic clock since the process started (immune to NTP steps).
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// Why recording failed or a publish could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -113,6 +122,9 @@ pub struct LiveStats {
     pub gaps: AtomicU64,
     /// Media bytes waiting in the channel to the writer.
     in_flight: AtomicUsize,
+    /// [`monotonic_ms`] when the writer thread last came round its loop (it does at least
+    /// every `flush_interval`); a stale value means it is stuck in IO.
+    heartbeat_ms: AtomicU64,
     tracks: Mutex<Tracks>,
     failure: Mutex<Option<String>>,
 }
@@ -464,6 +476,21 @@ impl Recorders {
         v
     }
 
+    /// Streams whose writer thread has not come round its loop for `stuck_after`: it is
+    /// blocked in IO (a dying card). The health loop stops the watchdog pings for these.
+    pub fn wedged(&self, stuck_after: Duration) -> Vec<String> {
+        let now = monotonic_ms();
+        let limit = stuck_after.as_millis() as u64;
+        lock(&self.inner.live)
+            .iter()
+            .filter(|(_, slot)| {
+                let beat = slot.stats.heartbeat_ms.load(Ordering::Relaxed);
+                !slot.stats.recording_id.is_empty() && now.saturating_sub(beat) > limit
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// Whether `app/stream` has a live publisher or a recorder still closing.
     pub fn is_live(&self, stream_key: &str) -> bool {
         lock(&self.inner.live).contains_key(stream_key)
@@ -509,6 +536,7 @@ fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
         timestamps_repaired: AtomicU64::new(0),
         gaps: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
+        heartbeat_ms: AtomicU64::new(monotonic_ms()),
         tracks: Mutex::new(Tracks::default()),
         failure: Mutex::new(None),
     }

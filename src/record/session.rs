@@ -114,6 +114,9 @@ impl RecordingSession {
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
         let interval = self.config.flush_interval();
         loop {
+            self.stats
+                .heartbeat_ms
+                .store(super::monotonic_ms(), Ordering::Relaxed);
             let result = match rx.recv_timeout(interval) {
                 Ok(Msg::Frames(frames)) => {
                     let bytes: usize = frames.iter().map(|f| f.data.len()).sum();

@@ -100,6 +100,11 @@ impl Daemon {
 
     /// (Re)starts the process on fresh ephemeral ports and waits until it listens.
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// [`Daemon::spawn`] with extra environment variables.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
@@ -111,6 +116,7 @@ impl Daemon {
             .args(["run", "-c"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,sled=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
