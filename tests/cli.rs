@@ -8,18 +8,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::binary;
+use support::edgerec;
 
 /// Runs `edgerec check-config` on `text`; returns (exit code, stderr).
 fn check_config(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edgerec.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(binary())
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = edgerec().arg("check-config").arg(&path).output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -58,7 +54,7 @@ fn check_config_lists_every_problem_with_key_and_range() {
 #[test]
 fn run_without_a_config_records_on_the_embedded_default() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = Command::new(binary())
+    let mut child = edgerec()
         .arg("run")
         .current_dir(cwd.path())
         .stdout(Stdio::piped())

@@ -48,6 +48,19 @@ pub struct Daemon {
     runs: u32,
 }
 
+/// A command running the daemon binary; through `$EDGEREC_TEST_RUNNER` (e.g.
+/// `qemu-aarch64`) when the tests run a cross-built binary under emulation.
+pub fn edgerec() -> Command {
+    match std::env::var("EDGEREC_TEST_RUNNER") {
+        Ok(runner) if !runner.is_empty() => {
+            let mut c = Command::new(runner);
+            c.arg(binary());
+            c
+        }
+        _ => edgerec(),
+    }
+}
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_edgerec"))
 }
@@ -112,7 +125,7 @@ impl Daemon {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut child = Command::new(binary())
+        let mut child = edgerec()
             .args(["run", "-c"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,sled=warn")
@@ -227,7 +240,7 @@ impl Daemon {
 
     /// Runs `edgerec fsck` (daemon must be stopped) and returns (exit code, stdout).
     pub fn fsck(&self, repair: bool) -> (i32, String) {
-        let mut cmd = Command::new(binary());
+        let mut cmd = edgerec();
         cmd.args(["fsck", "-c"]).arg(&self.config_path);
         if repair {
             cmd.arg("--repair");
