@@ -101,9 +101,10 @@ report_release() {
 
 build_tests() {
   cd "$ROOT"
-  # JSON on stdout for the executable paths; compiler diagnostics still go to stderr.
+  # JSON on stdout for the executable paths (test harnesses live in deps/; the plain binary
+  # is built too, for the integration tests); compiler diagnostics still go to stderr.
   "$CARGO" test --no-run --locked --target "$T" "${cfg[@]}" --message-format=json-render-diagnostics \
-    | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | sort -u
+    | grep -o '"executable":"[^"]*/deps/[^"]*"' | cut -d'"' -f4 | sort -u
 }
 
 run_unit_tests() {

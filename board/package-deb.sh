@@ -78,8 +78,41 @@ install -D -m 0644 "$src_conf" "$pkg/etc/edgerec/edgerec.toml"
 install -D -m 0644 "$src_sysusers" "$pkg/usr/lib/sysusers.d/edgerec.conf"
 install -D -m 0644 "$src_tmpfiles" "$pkg/usr/lib/tmpfiles.d/edgerec.conf"
 install -d -m 0755 "$pkg/usr/share/doc/edgerec" "$pkg/DEBIAN"
-printf 'edgerec\nLicense: MIT OR Apache-2.0\n' > "$pkg/usr/share/doc/edgerec/copyright"
-chmod 0644 "$pkg/usr/share/doc/edgerec/copyright"
+install -m 0644 "$ROOT/README.md" "$pkg/usr/share/doc/edgerec/README.md" # the unit's Documentation=
+install -m 0644 "$ROOT/CHANGELOG.md" "$pkg/usr/share/doc/edgerec/CHANGELOG.md"
+# A native package's changelog.gz is in Debian's format: one entry, dated by the last commit.
+when=$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}")
+printf 'edgerec (%s) stable; urgency=medium\n\n  * Release %s; see CHANGELOG.md.\n\n -- %s  %s\n' \
+  "$VERSION" "$VERSION" "$MAINTAINER" "$when" | gzip -9n > "$pkg/usr/share/doc/edgerec/changelog.gz"
+cat > "$pkg/usr/share/doc/edgerec/copyright" <<'EOF'
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: edgerec
+
+Files: *
+Copyright: the edgerec authors
+License: MIT or Apache-2.0
+
+License: Apache-2.0
+ On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.
+
+License: MIT
+ Permission is hereby granted, free of charge, to any person obtaining a copy of this
+ software and associated documentation files (the "Software"), to deal in the Software
+ without restriction, including without limitation the rights to use, copy, modify, merge,
+ publish, distribute, sublicense, and/or sell copies of the Software, and to permit persons
+ to whom the Software is furnished to do so, subject to the following conditions:
+ .
+ The above copyright notice and this permission notice shall be included in all copies or
+ substantial portions of the Software.
+ .
+ THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED,
+ INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR
+ PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE
+ FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR
+ OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER
+ DEALINGS IN THE SOFTWARE.
+EOF
+chmod 0644 "$pkg/usr/share/doc/edgerec/"*
 
 cat > "$pkg/DEBIAN/control" <<EOF
 Package: edgerec
@@ -91,7 +124,7 @@ Depends: libc6 (>= $glibc)
 Section: video
 Priority: optional
 Description: ${DESCRIPTION%%:*}
- $DESCRIPTION
+$(fold -s -w 78 <<<"$DESCRIPTION" | sed 's/ *$//; s/^/ /')
 EOF
 echo /etc/edgerec/edgerec.toml > "$pkg/DEBIAN/conffiles"
 
@@ -115,9 +148,15 @@ if [ "$1" = configure ]; then
     fi
     # (Re)start only on a running systemd (not in a chroot or image build). A start failure,
     # e.g. a config still to be edited, is reported by systemd and does not fail the install.
+    # deb-systemd-invoke honours policy-rc.d (image builds that forbid starting daemons).
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
-        systemctl restart edgerec.service || echo "edgerec: service did not start, see: journalctl -u edgerec" >&2
+        if command -v deb-systemd-invoke >/dev/null; then
+            deb-systemd-invoke restart edgerec.service || failed=1
+        else
+            systemctl restart edgerec.service || failed=1
+        fi
+        [ -z "${failed:-}" ] || echo "edgerec: the service did not start, see: journalctl -u edgerec" >&2
     fi
 fi
 exit 0
@@ -128,7 +167,11 @@ cat > "$pkg/DEBIAN/prerm" <<'EOF'
 set -e
 # Stop on removal; on upgrade the service keeps running until postinst restarts it.
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-    systemctl stop edgerec.service || true
+    if command -v deb-systemd-invoke >/dev/null; then
+        deb-systemd-invoke stop edgerec.service || true
+    else
+        systemctl stop edgerec.service || true
+    fi
 fi
 exit 0
 EOF
@@ -161,4 +204,4 @@ dpkg-deb --build --root-owner-group "$pkg" "$deb" >/dev/null
 echo "== package: $(elapsed) s"
 echo "deb:  $deb"
 echo "size: $(awk -v b="$(stat -c %s "$deb")" 'BEGIN { printf "%.2f MB", b / 1e6 }')"
-echo "Depends: libc6 (>= $glibc); NEEDED: $(tr "\n" " " <<<"$needed")"
+echo "Depends: libc6 (>= $glibc); NEEDED: $(paste -sd' ' <<<"$needed")"
