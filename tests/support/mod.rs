@@ -57,7 +57,7 @@ pub fn edgerec() -> Command {
             c.arg(binary());
             c
         }
-        _ => edgerec(),
+        _ => Command::new(binary()),
     }
 }
 
