@@ -147,7 +147,10 @@ async fn deliver(
                 Err(e) if e.is_timeout() => {
                     format!("no answer within {}s", ANSWER_WITHIN.as_secs())
                 }
-                Err(e) => format!("cannot reach the receiver: {}", root_cause(&e)),
+                Err(e) => format!(
+                    "cannot reach the receiver: {}",
+                    crate::upload::s3::deepest_source(&e).unwrap_or_else(|| e.to_string())
+                ),
             };
             if row.attempts >= config.max_attempts {
                 row.state = CallbackState::Failed;
@@ -166,16 +169,6 @@ async fn deliver(
         }
     })
     .await;
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        cause = s.to_string();
-        source = s.source();
-    }
-    cause
 }
 
 /// One callback as `GET /api/v1/callbacks` shows it.

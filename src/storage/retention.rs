@@ -141,7 +141,14 @@ pub fn check_once(
     state: &DiskState,
     now_ms: i64,
 ) -> Result<(), RecoveryError> {
-    let rows: Vec<RecordingRow> = index.recordings().filter_map(Result::ok).collect();
+    let mut u = usage(storage)?;
+    let (high, low) = watermarks(&policy.storage, u.total);
+    // Reading every row is only worth it when something may be evicted or deleted.
+    let rows: Vec<RecordingRow> = if policy.keep_local.is_some() || u.used >= high {
+        index.recordings().filter_map(Result::ok).collect()
+    } else {
+        Vec::new()
+    };
     let mut evicted = 0;
     if let Some(keep) = policy.keep_local {
         let keep_ms = keep.as_millis() as i64;
@@ -149,12 +156,10 @@ pub fn check_once(
             .iter()
             .filter(|r| is_evictable(r) && r.uploaded_ms.is_some_and(|t| t + keep_ms <= now_ms))
         {
-            evict(index, storage, row, now_ms)?;
-            evicted += 1;
+            evicted += u64::from(evict(index, storage, row, now_ms)?);
         }
+        u = usage(storage)?;
     }
-    let mut u = usage(storage)?;
-    let (high, low) = watermarks(&policy.storage, u.total);
     let mut action = None;
     if u.used >= high {
         // Oldest first: recording ids start with their creation time.
@@ -167,8 +172,7 @@ pub fn check_once(
             if u.used <= low {
                 break;
             }
-            evict(index, storage, row, now_ms)?;
-            evicted += 1;
+            evicted += u64::from(evict(index, storage, row, now_ms)?);
             u = usage(storage)?;
         }
         if evicted > 0 {
@@ -253,20 +257,28 @@ fn is_evictable(row: &RecordingRow) -> bool {
 }
 
 /// Marks the recording evicted, then removes its folder (a crash in between leaves files
-/// that the next pass removes: evicted rows are skipped by recovery and fsck).
+/// behind; evicted rows are skipped by recovery and fsck, and `fsck --repair` does not
+/// remove a folder a row owns). Returns whether this call evicted it.
 fn evict(
     index: &Index,
     storage: &Storage,
     row: &RecordingRow,
     now_ms: i64,
-) -> Result<(), RecoveryError> {
+) -> Result<bool, RecoveryError> {
+    let marked = std::cell::Cell::new(false);
     index.update_recording(&row.id, |r| {
+        marked.set(false);
         if r.evicted_ms.is_some() || r.uploaded_ms.is_none() {
             return Update::Skip;
         }
         r.evicted_ms = Some(now_ms);
+        marked.set(true);
         Update::Write
     })?;
+    if !marked.get() {
+        // Already evicted (earlier in this pass) or not uploaded: nothing to do.
+        return Ok(false);
+    }
     let dir = storage.recording_dir(&row.app, &row.stream, &row.id);
     storage
         .remove_recording_dir(&row.app, &row.stream, &row.id)
@@ -275,7 +287,7 @@ fn evict(
             source,
         })?;
     tracing::info!(recording = %row.id, bytes = row.bytes, "evicted local files (uploaded)");
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

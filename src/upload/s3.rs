@@ -322,13 +322,20 @@ fn transport_error(e: reqwest::Error) -> StoreError {
         "connection failed"
     };
     // The source chain names the cause (refused, reset, DNS) without the signed URL.
-    let mut cause = String::new();
-    let mut source = std::error::Error::source(&e);
+    let cause = deepest_source(&e).unwrap_or_default();
+    StoreError::new(FaultKind::Unavailable, format!("store {what}: {cause}"))
+}
+
+/// The innermost cause of an error chain (for reqwest: refused, reset, DNS), if any. The
+/// top-level text is left out on purpose: reqwest puts the (signed) URL there.
+pub fn deepest_source(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = None;
+    let mut source = e.source();
     while let Some(s) = source {
-        cause = s.to_string();
+        cause = Some(s.to_string());
         source = s.source();
     }
-    StoreError::new(FaultKind::Unavailable, format!("store {what}: {cause}"))
+    cause
 }
 
 /// Sorts a store error answer (`status`, S3 `Code`, `Message`) by who must act.

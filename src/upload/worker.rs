@@ -132,27 +132,22 @@ async fn send_segment(
         row.recording_id.clone(),
     );
     let file_name = file.to_owned();
-    let located = tokio::task::spawn_blocking(move || -> Result<(PathBuf, bool), Failure> {
+    let path = tokio::task::spawn_blocking(move || -> Result<PathBuf, Failure> {
         let rec = index
             .get_recording(&rec_id)?
             .ok_or_else(|| Failure::Local("the recording was deleted".into()))?;
-        let is_gap = index
-            .segments_after(&rec_id, seq.saturating_sub(1))?
-            .first()
-            .is_some_and(|s| s.seq == seq && s.gap);
-        Ok((
-            storage
-                .recording_dir(&rec.app, &rec.stream, &rec.id)
-                .join(file_name),
-            is_gap,
-        ))
+        Ok(storage
+            .recording_dir(&rec.app, &rec.stream, &rec.id)
+            .join(file_name))
     })
     .await
     .map_err(|e| Failure::Local(format!("segment task: {e}")))??;
-    let (path, is_gap) = located;
     let size = match tokio::fs::metadata(&path).await {
         Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_gap => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && is_gap(shared, &row.recording_id, seq).await? =>
+        {
             // Recovery marked the file lost; the playlist lists it as EXT-X-GAP.
             row.skipped = true;
             return mark_uploaded(shared, row).await;
@@ -170,6 +165,19 @@ async fn send_segment(
         return mark_uploaded(shared, row).await;
     }
     send_multipart(shared, row, path, size, part_size, progress).await
+}
+
+/// Whether the index marks segment `seq` of the recording as a gap (its file is lost).
+async fn is_gap(shared: &Shared, recording_id: &str, seq: u32) -> Result<bool, Failure> {
+    let (index, id) = (shared.index.clone(), recording_id.to_owned());
+    tokio::task::spawn_blocking(move || {
+        Ok(index
+            .segments_after(&id, seq.saturating_sub(1))?
+            .first()
+            .is_some_and(|s| s.seq == seq && s.gap))
+    })
+    .await
+    .map_err(|e| Failure::Local(format!("segment task: {e}")))?
 }
 
 async fn read_range(path: PathBuf, start: u64, end: u64) -> Result<Bytes, Failure> {
