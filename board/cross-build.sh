@@ -5,12 +5,14 @@
 # as root or via sudo), then by default builds `--release --locked` and prints the stripped
 # binary, `file` output and size; fails if the aarch64 binary is over 10 MB (10^6 bytes).
 #
-#   board/cross-build.sh TARGET [--release] [--tests] [--run-unit-tests] [--install-only] [-- TEST-ARGS...]
+#   board/cross-build.sh TARGET [--release] [--tests] [--run-unit-tests] [--run-tests] [--install-only] [-- TEST-ARGS...]
 #     TARGET            aarch64-unknown-linux-gnu (aarch64, arm64)
 #                       armv7-unknown-linux-gnueabihf (armv7, armhf)
 #     --release         the release binary (the default when no other mode is given)
 #     --tests           build the test binaries (dev profile) and print their paths
 #     --run-unit-tests  run the lib unit tests under qemu-user (TEST-ARGS go to the harness)
+#     --run-tests       run the whole suite (unit and integration) under qemu-user: the test
+#                       harnesses and the daemon they spawn are ARM code, the peers native
 #     --install-only    only install the missing packages
 #
 # Honours CARGO_TARGET_DIR (default: target/). Debian's compiler is named explicitly
@@ -23,14 +25,15 @@ CARGO=/usr/bin/cargo
 export RUSTC=/usr/bin/rustc
 MAX_BYTES=10000000 # aarch64 size budget: 10 MB, stripped
 
-usage() { sed -n '8,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '8,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-target="" do_release=0 do_tests=0 do_run=0 install_only=0 test_args=()
+target="" do_release=0 do_tests=0 do_run=0 do_run_all=0 install_only=0 test_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) do_release=1 ;;
     --tests) do_tests=1 ;;
     --run-unit-tests) do_run=1 ;;
+    --run-tests) do_run_all=1 ;;
     --install-only) install_only=1 ;;
     --) shift; test_args=("$@"); break ;;
     -h|--help) usage ;;
@@ -39,7 +42,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ $((do_release + do_tests + do_run)) -gt 0 ] || do_release=1
+[ $((do_release + do_tests + do_run + do_run_all)) -gt 0 ] || do_release=1
 
 case "$target" in
   aarch64|arm64|aarch64-unknown-linux-gnu)
@@ -76,8 +79,43 @@ install_missing() {
   dpkg --print-foreign-architectures | grep -qx "$DEB_ARCH" || $sudo dpkg --add-architecture "$DEB_ARCH"
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq || { echo "cross-build: apt-get update failed, see above" >&2; exit 1; }
-  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  $sudo apt-get update -qq || echo "cross-build: apt-get update reported errors (above); going on" >&2
+  local debs=()
+  mapfile -t debs < <(fetch_stale_foreign "${need[@]}")
+  $sudo apt-get install -y -qq "${need[@]}" "${debs[@]}" >/dev/null
+}
+
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2; exit }'; }
+
+# A mirror sometimes serves a stale index for one architecture ("File has unexpected size
+# ... Mirror sync in progress?"): apt then offers older $DEB_ARCH builds than the host's,
+# e.g. a target std that does not match rustc-web, or a Multi-Arch: same library whose
+# version must equal the host's. For each such package (and, transitively, its
+# dependencies), fetch the host version's .deb for $DEB_ARCH from the same pool directory
+# and print its path for `apt-get install`. Prints nothing when the index is sound.
+fetch_stale_foreign() {
+  local host_arch queue=() seen=" " p hv dep uri dir
+  host_arch=$(dpkg --print-architecture)
+  dir=$(mktemp -d /tmp/cross-build-debs.XXXXXX)
+  for p in "$@"; do [[ $p == *:"$DEB_ARCH" ]] && queue+=("${p%:*}"); done
+  while [ ${#queue[@]} -gt 0 ]; do
+    p=${queue[0]} queue=("${queue[@]:1}")
+    [[ $seen == *" $p "* ]] && continue
+    seen+="$p "
+    hv=$(candidate "$p:$host_arch")
+    if [ -z "$hv" ] || [ "$hv" = "$(candidate "$p:$DEB_ARCH")" ]; then continue; fi
+    uri=$(apt-get download --print-uris "$p:$host_arch" 2>/dev/null | head -n1 | cut -d"'" -f2)
+    uri=${uri%_"$host_arch".deb}_$DEB_ARCH.deb
+    echo "cross-build: stale $DEB_ARCH index for $p; fetching $hv from ${uri%/*}/" >&2
+    curl -fsSL -o "$dir/${p}_$DEB_ARCH.deb" "$uri" ||
+      wget -q -O "$dir/${p}_$DEB_ARCH.deb" "$uri" ||
+      { echo "cross-build: cannot fetch $uri" >&2; exit 1; }
+    echo "$dir/${p}_$DEB_ARCH.deb"
+    for dep in $(apt-cache show --no-all-versions "$p:$host_arch" |
+      awk -F': ' '/^(Pre-)?Depends:/ { print $2 }' | tr ',|' '\n' | awk '{ print $1 }' | sed 's/:any$//'); do
+      queue+=("$dep")
+    done
+  done
 }
 
 build_release() {
@@ -113,6 +151,14 @@ run_unit_tests() {
     -- "${test_args[@]}"
 }
 
+run_all_tests() {
+  cd "$ROOT"
+  # qemu-user does not follow an execve into another ARM binary (no binfmt_misc needed or
+  # touched): tests/support spawns the daemon through $EDGEREC_TEST_RUNNER instead.
+  EDGEREC_TEST_RUNNER="$QEMU" "$CARGO" test --locked --target "$T" "${cfg[@]}" \
+    --config "target.$T.runner=\"$QEMU\"" -- "${test_args[@]}"
+}
+
 step "install missing packages ($DEB_ARCH)" install_missing
 [ $install_only = 0 ] || exit 0
 [ -d "/usr/lib/rustlib/$T" ] || { echo "cross-build: no Rust std for $T in /usr/lib/rustlib" >&2; exit 1; }
@@ -121,3 +167,4 @@ echo "toolchain: $("$CARGO" --version), $("$RUSTC" --version), target $T"
 if [ $do_release = 1 ]; then step "cargo build --release ($T)" build_release; report_release; fi
 if [ $do_tests = 1 ]; then step "cargo test --no-run ($T)" build_tests; fi
 if [ $do_run = 1 ]; then step "lib unit tests under $QEMU ($T)" run_unit_tests; fi
+if [ $do_run_all = 1 ]; then step "all tests under $QEMU ($T)" run_all_tests; fi

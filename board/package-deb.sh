@@ -134,7 +134,11 @@ cat > "$pkg/DEBIAN/postinst" <<'EOF'
 set -e
 if [ "$1" = configure ]; then
     if command -v systemd-sysusers >/dev/null; then systemd-sysusers edgerec.conf; fi
-    if command -v systemd-tmpfiles >/dev/null; then systemd-tmpfiles --create edgerec.conf; fi
+    # Only on a running systemd, as debhelper does: in a chroot or image build (no /proc)
+    # systemd-tmpfiles-setup.service creates the directories at the first boot.
+    if [ -d /run/systemd/system ] && command -v systemd-tmpfiles >/dev/null; then
+        systemd-tmpfiles --create edgerec.conf >/dev/null || true
+    fi
     # Enabled on first install; an admin's `systemctl disable` survives upgrades.
     if command -v deb-systemd-helper >/dev/null; then
         deb-systemd-helper unmask edgerec.service >/dev/null || true

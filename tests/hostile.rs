@@ -244,6 +244,34 @@ fn timestamps_going_backwards_are_repaired_or_become_a_discontinuity() {
 }
 
 #[test]
+fn after_an_unpublish_the_connection_gets_a_fresh_handshake_timeout() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "handshake_timeout_s = 2");
+    let clip = media::clip(Clip::AudioVideo, 2);
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, codes) = c.publish("live", "again", false);
+    assert!(
+        codes.iter().any(|c| c == "NetStream.Publish.Start"),
+        "{codes:?}"
+    );
+    // Publishing for longer than the handshake timeout, then unpublishing (deleteStream).
+    std::thread::sleep(Duration::from_secs(3));
+    send_tags(&mut c, id, &read_tags(&clip), |_, ts| ts);
+    assert!(
+        !c.closed_by_server(Duration::from_millis(1200)),
+        "the connection was dropped right after the unpublish"
+    );
+    assert!(
+        c.closed_by_server(Duration::from_secs(5)),
+        "an idle connection that does not publish again is closed"
+    );
+    d.wait_recordings(1, "finished", Duration::from_secs(20));
+    assert!(
+        d.log().contains("no publish within the handshake timeout"),
+        "the close is logged with its reason"
+    );
+}
+
+#[test]
 fn a_client_that_stops_reading_is_dropped_and_others_keep_recording() {
     let d = Daemon::start("flow_continue_duration_s = 0", "write_timeout_s = 1");
     let mut c = RawClient::connect(&d.rtmp);

@@ -110,8 +110,8 @@ impl<'a> Connection<'a> {
         mut socket: TcpStream,
         cancel: CancellationToken,
     ) -> Result<(), String> {
-        let publish_deadline =
-            Instant::now() + Duration::from_secs(self.config.handshake_timeout_s);
+        let handshake_timeout = Duration::from_secs(self.config.handshake_timeout_s);
+        let mut publish_deadline = Instant::now() + handshake_timeout;
         let idle = Duration::from_secs(self.config.idle_timeout_s);
         let write_timeout = Duration::from_secs(self.config.write_timeout_s);
         let mut buf = vec![0u8; 16 * 1024];
@@ -119,7 +119,12 @@ impl<'a> Connection<'a> {
         loop {
             let deadline = match self.publishing {
                 None => publish_deadline,
-                Some(_) => Instant::now() + idle,
+                Some(_) => {
+                    // After an unpublish the client gets a whole handshake timeout to
+                    // publish again (or close), counted from then.
+                    publish_deadline = Instant::now() + handshake_timeout;
+                    Instant::now() + idle
+                }
             };
             let read = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RecordConfig;
 use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
-use crate::media::{CodecParams, Frame, Ticks, Tracks};
+use crate::media::{CodecParams, Frame, Ticks, Tracks, TICKS_PER_MS};
 use crate::mux::MuxError;
 use crate::storage::retention::DiskState;
 use crate::storage::Storage;
@@ -120,6 +120,9 @@ pub struct LiveStats {
     pub frames_dropped: AtomicU64,
     pub timestamps_repaired: AtomicU64,
     pub gaps: AtomicU64,
+    /// Media time handed to the writer on this connection: the newest frame's decode time
+    /// minus the first's. What a power cut may lose is measured from here.
+    pub media_received_ms: AtomicU64,
     /// Media bytes waiting in the channel to the writer.
     in_flight: AtomicUsize,
     /// [`monotonic_ms`] when the writer thread last came round its loop (it does at least
@@ -171,6 +174,7 @@ impl LiveStats {
             frames_skipped: self.frames_skipped.load(Ordering::Relaxed),
             timestamps_repaired: self.timestamps_repaired.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
+            media_received_ms: self.media_received_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -195,6 +199,7 @@ pub struct StreamView {
     pub frames_skipped: u64,
     pub timestamps_repaired: u64,
     pub gaps: u64,
+    pub media_received_ms: u64,
 }
 
 struct Slot {
@@ -234,6 +239,8 @@ pub struct PublishHandle {
     dropping: u64,
     batch: Vec<Frame>,
     batch_bytes: usize,
+    /// Decode time of the first frame handed over, for `media_received_ms`.
+    first_dts: Option<Ticks>,
 }
 
 impl PublishHandle {
@@ -293,6 +300,13 @@ impl PublishHandle {
         self.stats
             .in_flight
             .fetch_add(std::mem::take(&mut self.batch_bytes), Ordering::AcqRel);
+        if let Some(last) = self.batch.last() {
+            let first = *self.first_dts.get_or_insert(self.batch[0].dts);
+            let received_ms = (last.dts - first).max(0) / TICKS_PER_MS;
+            self.stats
+                .media_received_ms
+                .fetch_max(received_ms as u64, Ordering::Relaxed);
+        }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(32));
         self.tx
             .send(Msg::Frames(batch))
@@ -461,6 +475,7 @@ impl Recorders {
             dropping: 0,
             batch: Vec::with_capacity(32),
             batch_bytes: 0,
+            first_dts: None,
         })
     }
 
@@ -535,6 +550,7 @@ fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
         frames_dropped: AtomicU64::new(0),
         timestamps_repaired: AtomicU64::new(0),
         gaps: AtomicU64::new(0),
+        media_received_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         heartbeat_ms: AtomicU64::new(monotonic_ms()),
         tracks: Mutex::new(Tracks::default()),

@@ -90,7 +90,7 @@ impl std::fmt::Display for Finding {
                 write!(f, "recording {recording}: delete was interrupted")
             }
             Finding::LeftOpen { recording, state } => {
-                write!(f, "recording {recording}: still {state} (startup recovery will close or resume it)")
+                write!(f, "recording {recording}: still {state}, its daemon stopped without closing it (startup recovery will close or resume it)")
             }
         }
     }
@@ -122,7 +122,9 @@ pub fn check(index: &Index, storage: &Storage) -> Result<Vec<Finding>, RecoveryE
             });
             continue;
         }
-        if row.state.is_open() {
+        // `recording` with no daemon running means it crashed mid-recording. `resumable`
+        // is what a clean stop leaves inside the resume window: consistent, not a finding.
+        if row.state == RecordingState::Recording {
             findings.push(Finding::LeftOpen {
                 recording: row.id.clone(),
                 state: row.state.as_str().into(),
