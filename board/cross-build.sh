@@ -107,8 +107,7 @@ fetch_stale_foreign() {
     uri=$(apt-get download --print-uris "$p:$host_arch" 2>/dev/null | head -n1 | cut -d"'" -f2)
     uri=${uri%_"$host_arch".deb}_$DEB_ARCH.deb
     echo "cross-build: stale $DEB_ARCH index for $p; fetching $hv from ${uri%/*}/" >&2
-    curl -fsSL -o "$dir/${p}_$DEB_ARCH.deb" "$uri" ||
-      wget -q -O "$dir/${p}_$DEB_ARCH.deb" "$uri" ||
+    /usr/lib/apt/apt-helper download-file "$uri" "$dir/${p}_$DEB_ARCH.deb" >/dev/null ||
       { echo "cross-build: cannot fetch $uri" >&2; exit 1; }
     echo "$dir/${p}_$DEB_ARCH.deb"
     for dep in $(apt-cache show --no-all-versions "$p:$host_arch" |

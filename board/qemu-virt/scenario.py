@@ -25,13 +25,18 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "edgerec.toml"), "rb") as f:
+    BOARD = tomllib.load(f)  # the config the image carries
 FPS = 25
 GOP_S = 1.0  # -g 25 at 25 fps
-FLUSH_S = 0.5  # flush_interval_ms in board/qemu-virt/edgerec.toml
+FLUSH_S = BOARD["record"]["flush_interval_ms"] / 1000
+SEGMENT_S = BOARD["record"]["segment_duration_s"]
 CLEAN_S = 10  # the first publish
-CUT_AFTER_S = 17  # media acknowledged before the power cut: mid-segment (2 s segments)
+# Media acknowledged before the power cut: eight segments and half of the ninth.
+CUT_AFTER_S = 8 * SEGMENT_S + SEGMENT_S / 2
 BOOT_TIMEOUT_S = 240
 
 T0 = time.monotonic()
@@ -258,7 +263,7 @@ def scenario(board):
     # 2. Power cut mid-recording.
     t = time.monotonic()
     ff = publish(board, "cut", 600)
-    live = wait_live(board, "cut", CUT_AFTER_S * 1000, CUT_AFTER_S + 90)
+    live = wait_live(board, "cut", int(CUT_AFTER_S * 1000), CUT_AFTER_S + 90)
     acked_s = live["media_received_ms"] / 1000
     board.pull_the_plug()
     say(f"power cut with {acked_s:.2f} s of live/cut acknowledged ({live['segments_written']} segments written)")
@@ -300,8 +305,8 @@ def main():
     board = Board(args, args.work)
     try:
         timings = scenario(board)
-    except Failed as e:
-        say(f"FAILED: {e}")
+    except Exception as e:  # noqa: BLE001 -- any failure: report it with the console logs
+        say(f"FAILED: {e if isinstance(e, Failed) else repr(e)}")
         for log in sorted(f for f in os.listdir(args.work) if f.startswith("console-")):
             path = os.path.join(args.work, log)
             print(f"--- last lines of {path}")
