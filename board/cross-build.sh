@@ -16,13 +16,13 @@
 #     --install-only    only install the missing packages
 #
 # Honours CARGO_TARGET_DIR (default: target/). Debian's compiler is named explicitly
-# (/usr/bin/cargo, RUSTC=/usr/bin/rustc) because a rustup toolchain is usually first on PATH
+# (/usr/bin/cargo, RUSTC=/usr/bin/rustc, RUSTDOC) because a rustup toolchain is usually first on PATH
 # and rustup cannot add targets offline. Prefer a separate CARGO_TARGET_DIR from rustup's builds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CARGO=/usr/bin/cargo
-export RUSTC=/usr/bin/rustc
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc # doc tests too: rustup's rustdoc has no ARM std
 MAX_BYTES=10000000 # aarch64 size budget: 10 MB, stripped
 
 usage() { sed -n '8,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
