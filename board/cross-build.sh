@@ -71,7 +71,7 @@ install_missing() {
            qemu-user file; do
     installed "$p" || need+=("$p")
   done
-  if [ ${#need[@]} -eq 0 ]; then echo "all present for $DEB_ARCH"; return; fi
+  if [ ${#need[@]} -eq 0 ]; then echo "all present for $DEB_ARCH"; std_matches_compiler; return; fi
   if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || { echo "cross-build: need root or sudo to install: ${need[*]}" >&2; exit 1; }
     sudo=sudo
@@ -83,6 +83,18 @@ install_missing() {
   local debs=()
   mapfile -t debs < <(fetch_stale_foreign "${need[@]}")
   $sudo apt-get install -y -qq "${need[@]}" "${debs[@]}" >/dev/null
+  std_matches_compiler
+}
+
+# The target's std must come from the same rustc-web build as the compiler.
+std_matches_compiler() {
+  local want have
+  want=$(dpkg-query -W -f='${Version}' rustc-web 2>/dev/null || true)
+  have=$(dpkg-query -W -f='${Version}' "libstd-rust-web-dev:$DEB_ARCH" 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    echo "cross-build: libstd-rust-web-dev:$DEB_ARCH is ${have:-missing}, rustc-web is ${want:-missing}" >&2
+    exit 1
+  fi
 }
 
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2; exit }'; }
