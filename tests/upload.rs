@@ -283,16 +283,21 @@ fn a_60_s_outage_while_recording_loses_nothing() {
     let clip = media::clip(Clip::AudioVideo, 80);
     let mut publisher = media::publish(&d.rtmp_url("live", "cam"), &clip, true);
     wait_for("first segment uploaded", Duration::from_secs(30), || {
-        let rec = d.recordings().into_iter().next()?;
-        let n = relay
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PUT")
-            .count();
-        (n >= 1).then_some(rec)
+        d.log().contains("uploaded object=").then_some(())
     });
     relay.stop();
     let outage = Instant::now();
+    // What the daemon had acknowledged when the store went away: never to be sent again. A
+    // PUT the relay saw whole but whose response the stop cut was not acknowledged, and
+    // sending it again whole is right (on a slow runner, e.g. under qemu, this happens).
+    let acknowledged: std::collections::HashSet<String> = d
+        .log()
+        .lines()
+        .filter_map(|l| l.split("uploaded object=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|key| format!("/recordings/{key}"))
+        .collect();
+    assert!(!acknowledged.is_empty());
     std::thread::sleep(Duration::from_secs(60));
     let during = d.json("/api/v1/uploads");
     assert_eq!(during["store"]["state"], "unavailable", "{during}");
@@ -311,8 +316,8 @@ fn a_60_s_outage_while_recording_loses_nothing() {
     wait_for("callback after the outage", Duration::from_secs(30), || {
         receiver.deliveries().into_iter().find(|d| d.status == 200)
     });
-    // Single PUTs: a segment cut by the outage is sent again whole; every other PUT went
-    // through exactly once.
+    // Single PUTs: a segment cut by the outage is sent again whole (once); every
+    // acknowledged one went through exactly once.
     let mut seen = std::collections::HashMap::new();
     for r in relay
         .requests()
@@ -323,10 +328,14 @@ fn a_60_s_outage_while_recording_loses_nothing() {
             .entry(r.target.split('?').next().unwrap().to_owned())
             .or_insert(0) += 1;
     }
-    assert!(
-        seen.values().all(|n| *n == 1),
-        "a completed object was sent twice: {seen:?}"
-    );
+    for (target, n) in &seen {
+        let most = if acknowledged.contains(target) { 1 } else { 2 };
+        assert!(
+            *n <= most,
+            "{target} was sent whole {n} times (acknowledged before the outage: {}): {seen:?}",
+            acknowledged.contains(target)
+        );
+    }
 }
 
 #[test]
