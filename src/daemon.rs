@@ -17,15 +17,10 @@ use crate::storage::{recovery, retention, Storage};
 use crate::system;
 use crate::upload::Uploader;
 
-/// Opens the index, explaining the usual cause when sled's lock is held.
+/// Opens the index (a lock held by another edgerec is reported as such by [`Index::open`]).
 pub fn open_index(config: &Config) -> anyhow::Result<Index> {
     let dir = config.index_dir();
-    Index::open(&dir).with_context(|| {
-        format!(
-            "cannot open the index in {} (is another edgerec using this data dir?)",
-            dir.display()
-        )
-    })
+    Index::open(&dir).with_context(|| format!("cannot open the index in {}", dir.display()))
 }
 
 /// Runs the recorder until `cancel`. Prints one `edgerec: listening rtmp=ADDR http=ADDR`

@@ -25,6 +25,7 @@ pub use uploads::{
 };
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -43,6 +44,10 @@ pub enum IndexError {
     },
     #[error("index schema version {found} is not understood by this build (expects {SCHEMA_VERSION}); restore a matching build or run `edgerec fsck --repair`")]
     Schema { found: u32 },
+    #[error(
+        "the index in {dir} is locked by another process (is another edgerec using this data dir?)"
+    )]
+    Locked { dir: String },
     #[error("recording {0} does not exist")]
     NoSuchRecording(String),
     #[error("stream {0} already has an open recording {1}")]
@@ -55,6 +60,15 @@ pub enum Update {
     Write,
     /// Leave the row as it was (the precondition did not hold).
     Skip,
+}
+
+/// How long `Index::open` waits for sled's file lock. A process that just dropped its
+/// index (a test, or `fsck` before `run` in one process) releases the lock only when
+/// sled's IO threads have let go of the file, which can lag the drop on a slow core.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 
 /// The open index. Cheap to clone (sled trees are reference counted).
@@ -107,14 +121,34 @@ fn flatten(e: TransactionError<IndexError>) -> IndexError {
 
 impl Index {
     /// Opens (creating if needed) the index in `dir` and checks its schema version.
+    /// Waits up to [`LOCK_WAIT`] for another holder of the index to let go, then fails
+    /// with [`IndexError::Locked`].
     pub fn open(dir: &Path) -> Result<Index, IndexError> {
-        let db = sled::Config::new()
-            .path(dir)
-            // The index is small; a modest cache keeps RSS low on 512 MB boards.
-            .cache_capacity(8 * 1024 * 1024)
-            // We flush explicitly after every commit; no background timer writes.
-            .flush_every_ms(None)
-            .open()?;
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    fn open_waiting(dir: &Path, lock_wait: Duration) -> Result<Index, IndexError> {
+        let deadline = Instant::now() + lock_wait;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                // The index is small; a modest cache keeps RSS low on 512 MB boards.
+                .cache_capacity(8 * 1024 * 1024)
+                // We flush explicitly after every commit; no background timer writes.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Err(e) if is_lock_error(&e) => {
+                    if Instant::now() >= deadline {
+                        return Err(IndexError::Locked {
+                            dir: dir.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             None => {
@@ -466,9 +500,19 @@ mod tests {
             .unwrap();
         index.db.flush().unwrap();
         drop(index);
-        assert!(matches!(
-            Index::open(dir.path()),
-            Err(IndexError::Schema { found: 7 })
-        ));
+        let err = Index::open(dir.path())
+            .err()
+            .expect("an index of another schema must be refused");
+        assert!(matches!(err, IndexError::Schema { found: 7 }), "{err}");
+    }
+
+    #[test]
+    fn a_held_index_is_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Index::open(dir.path()).unwrap();
+        let err = Index::open_waiting(dir.path(), Duration::from_millis(200))
+            .err()
+            .expect("a second open must fail while the first holds the lock");
+        assert!(matches!(err, IndexError::Locked { .. }), "{err}");
     }
 }
