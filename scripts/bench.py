@@ -5,7 +5,8 @@ Pushes N copies of a pre-encoded 2 Mb/s clip (`ffmpeg -re -stream_loop -1 -c cop
 a release build of edgerec and, when nginx with libnginx-mod-rtmp is installed, into
 nginx-rtmp with `hls on` side by side, and prints for each N:
 
-- CPU % of one core per stream (utime+stime from /proc/PID/stat over a fixed window),
+- CPU % of one core per stream over a fixed window (per-thread schedstat nanoseconds;
+  utime+stime ticks from /proc/PID/stat if a thread exited during the window),
 - RSS total, and RSS per extra stream relative to N=1,
 - bytes written to disk (/proc/PID/io write_bytes) divided by media bytes received
   (edgerec: RTMP bytes received, from its API; nginx: the same publishers' bytes, taken
@@ -46,10 +47,25 @@ def make_clip(path):
     os.rename(tmp, path)
 
 
-def proc_cpu_ticks(pid):
+def proc_cpu_seconds(pid):
+    """On-CPU time of the process: utime + stime in clock ticks (10 ms here) from
+    /proc/PID/stat, which also counts threads that have exited."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def task_cpu_ns(pid):
+    """Per live thread on-CPU nanoseconds from /proc/PID/task/TID/schedstat: far finer
+    than clock ticks, but blind to threads that exit during the window."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[(pid, tid)] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
 
 
 def proc_rss(pid):
@@ -66,8 +82,12 @@ def proc_write_bytes(pid):
 
 
 def sample(pids):
+    tasks = {}
+    for p in pids:
+        tasks.update(task_cpu_ns(p))
     return {
-        "cpu": sum(proc_cpu_ticks(p) for p in pids),
+        "cpu": sum(proc_cpu_seconds(p) for p in pids),
+        "tasks": tasks,
         "rss": sum(proc_rss(p) for p in pids),
         "write": sum(proc_write_bytes(p) for p in pids),
         "t": time.monotonic(),
@@ -166,7 +186,11 @@ rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; hls on; 
 
 def result(s0, s1, n, received):
     elapsed = s1["t"] - s0["t"]
-    cpu_pct = (s1["cpu"] - s0["cpu"]) / CLK_TCK / elapsed * 100
+    if set(s0["tasks"]) <= set(s1["tasks"]):
+        cpu_s = sum(s1["tasks"][t] - s0["tasks"].get(t, 0) for t in s1["tasks"]) / 1e9
+    else:  # a thread exited during the window: only the tick counts include it
+        cpu_s = s1["cpu"] - s0["cpu"]
+    cpu_pct = cpu_s / elapsed * 100
     written = s1["write"] - s0["write"]
     return {
         "n": n,

@@ -3,4 +3,5 @@
 //! between sockets and those state machines, applies timeouts and connection limits, and
 //! decides publish admission (stream names, one publisher per stream).
 
+pub mod lowat;
 pub mod rtmp;

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::lowat::{self, PUBLISH_DRAIN, PUBLISH_LOW_WATER};
 use crate::config::RtmpConfig;
 use crate::proto::rtmp::amf0;
 use crate::proto::rtmp::{DemuxEvent, FlvDemuxer, Limits, ServerSession, SessionEvent};
@@ -116,21 +117,52 @@ impl<'a> Connection<'a> {
         let write_timeout = Duration::from_secs(self.config.write_timeout_s);
         let mut buf = vec![0u8; 16 * 1024];
         let mut rate = RateMeter::new();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let mut last_data = Instant::now();
+        // While publishing, media is read in ~32 KB gulps (see `lowat`); commands before
+        // and between publishes are answered at once.
+        let mut low_water = 1;
         loop {
+            let want = if self.publishing.is_some() {
+                PUBLISH_LOW_WATER
+            } else {
+                1
+            };
+            if want != low_water {
+                if let Err(e) = lowat::set_recv_low_water(&socket, want) {
+                    tracing::debug!(peer = %self.peer, error = %e, "SO_RCVLOWAT not set");
+                }
+                low_water = want;
+            }
             let deadline = match self.publishing {
                 None => publish_deadline,
                 Some(_) => {
                     // After an unpublish the client gets a whole handshake timeout to
                     // publish again (or close), counted from then.
                     publish_deadline = Instant::now() + handshake_timeout;
-                    Instant::now() + idle
+                    last_data + idle
                 }
             };
+            let wake = if low_water > 1 {
+                deadline.min(Instant::now() + PUBLISH_DRAIN)
+            } else {
+                deadline
+            };
             let read = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                r = tokio::time::timeout_at(deadline, socket.read(&mut buf)) => r,
+                _ = &mut cancelled => return Ok(()),
+                r = tokio::time::timeout_at(wake, socket.read(&mut buf)) => r,
             };
             let n = match read {
+                // The drain timer: read what sits below the low-water mark.
+                Err(_) if Instant::now() < deadline => {
+                    match lowat::recv_queued(&socket, &mut buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(format!("read: {e}")),
+                    }
+                }
                 Err(_) if self.publishing.is_none() => {
                     return Err("no publish within the handshake timeout".into())
                 }
@@ -139,6 +171,7 @@ impl<'a> Connection<'a> {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
             };
+            last_data = Instant::now();
             self.session
                 .feed(&buf[..n])
                 .map_err(|e| format!("protocol error: {e}"))?;
