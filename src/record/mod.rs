@@ -218,6 +218,9 @@ struct Inner {
     generation: AtomicU64,
     running: AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Poked when a writer thread ends (its recording may have become resumable), so the
+    /// resume reaper re-plans its next check.
+    ended: tokio::sync::Notify,
     disk: Arc<DiskState>,
 }
 
@@ -344,6 +347,7 @@ impl Recorders {
                 generation: AtomicU64::new(0),
                 running: AtomicUsize::new(0),
                 idle: tokio::sync::Notify::new(),
+                ended: tokio::sync::Notify::new(),
                 disk: Arc::new(DiskState::default()),
             }),
         }
@@ -453,6 +457,7 @@ impl Recorders {
                     }
                 }
                 let _ = done_tx.send(true);
+                inner.ended.notify_one();
                 if inner.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                     inner.idle.notify_waiters();
                 }
@@ -623,28 +628,45 @@ fn begin_recording(
 }
 
 /// Finishes resumable recordings whose window has passed (and whose stream is not live
-/// again). Runs until cancelled.
+/// again). Runs until cancelled. Sleeps until the earliest window ends, a writer thread
+/// ends, or [`REAPER_MAX_SLEEP`] passes, so an idle box is not woken twice a second.
 pub async fn run_resume_reaper(recorders: Recorders, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
         let r = recorders.clone();
         let result = tokio::task::spawn_blocking(move || finish_expired(&r)).await;
-        match result {
-            Ok(Err(e)) => tracing::warn!(error = %e, "resume window check failed"),
-            Err(e) => tracing::warn!(error = %e, "resume window task failed"),
-            Ok(Ok(())) => {}
+        let next_due_ms = match result {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "resume window check failed");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "resume window task failed");
+                None
+            }
+        };
+        let wait = next_due_ms.map_or(REAPER_MAX_SLEEP, |due| {
+            // A little past the deadline, so the row is due when we look again.
+            let ms = u64::try_from(due - now_ms()).unwrap_or(0) + 50;
+            Duration::from_millis(ms).min(REAPER_MAX_SLEEP)
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = recorders.inner.ended.notified() => {}
         }
     }
 }
 
-fn finish_expired(recorders: &Recorders) -> Result<(), IndexError> {
+/// Longest the resume reaper sleeps without a reason to look.
+const REAPER_MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// Finishes the expired windows; returns when the next live window ends (ms since the
+/// epoch), if any recording is waiting for one.
+fn finish_expired(recorders: &Recorders) -> Result<Option<i64>, IndexError> {
     let index = recorders.index();
     let now = now_ms();
+    let mut next_due: Option<i64> = None;
     for (stream_key, id) in index.open_entries()? {
         if recorders.is_live(&stream_key) {
             continue;
@@ -652,8 +674,11 @@ fn finish_expired(recorders: &Recorders) -> Result<(), IndexError> {
         let Some(row) = index.get_recording(&id)? else {
             continue;
         };
-        if row.state != RecordingState::Resumable || row.resumable_until_ms.is_some_and(|u| u > now)
-        {
+        if row.state != RecordingState::Resumable {
+            continue;
+        }
+        if let Some(until) = row.resumable_until_ms.filter(|u| *u > now) {
+            next_due = Some(next_due.map_or(until, |n| n.min(until)));
             continue;
         }
         let row = index.update_recording(&id, |r| {
@@ -670,5 +695,5 @@ fn finish_expired(recorders: &Recorders) -> Result<(), IndexError> {
             tracing::info!(recording = %id, segments = row.segments, duration_s = row.duration_s(), "resume window passed; recording finished");
         }
     }
-    Ok(())
+    Ok(next_due)
 }
