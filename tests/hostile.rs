@@ -33,6 +33,18 @@ fn assert_still_records(d: &Daemon, stream: &str) {
     assert!(errors.trim().is_empty(), "{errors}");
 }
 
+/// The server keeps `c` open for at least `open_for`, then closes it within `then_within`.
+fn assert_closed_between(c: &mut RawClient, open_for: Duration, then_within: Duration) {
+    assert!(
+        !c.closed_by_server(open_for),
+        "closed within {open_for:?}, too early"
+    );
+    assert!(
+        c.closed_by_server(then_within),
+        "still open {then_within:?} later"
+    );
+}
+
 /// Sends the tags of an FLV file as RTMP messages on `stream_id`, rewriting each tag's
 /// timestamp with `retime`.
 fn send_tags(c: &mut RawClient, stream_id: u32, tags: &[Tag], retime: impl Fn(usize, u32) -> u32) {
@@ -256,19 +268,47 @@ fn after_an_unpublish_the_connection_gets_a_fresh_handshake_timeout() {
     // Publishing for longer than the handshake timeout, then unpublishing (deleteStream).
     std::thread::sleep(Duration::from_secs(3));
     send_tags(&mut c, id, &read_tags(&clip), |_, ts| ts);
-    assert!(
-        !c.closed_by_server(Duration::from_millis(1200)),
-        "the connection was dropped right after the unpublish"
-    );
-    assert!(
-        c.closed_by_server(Duration::from_secs(5)),
-        "an idle connection that does not publish again is closed"
-    );
+    // An idle connection that does not publish again is closed, but not at once.
+    assert_closed_between(&mut c, Duration::from_millis(1200), Duration::from_secs(5));
     d.wait_recordings(1, "finished", Duration::from_secs(20));
     assert!(
         d.log().contains("no publish within the handshake timeout"),
         "the close is logged with its reason"
     );
+}
+
+#[test]
+fn a_publisher_that_goes_silent_is_dropped_after_the_idle_timeout_and_keeps_its_media() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "idle_timeout_s = 2");
+    let clip = media::clip(Clip::AudioVideo, 4);
+    let tags = read_tags(&clip);
+    let sent: Vec<&Tag> = tags[..tags.len() / 2].iter().collect();
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, _) = c.publish("live", "silent", false);
+    // Half the clip, far less than the publish socket's low-water mark at the end, then
+    // nothing: the encoder hangs with its TCP connection open.
+    for tag in &sent {
+        match tag.kind {
+            8 => c.session.audio(id, tag.timestamp, &tag.body),
+            9 => c.session.video(id, tag.timestamp, &tag.body),
+            _ => continue,
+        }
+        c.flush().expect("send media");
+    }
+    // Dropped after idle_timeout_s, not before.
+    assert_closed_between(&mut c, Duration::from_millis(1200), Duration::from_secs(6));
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(20));
+    assert!(d.log().contains("no data for 2 s"), "the close is logged");
+    let url = d.http_url(recs[0]["playlist"].as_str().unwrap());
+    let errors = media::decode_errors(&url);
+    assert!(errors.trim().is_empty(), "{errors}");
+    // Every coded video frame sent before the silence is in the recording.
+    let frames_sent = sent
+        .iter()
+        .filter(|t| t.kind == 9 && t.body.get(1) == Some(&1))
+        .count() as u64;
+    assert_eq!(media::probe(&url).video_frames, frames_sent);
+    assert_still_records(&d, "after-silence");
 }
 
 #[test]

@@ -154,15 +154,19 @@ impl<'a> Connection<'a> {
                 r = tokio::time::timeout_at(wake, socket.read(&mut buf)) => r,
             };
             let n = match read {
-                // The drain timer: read what sits below the low-water mark.
-                Err(_) if Instant::now() < deadline => {
-                    match lowat::recv_queued(&socket, &mut buf) {
-                        Ok(0) => return Ok(()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(format!("read: {e}")),
+                // The drain timer (or the idle deadline) while publishing: read what sits
+                // below the low-water mark before calling the publisher idle.
+                Err(_) if low_water > 1 => match lowat::recv_queued(&socket, &mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline {
+                            return Err(format!("no data for {} s", idle.as_secs()));
+                        }
+                        continue;
                     }
-                }
+                    Err(e) => return Err(format!("read: {e}")),
+                },
                 Err(_) if self.publishing.is_none() => {
                     return Err("no publish within the handshake timeout".into())
                 }
