@@ -10,7 +10,9 @@ nginx-rtmp with `hls on` side by side, and prints for each N:
 - RSS total, and RSS per extra stream relative to N=1,
 - bytes written to disk (/proc/PID/io write_bytes) divided by media bytes received
   (edgerec: RTMP bytes received, from its API; nginx: the same publishers' bytes, taken
-  from edgerec's run at the same N).
+  from edgerec's run at the same N), and its two factors: bytes the process wrote
+  (wchar: MPEG-TS segments, playlists, index) per byte received, and bytes the storage
+  layer wrote (whole pages, again each time a page is re-dirtied) per byte written.
 
 This is a benchmark, not a test: numbers depend on the machine. Usage:
     scripts/bench.py [--streams 1,8,32] [--window 20] [--no-nginx]
@@ -19,6 +21,7 @@ This is a benchmark, not a test: numbers depend on the machine. Usage:
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -56,13 +59,17 @@ def proc_cpu_seconds(pid):
 
 
 def task_cpu_ns(pid):
-    """Per live thread on-CPU nanoseconds from /proc/PID/task/TID/schedstat: far finer
-    than clock ticks, but blind to threads that exit during the window."""
+    """Per live thread (on-CPU nanoseconds, context switches, name) from
+    /proc/PID/task/TID/{schedstat,comm}: far finer than clock ticks, but blind to
+    threads that exit during the window."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[(pid, tid)] = int(f.read().split()[0])
+                stat = f.read().split()
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            out[(pid, tid)] = (int(stat[0]), int(stat[2]), name)
         except (FileNotFoundError, ProcessLookupError):
             pass
     return out
@@ -73,12 +80,15 @@ def proc_rss(pid):
         return int(f.read().split()[1]) * PAGE
 
 
-def proc_write_bytes(pid):
+def proc_io(pid):
+    """(write_bytes, wchar) from /proc/PID/io: bytes sent to the storage layer (whole
+    pages, counted each time a page is dirtied) and bytes passed to write(2)."""
+    fields = {}
     with open(f"/proc/{pid}/io") as f:
         for line in f:
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    return 0
+            key, value = line.split(":")
+            fields[key] = int(value)
+    return fields.get("write_bytes", 0), fields.get("wchar", 0)
 
 
 def sample(pids):
@@ -89,7 +99,8 @@ def sample(pids):
         "cpu": sum(proc_cpu_seconds(p) for p in pids),
         "tasks": tasks,
         "rss": sum(proc_rss(p) for p in pids),
-        "write": sum(proc_write_bytes(p) for p in pids),
+        "write": sum(proc_io(p)[0] for p in pids),
+        "wchar": sum(proc_io(p)[1] for p in pids),
         "t": time.monotonic(),
     }
 
@@ -186,12 +197,20 @@ rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; hls on; 
 
 def result(s0, s1, n, received):
     elapsed = s1["t"] - s0["t"]
+    by_thread = {}
+    for t, (ns, switches, name) in s1["tasks"].items():
+        ns0, switches0, _ = s0["tasks"].get(t, (0, 0, name))
+        group = by_thread.setdefault(re.sub(r"[-_ ]?\d+$", "", name), [0, 0, 0])
+        group[0] += ns - ns0
+        group[1] += switches - switches0
+        group[2] += 1
     if set(s0["tasks"]) <= set(s1["tasks"]):
-        cpu_s = sum(s1["tasks"][t] - s0["tasks"].get(t, 0) for t in s1["tasks"]) / 1e9
+        cpu_s = sum(ns for ns, _, _ in by_thread.values()) / 1e9
     else:  # a thread exited during the window: only the tick counts include it
         cpu_s = s1["cpu"] - s0["cpu"]
     cpu_pct = cpu_s / elapsed * 100
     written = s1["write"] - s0["write"]
+    handed = s1["wchar"] - s0["wchar"]
     return {
         "n": n,
         "cpu_per_stream_pct": cpu_pct / n,
@@ -199,6 +218,12 @@ def result(s0, s1, n, received):
         "written_mb": written / 1e6,
         "received_mb": received / 1e6,
         "write_amp": written / received if received else float("nan"),
+        # Split of write_amp: what the process wrote (container, playlists, index) per
+        # byte received, and what the storage layer wrote per byte the process wrote.
+        "app_amp": handed / received if received else float("nan"),
+        "page_amp": written / handed if handed else float("nan"),
+        "by_thread": {name: (ns / elapsed / 1e6, switches / elapsed, count)
+                      for name, (ns, switches, count) in by_thread.items()},
     }
 
 
@@ -207,6 +232,8 @@ def main():
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--by-thread", action="store_true",
+                    help="also print CPU ms/s and context switches/s per thread group")
     ap.add_argument("--flush-ms", type=int, default=1000,
                     help="edgerec's flush_interval_ms (nginx never fsyncs; 60000 shows the cost of durability)")
     args = ap.parse_args()
@@ -231,14 +258,17 @@ def main():
     print(f"window {args.window:.0f} s per run; clip 2 Mb/s H.264 720p25 + AAC 128k; "
           f"{os.cpu_count()} cores; edgerec flush_interval_ms={args.flush_ms}")
     print(f"{'N':>3} | {'server':<10} | {'CPU %/stream':>12} | {'RSS MB':>7} | "
-          f"{'RSS/extra MB':>12} | {'written/received':>16}")
+          f"{'RSS/extra MB':>12} | {'written/received':>16} | {'= wchar/received':>16} | {'x written/wchar':>15}")
     for e, g in rows:
         for name, r, base in (("edgerec", e, base_e), ("nginx-rtmp", g, base_g)):
             if r is None:
                 continue
             extra = (r["rss_mb"] - base) / (r["n"] - 1) if r["n"] > 1 else float("nan")
             print(f"{r['n']:>3} | {name:<10} | {r['cpu_per_stream_pct']:>12.3f} | {r['rss_mb']:>7.1f} | "
-                  f"{extra:>12.3f} | {r['write_amp']:>16.4f}")
+                  f"{extra:>12.3f} | {r['write_amp']:>16.4f} | {r['app_amp']:>16.4f} | {r['page_amp']:>15.4f}")
+            if args.by_thread:
+                for name, (ms, sw, count) in sorted(r["by_thread"].items(), key=lambda kv: -kv[1][0]):
+                    print(f"      {name:<18} x{count:<3} {ms:8.3f} ms/s {sw:8.1f} switches/s")
 
 
 if __name__ == "__main__":

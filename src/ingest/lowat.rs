@@ -16,13 +16,17 @@ use std::time::Duration;
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::net::TcpStream;
 
-/// Bytes queued before the kernel reports a publish socket readable (about 1/8 s of a
-/// 2 Mb/s stream). Kept at a quarter of the default receive buffer (`tcp_rmem` 128 KiB):
-/// Linux clamps the TCP window to the mark when the mark needs a bigger buffer, which
-/// would throttle a publisher on a long-RTT link.
-pub const PUBLISH_LOW_WATER: usize = 32 * 1024;
-/// Longest a byte below the low-water mark waits before it is read.
-pub const PUBLISH_DRAIN: Duration = Duration::from_millis(200);
+/// Bytes queued before the kernel reports a publish socket readable (about 1/4 s of a
+/// 2 Mb/s stream, so ~4 wakeups a second). Half the default receive buffer (`tcp_rmem`
+/// 128 KiB): up to there setting the mark leaves the buffer and the TCP window clamp as
+/// they are; a bigger mark makes Linux grow the buffer and clamp the window to the mark.
+/// The kernel still wakes the reader early when the advertised window runs out, so a
+/// publisher is never stalled waiting for the mark.
+pub const PUBLISH_LOW_WATER: usize = 64 * 1024;
+/// Longest a byte below the low-water mark waits before it is read. Longer than the time
+/// a 2 Mb/s stream takes to reach the mark, so the drain timer fires only for slower
+/// streams (audio-only, low bitrate), a stream's end and a silent publisher.
+pub const PUBLISH_DRAIN: Duration = Duration::from_millis(500);
 
 /// Sets `SO_RCVLOWAT` (1 is the kernel default: readable as soon as one byte is queued).
 /// Linux caps the value at half the receive buffer and still reports readable early under
@@ -98,5 +102,47 @@ mod tests {
             .expect("end of stream must wake the socket")
             .unwrap();
         assert_eq!(recv_queued(&server, &mut buf).unwrap(), 0);
+    }
+
+    fn int_option(socket: &TcpStream, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int-sized option read into a c_int on the stack, its size passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    #[tokio::test]
+    async fn the_publish_mark_leaves_the_receive_window_alone() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let buffer = int_option(&server, libc::SOL_SOCKET, libc::SO_RCVBUF);
+        let clamp = int_option(&server, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP);
+        set_recv_low_water(&server, PUBLISH_LOW_WATER).unwrap();
+        assert_eq!(
+            int_option(&server, libc::SOL_SOCKET, libc::SO_RCVLOWAT),
+            PUBLISH_LOW_WATER as libc::c_int
+        );
+        assert_eq!(
+            int_option(&server, libc::SOL_SOCKET, libc::SO_RCVBUF),
+            buffer
+        );
+        assert_eq!(
+            int_option(&server, libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP),
+            clamp,
+            "the mark must not clamp the TCP window"
+        );
     }
 }

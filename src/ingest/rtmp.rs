@@ -120,7 +120,7 @@ impl<'a> Connection<'a> {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         let mut last_data = Instant::now();
-        // While publishing, media is read in ~32 KB gulps (see `lowat`); commands before
+        // While publishing, media is read in ~64 KB gulps (see `lowat`); commands before
         // and between publishes are answered at once.
         let mut low_water = 1;
         loop {
@@ -181,6 +181,15 @@ impl<'a> Connection<'a> {
                 .map_err(|e| format!("protocol error: {e}"))?;
             while let Some(event) = self.session.poll_event() {
                 self.on_event(event).await?;
+            }
+            // A short read drained the socket: the writer gets this wakeup's frames now
+            // (one writer wakeup per socket wakeup; see `record::BATCH_TICKS`).
+            if n < buf.len() {
+                if let Some((_, handle)) = self.publishing.as_mut() {
+                    if handle.hand_over().is_err() {
+                        return Err(self.recorder_failure());
+                    }
+                }
             }
             let out = self.session.take_output();
             if !out.is_empty() {

@@ -31,10 +31,14 @@ use crate::storage::retention::DiskState;
 use crate::storage::Storage;
 use session::RecordingSession;
 
-/// Frames are handed to the writer thread in batches of about this much media (or
-/// [`BATCH_BYTES`]), so it wakes a few times a second instead of once per frame. Small
-/// against the flush interval, so it does not change what a crash can lose.
-pub const BATCH_TICKS: crate::media::Ticks = crate::media::TICKS_PER_SECOND / 5;
+/// Frames are handed to the writer thread in batches, so it wakes a few times a second
+/// instead of once per frame: the ingest hands over what it collected each time it has
+/// drained its socket ([`PublishHandle::hand_over`]), and a batch never holds more than
+/// this much media (or [`BATCH_BYTES`]). Handing over per socket wakeup keeps media in
+/// the process only for as long as the writer takes to mux it (it waits in the kernel's
+/// socket buffer before that), so memory per stream stays small. Small against the
+/// flush interval, so it does not change what a crash can lose.
+pub const BATCH_TICKS: crate::media::Ticks = crate::media::TICKS_PER_SECOND / 2;
 /// See [`BATCH_TICKS`].
 pub const BATCH_BYTES: usize = 256 * 1024;
 
@@ -294,6 +298,12 @@ impl PublishHandle {
             self.send_batch()?;
         }
         Ok(())
+    }
+
+    /// Hands the frames collected so far to the writer. The ingest calls this once it
+    /// has read everything queued on its socket (see [`BATCH_TICKS`]).
+    pub fn hand_over(&mut self) -> Result<(), RecorderStopped> {
+        self.send_batch()
     }
 
     fn send_batch(&mut self) -> Result<(), RecorderStopped> {

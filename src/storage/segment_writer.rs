@@ -22,7 +22,7 @@ use super::{sync_dir, PART_SUFFIX};
 /// The page size writes are aligned to before the seal.
 pub const PAGE: usize = 4096;
 /// Buffered bytes past which whole pages are handed to the page cache.
-pub const SPILL_BYTES: usize = 64 * 1024;
+pub const SPILL_BYTES: usize = 32 * 1024;
 
 /// An open `.part` segment.
 pub struct SegmentWriter {
