@@ -15,7 +15,8 @@ nginx-rtmp with `hls on` side by side, and prints for each N:
   layer wrote (whole pages, again each time a page is re-dirtied) per byte written.
 
 This is a benchmark, not a test: numbers depend on the machine. Usage:
-    scripts/bench.py [--streams 1,8,32] [--window 20] [--no-nginx]
+    scripts/bench.py [--streams 1,8,32] [--window 20] [--repeat 3] [--no-nginx]
+                     [--by-thread] [--binary PATH]
 """
 
 import argparse
@@ -227,11 +228,24 @@ def result(s0, s1, n, received):
     }
 
 
+def median_run(runs):
+    """The run with the median CPU, carrying every run's CPU figure for the table."""
+    ordered = sorted(runs, key=lambda r: r["cpu_per_stream_pct"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["cpu_runs"] = [r["cpu_per_stream_pct"] for r in runs]
+    return median
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per server and N; the table shows the median-CPU run and "
+                    "lists every run's CPU (this VM's run-to-run spread is about +-20 %%)")
+    ap.add_argument("--binary", help="an edgerec binary to measure instead of building this tree "
+                    "(to compare two builds)")
     ap.add_argument("--by-thread", action="store_true",
                     help="also print CPU ms/s and context switches/s per thread group")
     ap.add_argument("--flush-ms", type=int, default=1000,
@@ -239,8 +253,10 @@ def main():
     args = ap.parse_args()
     counts = [int(x) for x in args.streams.split(",")]
 
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target", "release", "edgerec")
+    binary = args.binary
+    if binary is None:
+        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+        binary = os.path.join(ROOT, "target", "release", "edgerec")
     clip = os.path.join(tempfile.gettempdir(), "edgerec-bench-2mbps.flv")
     make_clip(clip)
 
@@ -248,9 +264,13 @@ def main():
                   and os.path.exists("/usr/lib/nginx/modules/ngx_rtmp_module.so"))
     rows = []
     for n in counts:
-        e = bench_edgerec(binary, clip, n, args.window, args.flush_ms)
-        g = bench_nginx(clip, n, args.window, e["received_mb"] * 1e6) if with_nginx else None
-        rows.append((e, g))
+        # Alternating the servers spreads slow drifts of the machine over both.
+        e_runs, g_runs = [], []
+        for _ in range(args.repeat):
+            e_runs.append(bench_edgerec(binary, clip, n, args.window, args.flush_ms))
+            if with_nginx:
+                g_runs.append(bench_nginx(clip, n, args.window, e_runs[-1]["received_mb"] * 1e6))
+        rows.append((median_run(e_runs), median_run(g_runs) if with_nginx else None))
         print(f"measured N={n}", file=sys.stderr)
 
     base_e = rows[0][0]["rss_mb"]
@@ -266,6 +286,8 @@ def main():
             extra = (r["rss_mb"] - base) / (r["n"] - 1) if r["n"] > 1 else float("nan")
             print(f"{r['n']:>3} | {name:<10} | {r['cpu_per_stream_pct']:>12.3f} | {r['rss_mb']:>7.1f} | "
                   f"{extra:>12.3f} | {r['write_amp']:>16.4f} | {r['app_amp']:>16.4f} | {r['page_amp']:>15.4f}")
+            if args.repeat > 1:
+                print("      CPU %/stream per run: " + ", ".join(f"{c:.3f}" for c in r["cpu_runs"]))
             if args.by_thread:
                 for name, (ms, sw, count) in sorted(r["by_thread"].items(), key=lambda kv: -kv[1][0]):
                     print(f"      {name:<18} x{count:<3} {ms:8.3f} ms/s {sw:8.1f} switches/s")
