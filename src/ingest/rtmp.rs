@@ -183,7 +183,8 @@ impl<'a> Connection<'a> {
                 self.on_event(event).await?;
             }
             // A short read drained the socket: the writer gets this wakeup's frames now
-            // (one writer wakeup per socket wakeup; see `record::BATCH_TICKS`).
+            // (one writer wakeup per socket wakeup; see `record::BATCH_TICKS`, which also
+            // bounds a batch if reads keep filling the buffer exactly).
             if n < buf.len() {
                 if let Some((_, handle)) = self.publishing.as_mut() {
                     if handle.hand_over().is_err() {

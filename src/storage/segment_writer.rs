@@ -21,8 +21,8 @@ use super::{sync_dir, PART_SUFFIX};
 
 /// The page size writes are aligned to before the seal.
 pub const PAGE: usize = 4096;
-/// Buffered bytes past which whole pages are handed to the page cache. This buffer is
-/// most of a stream's share of RSS; 128 KiB writes measured no cheaper than 32 KiB ones
+/// Buffered bytes past which whole pages are handed to the page cache. The buffer counts
+/// toward each stream's RSS, and 128 KiB writes measured no cheaper than 32 KiB ones
 /// within the bench's run-to-run noise (`scripts/bench.py --binary`, N=32).
 pub const SPILL_BYTES: usize = 32 * 1024;
 
