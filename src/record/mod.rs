@@ -261,7 +261,7 @@ impl PublishHandle {
 
     /// Announces a track's codec parameters. Err = the recorder has stopped (failed).
     pub fn send_config(&mut self, params: CodecParams) -> Result<(), RecorderStopped> {
-        self.send_batch()?;
+        self.hand_over()?;
         self.tx
             .send(Msg::Config(params))
             .map_err(|_| RecorderStopped)
@@ -269,7 +269,7 @@ impl PublishHandle {
 
     /// The publisher's metadata announced video: hold audio back until it comes.
     pub fn expect_video(&mut self) -> Result<(), RecorderStopped> {
-        self.send_batch()?;
+        self.hand_over()?;
         self.tx.send(Msg::ExpectVideo).map_err(|_| RecorderStopped)
     }
 
@@ -285,7 +285,7 @@ impl PublishHandle {
             return Ok(());
         }
         if self.dropping > 0 {
-            self.send_batch()?;
+            self.hand_over()?;
             let dropped = std::mem::take(&mut self.dropping);
             self.tx
                 .send(Msg::Gap { dropped })
@@ -295,7 +295,7 @@ impl PublishHandle {
         self.batch_bytes += len;
         self.batch.push(frame);
         if span.abs() >= BATCH_TICKS || self.batch_bytes >= BATCH_BYTES {
-            self.send_batch()?;
+            self.hand_over()?;
         }
         Ok(())
     }
@@ -303,10 +303,6 @@ impl PublishHandle {
     /// Hands the frames collected so far to the writer. The ingest calls this once it
     /// has read everything queued on its socket (see [`BATCH_TICKS`]).
     pub fn hand_over(&mut self) -> Result<(), RecorderStopped> {
-        self.send_batch()
-    }
-
-    fn send_batch(&mut self) -> Result<(), RecorderStopped> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -335,7 +331,7 @@ pub struct RecorderStopped;
 impl Drop for PublishHandle {
     fn drop(&mut self) {
         // The publisher's last frames (a failed recorder has gone; nothing to do then).
-        let _ = self.send_batch();
+        let _ = self.hand_over();
         let mut live = lock(&self.inner.live);
         if let Some(slot) = live.get_mut(&self.key) {
             if slot.generation == self.generation {
