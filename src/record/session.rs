@@ -16,7 +16,7 @@
 //! demuxer among them) then play the whole recording, and later MP4 packaging gets one
 //! monotonic timeline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -155,7 +155,7 @@ impl RecordingSession {
             Verdict::Jump { step } => {
                 tracing::warn!(stream = %self.recording.stream_key(), step_s = step as f64 / TICKS_PER_SECOND as f64,
                     "timestamps jumped; starting a new segment after a discontinuity");
-                self.close_segment(None)?;
+                self.close_segment()?;
                 self.discontinuity_next = true;
                 self.reanchor = true;
                 self.timeline.check(&mut frame);
@@ -180,8 +180,7 @@ impl RecordingSession {
         if self.segment.is_none() {
             self.open_segment(frame.dts)?;
         } else if self.should_cut_before(&frame) {
-            self.close_segment(Some(frame.dts))?;
-            self.open_segment(frame.dts)?;
+            self.cut_segment(frame.dts)?;
         }
         let frame_ticks = self.frame_ticks(frame.kind);
         let (Some(segment), Some(muxer)) = (self.segment.as_mut(), self.muxer.as_mut()) else {
@@ -252,7 +251,7 @@ impl RecordingSession {
         self.stats.set_tracks(&self.tracks);
         if self.muxer.is_some() {
             // The track set or its parameters changed mid-recording.
-            self.close_segment(None)?;
+            self.close_segment()?;
             self.muxer = None;
             self.discontinuity_next = true;
         }
@@ -263,50 +262,84 @@ impl RecordingSession {
         tracing::warn!(stream = %self.recording.stream_key(), dropped_frames = dropped,
             "the flash writer fell behind; frames were dropped and the segment is closed with a discontinuity");
         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
-        self.close_segment(None)?;
+        self.close_segment()?;
         self.discontinuity_next = true;
         self.timeline.reset();
         Ok(())
     }
 
     fn open_segment(&mut self, start_dts: Ticks) -> Result<(), RecordError> {
+        let segment = self.new_segment(start_dts, SegmentWriter::create)?;
+        self.segment = Some(segment);
+        Ok(())
+    }
+
+    /// Ends the open segment where the next one starts. The next file is created first, so
+    /// the old one's seal makes both folder changes durable with one fsync.
+    fn cut_segment(&mut self, start_dts: Ticks) -> Result<(), RecordError> {
+        let Some(mut old) = self.segment.take() else {
+            return self.open_segment(start_dts);
+        };
+        if let Some(muxer) = self.muxer.as_mut() {
+            muxer.flush(old.writer.buffer());
+        }
+        let mut next = self.new_segment(start_dts, SegmentWriter::create_deferred)?;
+        self.commit_segment(old, start_dts, Some(&mut next.writer))?;
+        self.segment = Some(next);
+        Ok(())
+    }
+
+    fn new_segment(
+        &mut self,
+        start_dts: Ticks,
+        create: fn(&Path, &str) -> std::io::Result<SegmentWriter>,
+    ) -> Result<OpenSegment, RecordError> {
         if self.muxer.is_none() {
             self.muxer = Some(TsMuxer::new(&self.tracks)?);
             self.record_tracks()?;
         }
         let seq = self.next_seq;
-        let mut writer = SegmentWriter::create(&self.dir, &SegmentRow::file_name(seq))
+        let mut writer = create(&self.dir, &SegmentRow::file_name(seq))
             .map_err(|e| RecordError::io("create segment", &self.dir, e))?;
         if let Some(muxer) = self.muxer.as_mut() {
             muxer.write_tables(writer.buffer());
         }
         self.next_seq += 1;
-        self.segment = Some(OpenSegment {
+        Ok(OpenSegment {
             writer,
             seq,
             start_dts,
             end_dts: start_dts,
             wall_start_ms: now_ms(),
             discontinuity: std::mem::take(&mut self.discontinuity_next),
-        });
-        Ok(())
+        })
     }
 
-    /// Seals the open segment (if any) and commits it. `next_start` is the DTS of the
-    /// frame that starts the next segment, which makes durations sum exactly.
-    fn close_segment(&mut self, next_start: Option<Ticks>) -> Result<(), RecordError> {
+    /// Seals the open segment (if any) and commits it.
+    fn close_segment(&mut self) -> Result<(), RecordError> {
         let Some(mut segment) = self.segment.take() else {
             return Ok(());
         };
         if let Some(muxer) = self.muxer.as_mut() {
             muxer.flush(segment.writer.buffer());
         }
-        let end = next_start.unwrap_or(segment.end_dts);
+        let end = segment.end_dts;
+        self.commit_segment(segment, end, None)
+    }
+
+    /// Seals `segment` and writes its row. `end` is the DTS where the next segment starts
+    /// (or the end of its media), which makes durations sum exactly.
+    fn commit_segment(
+        &mut self,
+        segment: OpenSegment,
+        end: Ticks,
+        next: Option<&mut SegmentWriter>,
+    ) -> Result<(), RecordError> {
         let duration_ticks = (end - segment.start_dts).max(1);
         self.media_end = segment.start_dts + duration_ticks;
         let sealed = segment
             .writer
-            .seal()
+            .seal(next)
             .map_err(|e| RecordError::io("seal segment", &self.dir, e))?;
         let row = SegmentRow {
             seq: segment.seq,
@@ -368,7 +401,7 @@ impl RecordingSession {
     /// The publisher left: seal, then make the recording resumable or finished. A new
     /// recording that never got a segment is removed rather than listed empty.
     fn finish(&mut self) -> Result<(), RecordError> {
-        self.close_segment(None)?;
+        self.close_segment()?;
         let id = self.recording.id.clone();
         let current = self
             .index
