@@ -155,13 +155,21 @@ fn single_stuffing_byte_and_timestamp_wrap() {
 }
 
 #[test]
-fn audio_is_grouped_and_flushed_before_video() {
+fn audio_is_grouped_by_size_and_video_does_not_cut_a_group() {
     let mut m = TsMuxer::new(&h264_tracks(true)).unwrap();
     let mut out = Vec::new();
-    for i in 0..6 {
+    // 307-byte ADTS frames: 9 fit in AUDIO_PES_PAYLOAD (2,930 bytes), a 10th does not.
+    for i in 0..9 {
         m.write_frame(&audio(i * 1920, 300), &mut out).unwrap();
+        m.write_frame(&video(i * 1920, i * 1920, i == 0, 10), &mut out)
+            .unwrap();
     }
-    // 4 frames (7680 ticks) fill a group; it is written as soon as a 5th cannot fit.
+    assert!(
+        packets(&out).iter().all(|p| pid(p) == VIDEO_PID),
+        "the audio group is still open"
+    );
+    out.clear();
+    m.write_frame(&audio(9 * 1920, 300), &mut out).unwrap();
     let p = packets(&out);
     assert!(p.iter().all(|p| pid(p) == AUDIO_PID));
     let pes_starts: Vec<_> = p.iter().filter(|p| p[1] & 0x40 != 0).collect();
@@ -169,15 +177,15 @@ fn audio_is_grouped_and_flushed_before_video() {
     let first = pes_starts[0];
     assert_eq!(&first[3..6], &[0x30, 1, 0x40], "random access, no PCR");
     let pes = &first[6..];
-    assert_eq!(&pes[..9], &[0, 0, 1, 0xc0, 0x04, 0xd4, 0x84, 0x80, 5]);
+    // PES_packet_length 0x0ad3 = 9 * 307 + 8.
+    assert_eq!(&pes[..9], &[0, 0, 1, 0xc0, 0x0a, 0xd3, 0x84, 0x80, 5]);
+    assert_eq!(read_ts(&pes[9..14]), 126_000);
     assert_eq!(&pes[14..16], &[0xff, 0xf1]);
-    // Video arrives: the two buffered frames go first, then a PCR-carrying video PES.
+    // The 10th frame waits for the segment's flush.
     out.clear();
-    m.write_frame(&video(0, 0, true, 10), &mut out).unwrap();
+    m.flush(&mut out);
     let p = packets(&out);
-    assert_eq!(pid(p[0]), AUDIO_PID);
-    assert_eq!(read_ts(&p[0][6 + 9..6 + 14]), 126_000 + 4 * 1920);
-    assert_eq!(pid(p[p.len() - 1]), VIDEO_PID);
+    assert_eq!(read_ts(&p[0][6 + 9..6 + 14]), 126_000 + 9 * 1920);
     out.clear();
     m.flush(&mut out);
     assert!(out.is_empty());
@@ -190,6 +198,37 @@ fn audio_is_grouped_and_flushed_before_video() {
         .filter(|p| pid(p) == AUDIO_PID && p[1] & 0x40 != 0)
         .count();
     assert_eq!(starts, 2);
+}
+
+#[test]
+fn small_audio_frames_group_for_at_most_300_ms_beside_video_and_90_ms_alone() {
+    let audio_starts = |out: &[u8]| {
+        packets(out)
+            .iter()
+            .filter(|p| pid(p) == AUDIO_PID && p[1] & 0x40 != 0)
+            .count()
+    };
+    let mut m = TsMuxer::new(&h264_tracks(true)).unwrap();
+    let mut out = Vec::new();
+    for i in 0..13 {
+        m.write_frame(&audio(i * 1920, 50), &mut out).unwrap();
+    }
+    assert_eq!(audio_starts(&out), 0, "13 frames span 250 ms");
+    m.write_frame(&audio(13 * 1920, 50), &mut out).unwrap();
+    assert_eq!(audio_starts(&out), 1, "a 15th frame would pass 300 ms");
+
+    let tracks = Tracks {
+        video: None,
+        audio: Some(CodecParams::Aac(AacConfig::parse(&[0x11, 0x90]).unwrap())),
+    };
+    let mut m = TsMuxer::new(&tracks).unwrap();
+    out.clear();
+    for i in 0..3 {
+        m.write_frame(&audio(i * 1920, 50), &mut out).unwrap();
+    }
+    assert_eq!(audio_starts(&out), 0);
+    m.write_frame(&audio(3 * 1920, 50), &mut out).unwrap();
+    assert_eq!(audio_starts(&out), 1, "a 5th frame would pass 90 ms");
 }
 
 #[test]
