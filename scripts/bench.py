@@ -8,9 +8,10 @@ nginx-rtmp with `hls on` side by side, and prints for each N:
 - CPU % of one core per stream over a fixed window (per-thread schedstat nanoseconds;
   utime+stime ticks from /proc/PID/stat if a thread exited during the window),
 - RSS total, and RSS per extra stream relative to N=1,
-- bytes written to disk (/proc/PID/io write_bytes) divided by media bytes received
-  (edgerec: RTMP bytes received, from its API; nginx: the same publishers' bytes, taken
-  from edgerec's run at the same N), and its two factors: bytes the process wrote
+- bytes written to disk (/proc/PID/io write_bytes) divided by media bytes received (RTMP
+  bytes the server read from its publishers' sockets, measured the same way for both
+  servers: tcp_info bytes_received minus the receive queue, from `ss`), and its two
+  factors: bytes the process wrote
   (wchar: MPEG-TS segments, playlists, index) per byte received, and bytes the storage
   layer wrote (whole pages, again each time a page is re-dirtied) per byte written.
 
@@ -92,7 +93,21 @@ def proc_io(pid):
     return fields.get("write_bytes", 0), fields.get("wchar", 0)
 
 
-def sample(pids):
+def tcp_bytes_read(port):
+    """Bytes the server has read from its established connections on `port`: each
+    socket's tcp_info bytes_received minus what still waits in its receive queue."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    total, queued = 0, 0
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            queued = int(line.split()[0])  # Recv-Q: the State column is omitted
+        elif m := re.search(r"\bbytes_received:(\d+)", line):
+            total += int(m.group(1)) - queued
+    return total
+
+
+def sample(pids, port):
     tasks = {}
     for p in pids:
         tasks.update(task_cpu_ns(p))
@@ -102,6 +117,7 @@ def sample(pids):
         "rss": sum(proc_rss(p) for p in pids),
         "write": sum(proc_io(p)[0] for p in pids),
         "wchar": sum(proc_io(p)[1] for p in pids),
+        "received": tcp_bytes_read(port),
         "t": time.monotonic(),
     }
 
@@ -147,20 +163,19 @@ def bench_edgerec(binary, clip, n, window, flush_ms):
                 raise SystemExit(f"only {len(http_json(addrs['http'], '/api/v1/streams'))} of {n} streams came up")
             time.sleep(0.2)
         time.sleep(5)  # warm-up: first segments, allocator steady state
-        received0 = sum(s["bytes_received"] for s in http_json(addrs["http"], "/api/v1/streams"))
-        s0 = sample([daemon.pid])
+        port = int(addrs["rtmp"].rsplit(":", 1)[1])
+        s0 = sample([daemon.pid], port)
         time.sleep(window)
-        s1 = sample([daemon.pid])
-        received1 = sum(s["bytes_received"] for s in http_json(addrs["http"], "/api/v1/streams"))
+        s1 = sample([daemon.pid], port)
     finally:
         stop_all(pushers)
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
-    return result(s0, s1, n, received1 - received0)
+    return result(s0, s1, n)
 
 
-def bench_nginx(clip, n, window, received_hint):
+def bench_nginx(clip, n, window):
     work = tempfile.mkdtemp(prefix="nginx-bench-")
     os.chmod(work, 0o755)  # the www-data worker must reach hls/
     os.makedirs(f"{work}/hls", exist_ok=True)
@@ -185,19 +200,20 @@ rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; hls on; 
     pushers = push(f"rtmp://127.0.0.1:{port}/live", clip, n, "bench")
     try:
         time.sleep(8)
-        s0 = sample(workers)
+        s0 = sample(workers, port)
         time.sleep(window)
-        s1 = sample(workers)
+        s1 = sample(workers, port)
     finally:
         stop_all(pushers)
         subprocess.run(["nginx", "-p", work, "-c", f"{work}/nginx.conf", "-s", "stop"])
         time.sleep(0.5)
         shutil.rmtree(work, ignore_errors=True)
-    return result(s0, s1, n, received_hint)
+    return result(s0, s1, n)
 
 
-def result(s0, s1, n, received):
+def result(s0, s1, n):
     elapsed = s1["t"] - s0["t"]
+    received = s1["received"] - s0["received"]
     by_thread = {}
     for t, (ns, switches, name) in s1["tasks"].items():
         ns0, switches0, _ = s0["tasks"].get(t, (0, 0, name))
@@ -269,7 +285,7 @@ def main():
         for _ in range(args.repeat):
             e_runs.append(bench_edgerec(binary, clip, n, args.window, args.flush_ms))
             if with_nginx:
-                g_runs.append(bench_nginx(clip, n, args.window, e_runs[-1]["received_mb"] * 1e6))
+                g_runs.append(bench_nginx(clip, n, args.window))
         rows.append((median_run(e_runs), median_run(g_runs) if with_nginx else None))
         print(f"measured N={n}", file=sys.stderr)
 
