@@ -283,7 +283,14 @@ impl RecordingSession {
         if let Some(muxer) = self.muxer.as_mut() {
             muxer.flush(old.writer.buffer());
         }
-        let mut next = self.new_segment(start_dts, SegmentWriter::create_deferred)?;
+        let mut next = match self.new_segment(start_dts, SegmentWriter::create_deferred) {
+            Ok(next) => next,
+            Err(e) => {
+                // No next file (a full disk, no inodes): the old segment is still sealed.
+                self.commit_segment(old, start_dts, None)?;
+                return Err(e);
+            }
+        };
         self.commit_segment(old, start_dts, Some(&mut next.writer))?;
         self.segment = Some(next);
         Ok(())
