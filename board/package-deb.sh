@@ -74,7 +74,8 @@ trap 'rm -rf "$stage"' EXIT
 pkg="$stage/edgerec"
 install -D -m 0755 "$BIN" "$pkg/usr/bin/edgerec"
 install -D -m 0644 "$src_unit" "$pkg/lib/systemd/system/edgerec.service"
-install -D -m 0644 "$src_conf" "$pkg/etc/edgerec/edgerec.toml"
+# 0640: the config may hold S3 and callback secrets; postinst gives it to group edgerec.
+install -D -m 0640 "$src_conf" "$pkg/etc/edgerec/edgerec.toml"
 install -D -m 0644 "$src_sysusers" "$pkg/usr/lib/sysusers.d/edgerec.conf"
 install -D -m 0644 "$src_tmpfiles" "$pkg/usr/lib/tmpfiles.d/edgerec.conf"
 install -d -m 0755 "$pkg/usr/share/doc/edgerec" "$pkg/DEBIAN"
@@ -134,6 +135,14 @@ cat > "$pkg/DEBIAN/postinst" <<'EOF'
 set -e
 if [ "$1" = configure ]; then
     if command -v systemd-sysusers >/dev/null; then systemd-sysusers edgerec.conf; fi
+    # The config may hold secrets: readable by root and the service's group only. An
+    # admin's dpkg-statoverride for it wins.
+    conf=/etc/edgerec/edgerec.toml
+    if [ -f "$conf" ] && getent group edgerec >/dev/null &&
+        ! dpkg-statoverride --list "$conf" >/dev/null 2>&1; then
+        chgrp edgerec "$conf"
+        chmod 0640 "$conf"
+    fi
     # Only on a running systemd, as debhelper does: in a chroot or image build (no /proc)
     # systemd-tmpfiles-setup.service creates the directories at the first boot.
     if [ -d /run/systemd/system ] && command -v systemd-tmpfiles >/dev/null; then

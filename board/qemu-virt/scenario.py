@@ -245,6 +245,9 @@ def scenario(board):
     timings = {}
     timings["first boot"] = board.power_on()
     check(api(board, "/api/v1/recordings") == [], "a fresh board has no recordings")
+    _, mode = board.run_in_guest("stat -c '%a %U %G' /etc/edgerec/edgerec.toml")
+    check(mode.strip() == "640 root edgerec",
+          f"the config, which may hold secrets, is 640 root:edgerec ({mode.strip()})")
 
     # 1. A clean publish.
     t = time.monotonic()
