@@ -108,6 +108,7 @@ def tcp_bytes_read(port):
 
 
 def sample(pids, port):
+    io = [proc_io(p) for p in pids]
     tasks = {}
     for p in pids:
         tasks.update(task_cpu_ns(p))
@@ -115,8 +116,8 @@ def sample(pids, port):
         "cpu": sum(proc_cpu_seconds(p) for p in pids),
         "tasks": tasks,
         "rss": sum(proc_rss(p) for p in pids),
-        "write": sum(proc_io(p)[0] for p in pids),
-        "wchar": sum(proc_io(p)[1] for p in pids),
+        "write": sum(write for write, _ in io),
+        "wchar": sum(wchar for _, wchar in io),
         "received": tcp_bytes_read(port),
         "t": time.monotonic(),
     }
@@ -233,7 +234,6 @@ def result(s0, s1, n):
         "cpu_per_stream_pct": cpu_pct / n,
         "rss_mb": s1["rss"] / 1e6,
         "written_mb": written / 1e6,
-        "received_mb": received / 1e6,
         "write_amp": written / received if received else float("nan"),
         # Split of write_amp: what the process wrote (container, playlists, index) per
         # byte received, and what the storage layer wrote per byte the process wrote.

@@ -277,12 +277,9 @@ impl RecordingSession {
     /// Ends the open segment where the next one starts. The next file is created first, so
     /// the old one's seal makes both folder changes durable with one fsync.
     fn cut_segment(&mut self, start_dts: Ticks) -> Result<(), RecordError> {
-        let Some(mut old) = self.segment.take() else {
+        let Some(old) = self.segment.take() else {
             return self.open_segment(start_dts);
         };
-        if let Some(muxer) = self.muxer.as_mut() {
-            muxer.flush(old.writer.buffer());
-        }
         let mut next = match self.new_segment(start_dts, SegmentWriter::create_deferred) {
             Ok(next) => next,
             Err(e) => {
@@ -324,24 +321,25 @@ impl RecordingSession {
 
     /// Seals the open segment (if any) and commits it.
     fn close_segment(&mut self) -> Result<(), RecordError> {
-        let Some(mut segment) = self.segment.take() else {
+        let Some(segment) = self.segment.take() else {
             return Ok(());
         };
-        if let Some(muxer) = self.muxer.as_mut() {
-            muxer.flush(segment.writer.buffer());
-        }
         let end = segment.end_dts;
         self.commit_segment(segment, end, None)
     }
 
-    /// Seals `segment` and writes its row. `end` is the DTS where the next segment starts
-    /// (or the end of its media), which makes durations sum exactly.
+    /// Writes the muxer's buffered audio into `segment`, seals it and writes its row. `end`
+    /// is the DTS where the next segment starts (or the end of its media), which makes
+    /// durations sum exactly.
     fn commit_segment(
         &mut self,
-        segment: OpenSegment,
+        mut segment: OpenSegment,
         end: Ticks,
         next: Option<&mut SegmentWriter>,
     ) -> Result<(), RecordError> {
+        if let Some(muxer) = self.muxer.as_mut() {
+            muxer.flush(segment.writer.buffer());
+        }
         let duration_ticks = (end - segment.start_dts).max(1);
         self.media_end = segment.start_dts + duration_ticks;
         let sealed = segment
