@@ -151,7 +151,10 @@ def bench_edgerec(binary, clip, n, window, flush_ms):
     with open(cfg, "w") as f:
         f.write(f'data_dir = "{work}/data"\n[rtmp]\nlisten = "127.0.0.1:0"\nmax_connections = 256\n'
                 f'[http]\nlisten = "127.0.0.1:0"\n[record]\nflow_continue_duration_s = 0\n'
-                f'flush_interval_ms = {flush_ms}\n')
+                f'flush_interval_ms = {flush_ms}\n'
+                # Only a really full disk may refuse the bench's publishes, not a shared
+                # disk that happens to be past the default 90 % watermark.
+                f'[storage]\nhigh_watermark_percent = 100\nlow_watermark_percent = 99\n')
     daemon = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.PIPE,
                               stderr=open(os.path.join(work, "log"), "w"), text=True)
     line = daemon.stdout.readline()

@@ -109,6 +109,18 @@ key = "k"
 
 def inner(args):
     work = tempfile.mkdtemp(prefix="edgerec-bench-upload-")
+    procs = []  # whatever is still running when the bench ends or fails is stopped
+    try:
+        _run(args, work, procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, work, procs):
     binary = os.path.join(ROOT, "target", "release", "edgerec")
     s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
     store_dir = os.path.join(work, "store")
@@ -123,6 +135,7 @@ def inner(args):
     # 1. Record the clip with the store down and no cap, then stop the daemon.
     cap(0)
     d = start_daemon(work, binary)
+    procs.append(d)
     sh("ffmpeg", "-v", "error", "-i", clip, "-c", "copy", "-f", "flv",
        f"rtmp://127.0.0.1:{RTMP_PORT}/live/bench")
     rec = wait("recording finished", 30, lambda: [r for r in api("/api/v1/recordings") if r["state"] == "finished"])[0]
@@ -133,6 +146,7 @@ def inner(args):
     # 2. Under the cap: curl uploads a file of the same size, then edgerec its backlog.
     store = subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(S3_PORT), "--access-key", AK,
                               "--secret-key", SK, store_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(store)
     time.sleep(0.5)
     cap(args.rate_mbit)
     blob = os.path.join(work, "blob")
@@ -147,6 +161,7 @@ def inner(args):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     t0 = time.time()
     d = start_daemon(work, binary)
+    procs.append(d)
     wait("upload", 3600, lambda: api(f"/api/v1/recordings/{rec['id']}")["upload_state"] == "uploaded")
     edgerec_s = time.time() - t0
 
@@ -171,7 +186,6 @@ def inner(args):
     print(f"{'curl --upload-file':<28} {curl_s:8.2f} {mb / curl_s:8.2f} {'100%':>8}")
     print(f"{'edgerec (start to uploaded)':<28} {edgerec_s:8.2f} {mb / edgerec_s:8.2f} {curl_s / edgerec_s * 100:7.1f}%")
     print(f"recording finished -> callback delivered: {callback_s:.2f} s")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def main():

@@ -345,9 +345,15 @@ mod tests {
         assert!(!state.accepting());
         assert!(state.status().last_action.unwrap().contains("refusing"));
 
-        // With a roomy disk, the policy accepts again and evicts only expired uploads.
+        // With a roomy disk, the policy accepts again and evicts only expired uploads. The
+        // watermarks are bytes no disk reaches: the default percentages would make this
+        // depend on how full the machine running the test is.
         let roomy = Policy {
-            storage: StorageConfig::default(),
+            storage: StorageConfig {
+                high_watermark_bytes: Some(u64::MAX),
+                low_watermark_bytes: Some(u64::MAX - 1),
+                ..StorageConfig::default()
+            },
             keep_local: Some(Duration::from_secs(3600)),
         };
         check_once(&index, &storage, &roomy, &state, 3_000).unwrap();

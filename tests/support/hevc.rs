@@ -1,8 +1,6 @@
 //! HEVC test input for Enhanced RTMP: x265 Annex B output split into access units, and an
 //! HEVCDecoderConfigurationRecord built from its parameter sets (ISO/IEC 14496-15 8.3.3).
 
-use std::process::Command;
-
 use edgerec::media::bits::remove_emulation_prevention;
 use edgerec::media::nal::split_annex_b;
 
@@ -19,20 +17,15 @@ fn nal_type(nal: &[u8]) -> u8 {
 /// Encodes `seconds` of 640x360 25 fps HEVC (1 s GOP, no B-frames) and returns its access
 /// units and the hvcC record.
 pub fn encode_clip(seconds: u32) -> (Vec<AccessUnit>, Vec<u8>) {
-    let path = super::media_dir().join(format!("clip-{seconds}s.hevc"));
-    let out = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc2=size=640x360:rate=25:duration={seconds}"))
-        .args([
+    let args: Vec<String> = [
+        "-f".to_owned(),
+        "lavfi".to_owned(),
+        "-i".to_owned(),
+        format!("testsrc2=size=640x360:rate=25:duration={seconds}"),
+    ]
+    .into_iter()
+    .chain(
+        [
             "-c:v",
             "libx265",
             "-preset",
@@ -43,15 +36,11 @@ pub fn encode_clip(seconds: u32) -> (Vec<AccessUnit>, Vec<u8>) {
             "yuv420p",
             "-f",
             "hevc",
-        ])
-        .arg(&path)
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ]
+        .map(str::to_owned),
+    )
+    .collect();
+    let path = super::media::generated(&format!("clip-{seconds}s"), "hevc", &args);
     let data = std::fs::read(&path).unwrap();
     let (mut vps, mut sps, mut pps) = (None, None, None);
     let mut aus: Vec<AccessUnit> = Vec::new();

@@ -17,8 +17,6 @@ pub enum Clip {
     AudioOnly,
 }
 
-static GENERATE: Mutex<()> = Mutex::new(());
-
 fn tool(name: &str) -> Command {
     let mut c = Command::new(name);
     c.arg("-hide_banner");
@@ -28,35 +26,64 @@ fn tool(name: &str) -> Command {
     c
 }
 
-/// An FLV clip of `seconds`, generated once per test binary and reused.
-pub fn clip(kind: Clip, seconds: u32) -> PathBuf {
+/// The file `ffmpeg ARGS OUTPUT` makes, generated once and then reused by every test
+/// binary and run that shares this target dir. Its name carries a hash of `args`, so a
+/// changed recipe makes a new file rather than reusing a stale one. `args` must name the
+/// output format (`-f`), since the file is written under a temporary name and renamed.
+pub fn generated(stem: &str, ext: &str, args: &[String]) -> PathBuf {
+    static GENERATE: Mutex<()> = Mutex::new(());
     let _guard = GENERATE.lock().unwrap_or_else(|e| e.into_inner());
-    let path = super::media_dir().join(format!("{kind:?}-{seconds}s.flv"));
+    let path = super::media_dir().join(format!("{stem}-{:016x}.{ext}", fnv1a(args)));
     if path.exists() {
         return path;
     }
-    let tmp = path.with_extension("tmp.flv");
+    // Another test binary may be making the same file: each writes its own temporary file
+    // and the rename is atomic, so a reader never sees half a clip.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let out = tool("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(&tmp)
+        .output()
+        .expect("ffmpeg must be installed (see .ci/run)");
+    assert!(
+        out.status.success(),
+        "generating {stem} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp, &path).expect("rename generated media");
+    path
+}
+
+/// FNV-1a over the arguments, NUL-separated: stable across runs and toolchains.
+fn fnv1a(args: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in args.iter().flat_map(|a| a.bytes().chain([0])) {
+        h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// An FLV clip of `seconds`.
+pub fn clip(kind: Clip, seconds: u32) -> PathBuf {
     let d = seconds.to_string();
-    let mut c = tool("ffmpeg");
-    c.args(["-v", "error", "-y"]);
+    let mut args = Vec::new();
     if kind != Clip::AudioOnly {
-        c.args([
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc2=size=640x360:rate=25:duration={d}"),
-        ]);
+        args.extend(strings(&["-f", "lavfi", "-i"]));
+        args.push(format!("testsrc2=size=640x360:rate=25:duration={d}"));
     }
     if kind != Clip::VideoOnly {
-        c.args([
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency=1000:sample_rate=48000:duration={d}"),
-        ]);
+        args.extend(strings(&["-f", "lavfi", "-i"]));
+        args.push(format!(
+            "sine=frequency=1000:sample_rate=48000:duration={d}"
+        ));
     }
     if kind != Clip::AudioOnly {
-        c.args([
+        args.extend(strings(&[
             "-c:v",
             "libx264",
             "-preset",
@@ -71,65 +98,42 @@ pub fn clip(kind: Clip, seconds: u32) -> PathBuf {
             "0",
             "-b:v",
             "1M",
-        ]);
+        ]));
     }
     if kind != Clip::VideoOnly {
-        c.args(["-c:a", "aac", "-b:a", "128k", "-ar", "48000"]);
+        args.extend(strings(&["-c:a", "aac", "-b:a", "128k", "-ar", "48000"]));
     }
-    c.args(["-f", "flv"]).arg(&tmp);
-    let out = c.output().expect("ffmpeg must be installed (see .ci/run)");
-    assert!(
-        out.status.success(),
-        "clip generation failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&tmp, &path).expect("rename clip");
-    path
+    args.extend(strings(&["-f", "flv"]));
+    generated(&format!("{kind:?}-{seconds}s"), "flv", &args)
 }
 
 /// A clip of incompressible video (lossless noise, ~9 MB/s) with audio: makes segments
 /// big enough for multipart uploads and fills disks fast.
 pub fn noise_clip(seconds: u32) -> PathBuf {
-    let _guard = GENERATE.lock().unwrap_or_else(|e| e.into_inner());
-    let path = super::media_dir().join(format!("noise-{seconds}s.flv"));
-    if path.exists() {
-        return path;
-    }
-    let tmp = path.with_extension("tmp.flv");
     let d = seconds.to_string();
-    let out = tool("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!(
-            "nullsrc=s=640x360:r=25:d={d},geq=lum='random(1)*255':cb=128:cr=128"
-        ))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:sample_rate=48000:duration={d}"))
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-qp",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-        ])
-        .arg(&tmp)
-        .output()
-        .expect("ffmpeg must be installed (see .ci/run)");
-    assert!(
-        out.status.success(),
-        "noise clip generation failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&tmp, &path).expect("rename clip");
-    path
+    let mut args = strings(&["-f", "lavfi", "-i"]);
+    args.push(format!(
+        "nullsrc=s=640x360:r=25:d={d},geq=lum='random(1)*255':cb=128:cr=128"
+    ));
+    args.extend(strings(&["-f", "lavfi", "-i"]));
+    args.push(format!("sine=frequency=440:sample_rate=48000:duration={d}"));
+    args.extend(strings(&[
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-qp",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "25",
+        "-c:a",
+        "aac",
+        "-f",
+        "flv",
+    ]));
+    generated(&format!("noise-{seconds}s"), "flv", &args)
 }
 
 /// Starts `ffmpeg -c copy` publishing `clip` to `url`; `realtime` adds `-re`.

@@ -101,8 +101,16 @@ impl Daemon {
     /// Rewrites the config file (takes effect at the next [`Daemon::spawn`]).
     pub fn write_config(&self, extra_record: &str, extra_rtmp: &str, sections: &str) {
         let data = self.data_dir();
+        // The default watermarks are shares of the disk the temp dir is on, which these
+        // tests share with whatever else the machine holds: unless a test is about the
+        // disk policy, only a disk that is really full may refuse its recordings.
+        let storage = if sections.contains("[storage]") {
+            ""
+        } else {
+            "[storage]\nhigh_watermark_percent = 100\nlow_watermark_percent = 99\n"
+        };
         let text = format!(
-            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{sections}\n",
+            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{sections}\n{storage}",
         );
         std::fs::write(&self.config_path, text).expect("write config");
     }
@@ -275,11 +283,13 @@ impl Drop for Daemon {
     }
 }
 
-/// A scratch folder for generated media, shared by the tests of one binary.
+/// Where generated media is cached: in this target dir's scratch folder (cargo's
+/// `CARGO_TARGET_TMPDIR`), shared by every test binary and run, and removed with the
+/// target dir, so runs leave nothing behind in the system temp dir.
 pub fn media_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("edgerec-test-media-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("media");
         std::fs::create_dir_all(&dir).expect("media dir");
         dir
     })
