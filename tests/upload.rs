@@ -1,8 +1,8 @@
 //! Upload to real S3-compatible stores (s3s-fs; a 3-node Garage cluster) and completion
 //! callbacks to a real HTTP receiver, under the faults the issue names: the store killed
 //! mid-multipart, the daemon SIGKILLed mid-part, a 60 s outage while recording, the
-//! callback receiver down for 3 minutes, a full disk with `stop_new`, wrong credentials,
-//! and Garage nodes down.
+//! callback receiver down for 3 minutes, a full disk with `stop_new` and with
+//! `delete_oldest`, wrong credentials, and Garage nodes down.
 //!
 //! Every test checks the final objects byte for byte against the local files and decodes
 //! the uploaded playlist with ffmpeg from a copy of the store's objects.
@@ -540,6 +540,90 @@ fn full_disk_with_stop_new_keeps_everything_not_uploaded() {
         listed.len() as u64,
         full["segments"].as_u64().unwrap() + 1,
         "{listed:?}"
+    );
+}
+
+/// `on_full = "delete_oldest"` with the uplink down: when the disk passes the high
+/// watermark, the oldest closed recording is deleted although it was never uploaded (the
+/// operator opted in), only down to the low watermark, never the one being recorded; the
+/// daemon keeps accepting, and when the store comes back only what is left is uploaded.
+#[test]
+fn full_disk_with_delete_oldest_deletes_only_the_oldest_closed_recording() {
+    let store = S3sFs::start();
+    let mut relay = relay_to(&store);
+    relay.stop();
+    let storage = "[storage]\nhigh_watermark_percent = 50\nlow_watermark_percent = 40\non_full = \"delete_oldest\"\ncheck_interval_s = 1\n";
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 1",
+        "",
+        &sections(&store, Some(&relay.url()), "", storage),
+    );
+    let Some(_tmpfs) = Tmpfs::mount(&d.data_dir().join("media"), "64m") else {
+        return;
+    };
+    d.spawn();
+    // ~18 MB each: the first fits under the 50 % (32 MB) high watermark, both do not, and
+    // deleting the first alone gets below the 40 % (25.6 MB) low watermark.
+    media::publish_and_wait(&d.rtmp_url("live", "older"), &media::noise_clip(2), true);
+    let older = one_recording(&d, "finished", Duration::from_secs(30));
+    let older_id = older["id"].as_str().unwrap().to_owned();
+    let older_dir = d.recording_dir(&older);
+    assert!(older_dir.exists());
+    media::publish_and_wait(&d.rtmp_url("live", "newer"), &media::noise_clip(2), true);
+    let newer = wait_for(
+        "the older recording deleted, the newer finished",
+        Duration::from_secs(60),
+        || match d.recordings().as_slice() {
+            [only] if only["stream"] == "newer" && only["state"] == "finished" => {
+                Some(only.clone())
+            }
+            _ => None,
+        },
+    );
+    assert!(
+        !older_dir.exists(),
+        "the deleted recording's files are gone"
+    );
+    assert_eq!(d.get(&format!("/api/v1/recordings/{older_id}")).status, 404);
+    let view = d.json("/api/v1/storage");
+    assert_eq!(view["deleted_unuploaded_recordings"], 1, "{view}");
+    assert_eq!(view["accepting_new_recordings"], true, "{view}");
+    assert!(
+        view["last_action"]
+            .as_str()
+            .unwrap()
+            .contains("delete_oldest"),
+        "{view}"
+    );
+    assert!(
+        d.log().contains("NOT uploaded") && d.log().contains(&older_id),
+        "the deletion is logged as an error naming the recording"
+    );
+    // The newer recording is whole.
+    let full = d.recording(newer["id"].as_str().unwrap());
+    let dir = d.recording_dir(&newer);
+    for seg in full["segment_list"].as_array().unwrap() {
+        let file = seg["uri"].as_str().unwrap().rsplit('/').next().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.join(file)).unwrap().len(),
+            seg["bytes"].as_u64().unwrap()
+        );
+    }
+    // The store comes back: the newer recording uploads whole; nothing of the deleted one is
+    // uploaded and no upload of it is left failing.
+    relay.start_again();
+    let newer = wait_uploaded(&d, newer["id"].as_str().unwrap(), Duration::from_secs(120));
+    check_store_matches(&d, &store, &newer);
+    assert_eq!(
+        store.list_objects(&format!("{PREFIX}/live/older/")),
+        vec![],
+        "nothing of the deleted recording reaches the store"
+    );
+    let failed = d.json("/api/v1/uploads?state=failed");
+    assert_eq!(
+        failed["objects"].as_array().map_or(0, Vec::len),
+        0,
+        "{failed}"
     );
 }
 
