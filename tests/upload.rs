@@ -467,21 +467,45 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn full_disk_with_stop_new_keeps_everything_not_uploaded() {
+/// A daemon recording onto a 64 MB tmpfs with the `[storage]` keys in `storage`, its
+/// uploads going to a fresh store through a relay that starts stopped (the uplink is down).
+/// None when tmpfs mounts are not allowed here.
+fn on_small_disk_with_uplink_down(storage: &str) -> Option<(S3sFs, Relay, Daemon, Tmpfs)> {
     let store = S3sFs::start();
     let mut relay = relay_to(&store);
     relay.stop();
-    let storage = "[storage]\nhigh_watermark_percent = 40\nlow_watermark_percent = 20\ncheck_interval_s = 1\n";
+    let storage = format!("[storage]\n{storage}check_interval_s = 1\n");
     let mut d = Daemon::configure_with(
         "flow_continue_duration_s = 1",
         "",
-        &sections(&store, Some(&relay.url()), "", storage),
+        &sections(&store, Some(&relay.url()), "", &storage),
     );
-    let Some(_tmpfs) = Tmpfs::mount(&d.data_dir().join("media"), "64m") else {
+    let tmpfs = Tmpfs::mount(&d.data_dir().join("media"), "64m")?;
+    d.spawn();
+    Some((store, relay, d, tmpfs))
+}
+
+/// Every segment the index lists for `rec` is on disk with the bytes it lists.
+fn assert_segments_on_disk(d: &Daemon, rec: &Value) {
+    let full = d.recording(rec["id"].as_str().unwrap());
+    let dir = d.recording_dir(rec);
+    for seg in full["segment_list"].as_array().unwrap() {
+        let file = seg["uri"].as_str().unwrap().rsplit('/').next().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.join(file)).unwrap().len(),
+            seg["bytes"].as_u64().unwrap(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn full_disk_with_stop_new_keeps_everything_not_uploaded() {
+    let Some((store, mut relay, d, _tmpfs)) =
+        on_small_disk_with_uplink_down("high_watermark_percent = 40\nlow_watermark_percent = 20\n")
+    else {
         return;
     };
-    d.spawn();
     // ~36 MB of media: past the 40 % (25.6 MB) high watermark, with the store unreachable.
     media::publish_and_wait(&d.rtmp_url("live", "fill"), &media::noise_clip(4), true);
     let rec = one_recording(&d, "finished", Duration::from_secs(30));
@@ -509,15 +533,8 @@ fn full_disk_with_stop_new_keeps_everything_not_uploaded() {
     );
     assert_eq!(d.recordings().len(), 1, "no recording was created");
     // Nothing un-uploaded was deleted.
+    assert_segments_on_disk(&d, &rec);
     let full = d.recording(rec["id"].as_str().unwrap());
-    let dir = d.recording_dir(&rec);
-    for seg in full["segment_list"].as_array().unwrap() {
-        let file = seg["uri"].as_str().unwrap().rsplit('/').next().unwrap();
-        assert_eq!(
-            std::fs::metadata(dir.join(file)).unwrap().len(),
-            seg["bytes"].as_u64().unwrap()
-        );
-    }
     assert!(d.log().contains("refusing new recordings"));
     // The store comes back: the recording uploads, is evicted for space, and publishing works.
     relay.start_again();
@@ -549,19 +566,11 @@ fn full_disk_with_stop_new_keeps_everything_not_uploaded() {
 /// daemon keeps accepting, and when the store comes back only what is left is uploaded.
 #[test]
 fn full_disk_with_delete_oldest_deletes_only_the_oldest_closed_recording() {
-    let store = S3sFs::start();
-    let mut relay = relay_to(&store);
-    relay.stop();
-    let storage = "[storage]\nhigh_watermark_percent = 50\nlow_watermark_percent = 40\non_full = \"delete_oldest\"\ncheck_interval_s = 1\n";
-    let mut d = Daemon::configure_with(
-        "flow_continue_duration_s = 1",
-        "",
-        &sections(&store, Some(&relay.url()), "", storage),
-    );
-    let Some(_tmpfs) = Tmpfs::mount(&d.data_dir().join("media"), "64m") else {
+    let Some((store, mut relay, d, _tmpfs)) = on_small_disk_with_uplink_down(
+        "high_watermark_percent = 50\nlow_watermark_percent = 40\non_full = \"delete_oldest\"\n",
+    ) else {
         return;
     };
-    d.spawn();
     // ~18 MB each: the first fits under the 50 % (32 MB) high watermark, both do not, and
     // deleting the first alone gets below the 40 % (25.6 MB) low watermark.
     media::publish_and_wait(&d.rtmp_url("live", "older"), &media::noise_clip(2), true);
@@ -600,15 +609,7 @@ fn full_disk_with_delete_oldest_deletes_only_the_oldest_closed_recording() {
         "the deletion is logged as an error naming the recording"
     );
     // The newer recording is whole.
-    let full = d.recording(newer["id"].as_str().unwrap());
-    let dir = d.recording_dir(&newer);
-    for seg in full["segment_list"].as_array().unwrap() {
-        let file = seg["uri"].as_str().unwrap().rsplit('/').next().unwrap();
-        assert_eq!(
-            std::fs::metadata(dir.join(file)).unwrap().len(),
-            seg["bytes"].as_u64().unwrap()
-        );
-    }
+    assert_segments_on_disk(&d, &newer);
     // The store comes back: the newer recording uploads whole; nothing of the deleted one is
     // uploaded and no upload of it is left failing.
     relay.start_again();
