@@ -2,7 +2,8 @@
 //! callbacks to a real HTTP receiver, under the faults the issue names: the store killed
 //! mid-multipart, the daemon SIGKILLed mid-part, a 60 s outage while recording, the
 //! callback receiver down for 3 minutes, a full disk with `stop_new` and with
-//! `delete_oldest`, wrong credentials, and Garage nodes down.
+//! `delete_oldest`, wrong credentials, Garage nodes down, and a store behind TLS with a
+//! private CA.
 //!
 //! Every test checks the final objects byte for byte against the local files and decodes
 //! the uploaded playlist with ffmpeg from a copy of the store's objects.
@@ -17,6 +18,7 @@ use support::callback::CallbackReceiver;
 use support::media::{self, Clip};
 use support::relay::Relay;
 use support::s3::{GarageCluster, S3sFs, Store};
+use support::tls::TlsFront;
 use support::{wait_for, Daemon};
 
 const PREFIX: &str = "venue-a";
@@ -626,6 +628,49 @@ fn full_disk_with_delete_oldest_deletes_only_the_oldest_closed_recording() {
         0,
         "{failed}"
     );
+}
+
+/// A store behind TLS with a private CA (`socat` with OpenSSL in front of s3s-fs): not
+/// trusted without `ca_file`, and the API says why; trusted with it, and the backlog uploads.
+#[test]
+fn a_store_behind_a_private_ca_is_trusted_only_with_ca_file() {
+    let store = S3sFs::start();
+    let endpoint = store.client().endpoint;
+    let tls = TlsFront::start(endpoint.trim_start_matches("http://").parse().unwrap());
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 1",
+        "",
+        &sections(&store, Some(&tls.url()), "", ""),
+    );
+    d.spawn();
+    media::publish_and_wait(
+        &d.rtmp_url("live", "tls"),
+        &media::clip(Clip::AudioVideo, 4),
+        true,
+    );
+    let rec = one_recording(&d, "finished", Duration::from_secs(30));
+    let view = wait_for(
+        "the untrusted store reported",
+        Duration::from_secs(60),
+        || {
+            let u = d.json("/api/v1/uploads");
+            (u["store"]["state"] == "unavailable").then_some(u)
+        },
+    );
+    let error = view["store"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("certificate"), "{view}");
+    assert!(store.list_objects(&format!("{PREFIX}/")).is_empty());
+
+    d.stop();
+    let ca = format!("ca_file = {:?}\n", tls.ca_file());
+    d.write_config(
+        "flow_continue_duration_s = 1",
+        "",
+        &sections(&store, Some(&tls.url()), "", &ca),
+    );
+    d.spawn();
+    let rec = wait_uploaded(&d, rec["id"].as_str().unwrap(), Duration::from_secs(60));
+    check_store_matches(&d, &store, &rec);
 }
 
 #[test]

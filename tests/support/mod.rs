@@ -14,6 +14,7 @@ pub mod media;
 pub mod relay;
 pub mod rtmp_client;
 pub mod s3;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
