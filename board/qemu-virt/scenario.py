@@ -83,7 +83,14 @@ class Board:
             "-display", "none", "-no-reboot",
             "-kernel", self.args.kernel,
             "-append", "root=/dev/nvme0n1 ro console=ttyAMA0 panic=-1",
-            "-drive", f"file={self.args.image},if=none,format=raw,id=d0",
+            # cache=unsafe: a guest flush is not passed on as an fdatasync of the image on
+            # the host. The power cut is a SIGKILL of qemu, which keeps every write the
+            # guest issued (it is in the host's page cache either way) and loses the guest's
+            # own page cache, so what survives is the same as with the default writeback;
+            # but a host busy writing back a cross build can make each host fdatasync take
+            # seconds, which stalled the recorder behind the guest's fsyncs and made the
+            # loss check measure the CI machine instead of edgerec.
+            "-drive", f"file={self.args.image},if=none,format=raw,id=d0,cache=unsafe",
             "-device", "nvme,drive=d0,serial=ci0",
             # restrict=on: the guest reaches nothing; only the forwarded ports come in.
             "-netdev", f"user,id=n0,restrict=on,{fwd}",

@@ -13,8 +13,16 @@
 //!   `uploads.rs`).
 //!
 //! Every mutation is one sled transaction over the trees it touches, followed by a flush
-//! (fsync) before it returns: callers act on a change only once it is durable
-//! (crash-safety invariant 1). Never does media file IO.
+//! before it returns: callers act on a change only once it is durable (crash-safety
+//! invariant 1). Never does media file IO.
+//!
+//! A sled flush alone is not durable across a power cut. sled 0.34 makes its log writes
+//! stable with `sync_file_range` (`pagecache/iobuf.rs`), which neither commits the log
+//! file's size and block map nor flushes the device's write cache; only its background
+//! flusher calls fsync, and that thread is off here (it wakes every 500 ms whether or not
+//! anything changed). So [`Index::flush`] fdatasyncs sled's log file after sled's flush:
+//! a board that lost power right after a segment was committed came back without that
+//! row until it did.
 
 mod rows;
 mod uploads;
@@ -50,6 +58,11 @@ pub enum IndexError {
     Locked { dir: String },
     #[error("recording {0} does not exist")]
     NoSuchRecording(String),
+    #[error("cannot make the index durable ({path}): {source}")]
+    Sync {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("stream {0} already has an open recording {1}")]
     AlreadyOpen(String, String),
 }
@@ -75,6 +88,9 @@ fn is_lock_error(e: &sled::Error) -> bool {
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
+    /// sled's log file (`<dir>/db`), fdatasynced after every flush (see the module doc).
+    log: std::sync::Arc<std::fs::File>,
+    log_path: std::sync::Arc<str>,
     recordings: sled::Tree,
     segments: sled::Tree,
     open: sled::Tree,
@@ -149,11 +165,32 @@ impl Index {
                 other => break other?,
             }
         };
+        let log_path = dir.join("db");
+        let sync_error = |path: &Path, source| IndexError::Sync {
+            path: path.display().to_string(),
+            source,
+        };
+        let log = std::fs::File::open(&log_path).map_err(|e| sync_error(&log_path, e))?;
+        // A new index's files must be reachable after a power cut too.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| sync_error(dir, e))?;
         let meta = db.open_tree("meta")?;
+        let index = Index {
+            recordings: db.open_tree("recordings")?,
+            segments: db.open_tree("segments")?,
+            open: db.open_tree("open")?,
+            upload_pending: db.open_tree("upload_pending")?,
+            uploads: db.open_tree("uploads")?,
+            outbox: db.open_tree("outbox")?,
+            db,
+            log: std::sync::Arc::new(log),
+            log_path: log_path.display().to_string().into(),
+        };
         match meta.get("schema_version")? {
             None => {
                 meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
+                index.flush()?;
             }
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
@@ -164,20 +201,17 @@ impl Index {
                 }
             }
         }
-        Ok(Index {
-            recordings: db.open_tree("recordings")?,
-            segments: db.open_tree("segments")?,
-            open: db.open_tree("open")?,
-            upload_pending: db.open_tree("upload_pending")?,
-            uploads: db.open_tree("uploads")?,
-            outbox: db.open_tree("outbox")?,
-            db,
-        })
+        Ok(index)
     }
 
+    /// sled's flush, then an fdatasync of its log: returns once the changes survive a
+    /// power cut.
     pub(crate) fn flush(&self) -> Result<(), IndexError> {
         self.db.flush()?;
-        Ok(())
+        self.log.sync_data().map_err(|source| IndexError::Sync {
+            path: self.log_path.to_string(),
+            source,
+        })
     }
 
     /// Whether the database answers reads (for `/healthz`).
