@@ -71,6 +71,9 @@ pub(super) struct RecordingSession {
     /// Last output DTS per track (video, audio), to keep the output strictly increasing
     /// right after a re-anchor.
     last_out: [Option<Ticks>; 2],
+    /// When the last sync that made everything written so far durable began. Counting the
+    /// flush interval from its start, not its end, keeps media at risk within one interval
+    /// even when the storage takes a good part of a second to sync.
     last_flush: Instant,
 }
 
@@ -340,6 +343,7 @@ impl RecordingSession {
         if let Some(muxer) = self.muxer.as_mut() {
             muxer.flush(segment.writer.buffer());
         }
+        let sync_started = Instant::now();
         let duration_ticks = (end - segment.start_dts).max(1);
         self.media_end = segment.start_dts + duration_ticks;
         let sealed = segment
@@ -360,7 +364,7 @@ impl RecordingSession {
         };
         self.recording = self.index.commit_segment(&self.recording.id, &row)?;
         self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
-        self.last_flush = Instant::now();
+        self.last_flush = sync_started;
         Ok(())
     }
 
@@ -368,6 +372,7 @@ impl RecordingSession {
         if self.last_flush.elapsed() < self.config.flush_interval() {
             return Ok(());
         }
+        let sync_started = Instant::now();
         if let Some(segment) = self.segment.as_mut() {
             if segment.writer.is_dirty() {
                 segment
@@ -376,7 +381,7 @@ impl RecordingSession {
                     .map_err(|e| RecordError::io("flush segment", &self.dir, e))?;
             }
         }
-        self.last_flush = Instant::now();
+        self.last_flush = sync_started;
         Ok(())
     }
 
