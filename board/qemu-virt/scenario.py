@@ -287,6 +287,12 @@ def scenario(board):
     cut = recording_of(board, "cut")
     say(f"recording {cut['id']}: {cut['state']}, {cut['duration_s']} s, {cut['segments']} segments")
     check(cut["state"] in ("resumable", "finished"), "the cut recording was recovered, not left live")
+    # A segment the recorder had committed before the cut must still have its index row:
+    # recovery re-adopting it from its file would mean a commit was not durable (sled's
+    # own flush is not; see src/index/mod.rs).
+    kept = [s for s in api(board, f"/api/v1/recordings/{cut['id']}")["segment_list"] if not s["recovered"]]
+    check(len(kept) >= live["segments_written"],
+          f"{len(kept)} segment rows kept of the {live['segments_written']} committed before the cut")
     floor = acked_s - FLUSH_S - GOP_S
     check(cut["duration_s"] >= floor,
           f"indexed duration {cut['duration_s']} s >= {floor:.2f} s (acknowledged - flush - GOP)")
