@@ -13,7 +13,11 @@ nginx-rtmp with `hls on` side by side, and prints for each N:
   servers: tcp_info bytes_received minus the receive queue, from `ss`), and its two
   factors: bytes the process wrote
   (wchar: MPEG-TS segments, playlists, index) per byte received, and bytes the storage
-  layer wrote (whole pages, again each time a page is re-dirtied) per byte written.
+  layer wrote (whole pages, again each time a page is re-dirtied) per byte written;
+
+then checks each figure against issue 2's target (CPU per stream at most half of
+nginx-rtmp's in the same run, RSS per extra stream at most 0.5 MB, written/received at
+most 1.02).
 
 This is a benchmark, not a test: numbers depend on the machine. Usage:
     scripts/bench.py [--streams 1,8,32] [--window 20] [--repeat 3] [--no-nginx]
@@ -310,6 +314,28 @@ def main():
             if args.by_thread:
                 for name, (ms, sw, count) in sorted(r["by_thread"].items(), key=lambda kv: -kv[1][0]):
                     print(f"      {name:<18} x{count:<3} {ms:8.3f} ms/s {sw:8.1f} switches/s")
+    print_targets(rows, base_e)
+
+
+def print_targets(rows, base_rss):
+    """The issue's three targets, each against this run's figures."""
+    def verdict(ok):
+        return "met" if ok else "NOT MET"
+
+    print("targets (issue 2):")
+    if rows[0][1] is not None:
+        parts = []
+        for e, g in rows:
+            ratio = e["cpu_per_stream_pct"] / g["cpu_per_stream_pct"]
+            parts.append(f"N={e['n']} {ratio:.0%} {verdict(ratio <= 0.5)}")
+        print("  CPU per stream at most half of nginx-rtmp's: " + ", ".join(parts))
+    extra = [(e["n"], (e["rss_mb"] - base_rss) / (e["n"] - 1)) for e, _ in rows if e["n"] > 1]
+    if extra:
+        print("  RSS per extra stream at most 0.5 MB: "
+              + ", ".join(f"N={n} {mb:.2f} MB {verdict(mb <= 0.5)}" for n, mb in extra))
+    print("  written/received at most 1.02: "
+          + ", ".join(f"N={e['n']} {e['write_amp']:.3f} {verdict(e['write_amp'] <= 1.02)}"
+                      for e, _ in rows))
 
 
 if __name__ == "__main__":
