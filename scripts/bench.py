@@ -327,7 +327,7 @@ def print_targets(rows, base_rss):
         parts = []
         for e, g in rows:
             ratio = e["cpu_per_stream_pct"] / g["cpu_per_stream_pct"]
-            parts.append(f"N={e['n']} {ratio:.0%} {verdict(ratio <= 0.5)}")
+            parts.append(f"N={e['n']} {ratio:.1%} {verdict(ratio <= 0.5)}")
         print("  CPU per stream at most half of nginx-rtmp's: " + ", ".join(parts))
     extra = [(e["n"], (e["rss_mb"] - base_rss) / (e["n"] - 1)) for e, _ in rows if e["n"] > 1]
     if extra:
