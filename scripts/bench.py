@@ -306,7 +306,7 @@ def main():
         for name, r, base in (("edgerec", e, base_e), ("nginx-rtmp", g, base_g)):
             if r is None:
                 continue
-            extra = (r["rss_mb"] - base) / (r["n"] - 1) if r["n"] > 1 else float("nan")
+            extra = rss_per_extra(r, base)
             print(f"{r['n']:>3} | {name:<10} | {r['cpu_per_stream_pct']:>12.3f} | {r['rss_mb']:>7.1f} | "
                   f"{extra:>12.3f} | {r['write_amp']:>16.4f} | {r['app_amp']:>16.4f} | {r['page_amp']:>15.4f}")
             if args.repeat > 1:
@@ -315,6 +315,11 @@ def main():
                 for name, (ms, sw, count) in sorted(r["by_thread"].items(), key=lambda kv: -kv[1][0]):
                     print(f"      {name:<18} x{count:<3} {ms:8.3f} ms/s {sw:8.1f} switches/s")
     print_targets(rows, base_e)
+
+
+def rss_per_extra(r, base_rss):
+    """RSS per stream beyond the first, against the first row's (N=1) RSS."""
+    return (r["rss_mb"] - base_rss) / (r["n"] - 1) if r["n"] > 1 else float("nan")
 
 
 def print_targets(rows, base_rss):
@@ -329,7 +334,7 @@ def print_targets(rows, base_rss):
             ratio = e["cpu_per_stream_pct"] / g["cpu_per_stream_pct"]
             parts.append(f"N={e['n']} {ratio:.1%} {verdict(ratio <= 0.5)}")
         print("  CPU per stream at most half of nginx-rtmp's: " + ", ".join(parts))
-    extra = [(e["n"], (e["rss_mb"] - base_rss) / (e["n"] - 1)) for e, _ in rows if e["n"] > 1]
+    extra = [(e["n"], rss_per_extra(e, base_rss)) for e, _ in rows if e["n"] > 1]
     if extra:
         print("  RSS per extra stream at most 0.5 MB: "
               + ", ".join(f"N={n} {mb:.2f} MB {verdict(mb <= 0.5)}" for n, mb in extra))

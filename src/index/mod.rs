@@ -80,6 +80,15 @@ pub enum Update {
 /// sled's IO threads have let go of the file, which can lag the drop on a slow core.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+impl IndexError {
+    fn sync(path: &Path, source: std::io::Error) -> IndexError {
+        IndexError::Sync {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
 fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
@@ -90,7 +99,7 @@ pub struct Index {
     db: sled::Db,
     /// sled's log file (`<dir>/db`), fdatasynced after every flush (see the module doc).
     log: std::sync::Arc<std::fs::File>,
-    log_path: std::sync::Arc<str>,
+    log_path: std::sync::Arc<Path>,
     recordings: sled::Tree,
     segments: sled::Tree,
     open: sled::Tree,
@@ -166,15 +175,11 @@ impl Index {
             }
         };
         let log_path = dir.join("db");
-        let sync_error = |path: &Path, source| IndexError::Sync {
-            path: path.display().to_string(),
-            source,
-        };
-        let log = std::fs::File::open(&log_path).map_err(|e| sync_error(&log_path, e))?;
+        let log = std::fs::File::open(&log_path).map_err(|e| IndexError::sync(&log_path, e))?;
         // A new index's files must be reachable after a power cut too.
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| sync_error(dir, e))?;
+            .map_err(|e| IndexError::sync(dir, e))?;
         let meta = db.open_tree("meta")?;
         let index = Index {
             recordings: db.open_tree("recordings")?,
@@ -185,7 +190,7 @@ impl Index {
             outbox: db.open_tree("outbox")?,
             db,
             log: std::sync::Arc::new(log),
-            log_path: log_path.display().to_string().into(),
+            log_path: log_path.into(),
         };
         match meta.get("schema_version")? {
             None => {
@@ -208,10 +213,9 @@ impl Index {
     /// power cut.
     pub(crate) fn flush(&self) -> Result<(), IndexError> {
         self.db.flush()?;
-        self.log.sync_data().map_err(|source| IndexError::Sync {
-            path: self.log_path.to_string(),
-            source,
-        })
+        self.log
+            .sync_data()
+            .map_err(|e| IndexError::sync(&self.log_path, e))
     }
 
     /// Whether the database answers reads (for `/healthz`).
