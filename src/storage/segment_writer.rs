@@ -17,11 +17,19 @@
 //! page again each second and wear the card). So "durable" at a periodic flush means
 //! everything but the last partial page (under 4 KiB, ~16 ms of a 2 Mb/s stream).
 //!
+//! Drop-behind: once bytes are durable their page-cache pages are clean, and a recorder
+//! writes far more than anyone reads back soon, so the writer asks the kernel to free them
+//! at once (`POSIX_FADV_DONTNEED`) rather than let a box's few hundred MB of RAM fill with
+//! write-once media that the kernel must later reclaim. The freed pages are reused hot by
+//! the next writes. A live viewer or the uploader reads a segment back from flash, and
+//! the kernel caches it again for whoever reads it next.
+//!
 //! The writer never decides *when* to flush (the recorder does, from media and wall
 //! time) and never touches the index.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{sync_dir, PART_SUFFIX};
@@ -139,6 +147,7 @@ impl SegmentWriter {
                 sync_dir(&self.dir)?;
                 self.entry_durable = true;
             }
+            drop_behind(&self.file, self.durable, self.written);
             self.durable = self.written;
         }
         Ok(())
@@ -155,6 +164,7 @@ impl SegmentWriter {
             self.buf.clear();
         }
         self.file.sync_all()?;
+        drop_behind(&self.file, self.durable, self.written);
         let part = self.dir.join(format!("{}{PART_SUFFIX}", self.name));
         std::fs::rename(&part, self.dir.join(&self.name))?;
         sync_dir(&self.dir)?;
@@ -175,6 +185,27 @@ impl SegmentWriter {
         let _ = self.file.sync_all();
         self.durable
     }
+}
+
+/// Drop-behind: tells the kernel the durable range `from..to` will not be read soon, so
+/// its (now clean) page-cache pages are freed at once instead of aging out. Advice only:
+/// a failure changes no byte on disk, and tmpfs ignores it.
+fn drop_behind(file: &File, from: u64, to: u64) {
+    if to <= from {
+        return;
+    }
+    let (Ok(offset), Ok(len)) = (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to - from),
+    ) else {
+        return;
+    };
+    let _ = nix::fcntl::posix_fadvise(
+        file.as_raw_fd(),
+        offset,
+        len,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
 }
 
 #[cfg(test)]
@@ -217,6 +248,59 @@ mod tests {
         assert_eq!(w.buffer().len(), (SPILL_BYTES + 99) % PAGE);
         assert_eq!(w.len(), SPILL_BYTES as u64 + 99);
         assert_eq!(w.durable_len(), 0, "spilling is not a sync");
+    }
+
+    /// Page-cache pages of `path` that are resident, from mincore(2) on a mapping.
+    #[allow(unsafe_code)]
+    fn resident_pages(path: &Path) -> usize {
+        let file = File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let pages = len.div_ceil(PAGE);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of a file we opened, only passed to mincore
+        // and unmapped before returning; `vec` has one byte per page of the mapping.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+        }
+        vec.iter().filter(|b| *b & 1 == 1).count()
+    }
+
+    #[test]
+    fn durable_pages_leave_the_page_cache() {
+        // Under the target dir, on the build's disk: tmpfs has no page cache to drop.
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let fs = nix::sys::statfs::statfs(dir.path()).unwrap();
+        if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+            eprintln!(
+                "skipped: {} is tmpfs, which keeps every page",
+                base.display()
+            );
+            return;
+        }
+        let part = dir.path().join("00000004.ts.part");
+        let mut w = SegmentWriter::create(dir.path(), "00000004.ts").unwrap();
+        w.buffer().extend_from_slice(&[9; 8 * PAGE]);
+        w.spill().unwrap();
+        assert_eq!(resident_pages(&part), 8, "written, not yet durable: cached");
+        w.buffer().extend_from_slice(&[9; 100]);
+        w.make_durable().unwrap();
+        assert_eq!(resident_pages(&part), 0, "durable pages are dropped");
+        let sealed = w.seal(None).unwrap();
+        let path = dir.path().join(&sealed.name);
+        assert_eq!(resident_pages(&path), 0, "the sealed tail is dropped too");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![9; 8 * PAGE + 100]);
     }
 
     #[test]
