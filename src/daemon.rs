@@ -38,11 +38,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         storage.clone(),
         config.record.resume_window(),
     );
-    let report =
-        tokio::task::spawn_blocking(move || recovery::recover(&idx, &st, window, record::now_ms()))
-            .await
-            .context("recovery task")?
-            .context("startup recovery failed")?;
+    let report = tokio::task::spawn_blocking(move || {
+        recovery::recover(&idx, &st, window, crate::clock::now_ms())
+    })
+    .await
+    .context("recovery task")?
+    .context("startup recovery failed")?;
     if report.changed_anything() {
         tracing::warn!(
             ?report,

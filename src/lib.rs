@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod index;

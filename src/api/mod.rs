@@ -118,12 +118,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, as the API writes every wall time.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use crate::clock::rfc3339;
 
 /// 200 when recording is possible: the index answers and the media folder is writable.
 async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {

@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod naming;
+pub mod templates;
 mod upload;
 
+pub use templates::{Decision, FileOutput, Format, HlsOutput, Rule, Template};
 pub use upload::{
     CallbackConfig, OnFull, S3Config, S3Credentials, Secret, StorageConfig, UploadConfig,
 };
@@ -30,6 +33,13 @@ pub struct Config {
     pub upload: UploadConfig,
     pub callback: CallbackConfig,
     pub storage: StorageConfig,
+    /// `[[template]]`: recording templates (see `templates`). None: the built-in
+    /// `default` (HLS only) records every stream.
+    #[serde(rename = "template", skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<Template>,
+    /// `[[rule]]`: which streams record with which template.
+    #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
 }
 
 /// `[rtmp]`: the RTMP publish listener.
@@ -90,6 +100,8 @@ impl Default for Config {
             upload: UploadConfig::default(),
             callback: CallbackConfig::default(),
             storage: StorageConfig::default(),
+            templates: Vec::new(),
+            rules: Vec::new(),
         }
     }
 }
@@ -243,6 +255,7 @@ impl Config {
             1_048_576,
         );
         upload::validate(&self.upload, &self.callback, &self.storage, &mut problems);
+        templates::validate(&self.templates, &self.rules, &mut problems);
         if self.data_dir.as_os_str().is_empty() {
             problems.push(ConfigProblem {
                 key: "data_dir".into(),
@@ -305,6 +318,36 @@ mod tests {
         assert_eq!(c.record.flow_continue_duration_s, 0);
         assert_eq!(c.rtmp.listen.port(), 19350);
         assert_eq!(c.rtmp.max_connections, 64, "unset keys keep defaults");
+    }
+
+    #[test]
+    fn templates_and_rules_parse_from_the_contract() {
+        let c = Config::parse(
+            r#"
+            [[template]]
+            name = "lecture"
+            hls = { enabled = true, flow_continue_duration_s = 300 }
+            mp4 = { enabled = true, record_interval_s = 3600, file_name = "{StreamID}_{StartYear}{StartMonth}{StartDay}_{StartHour}{StartMinute}{StartSecond}" }
+            aac = { enabled = true }
+
+            [[rule]]
+            app = "live"
+            template = "lecture"
+
+            [[rule]]
+            app = "live"
+            stream = "backstage"
+            enabled = false
+            "#,
+        )
+        .unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let t = &c.templates[0];
+        assert_eq!(t.formats(), [Format::Hls, Format::Mp4, Format::Aac]);
+        assert_eq!(t.resume_window_s(30), 300);
+        assert_eq!(t.file_output(Format::Mp4).unwrap().record_interval_s, 3600);
+        assert_eq!(t.file_output(Format::Aac).unwrap().record_interval_s, 1800);
+        assert!(!c.rules[1].enabled);
     }
 
     #[test]

@@ -287,19 +287,6 @@ fn parse_credentials_file(text: &str) -> Option<S3Credentials> {
     })
 }
 
-/// Placeholders the object folder name may use.
-pub const NAME_PLACEHOLDERS: &[&str] = &[
-    "StreamID",
-    "RecordingID",
-    "StartYear",
-    "StartMonth",
-    "StartDay",
-    "StartHour",
-    "StartMinute",
-    "StartSecond",
-    "StartMillisecond",
-];
-
 /// Adds every problem of the upload-side sections to `problems`.
 pub(super) fn validate(
     upload: &UploadConfig,
@@ -435,33 +422,8 @@ fn is_http_url(s: &str) -> bool {
 }
 
 fn check_file_name(pattern: &str, bad: &mut dyn FnMut(&str, String)) {
-    let key = "upload.file_name";
-    if pattern.is_empty() || pattern.contains('/') || pattern.contains("..") {
-        bad(
-            key,
-            format!("{pattern:?} must be a non-empty name without '/' or '..'"),
-        );
-        return;
-    }
-    let mut rest = pattern;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            bad(key, format!("{pattern:?} has an unclosed '{{'"));
-            return;
-        };
-        let name = &rest[open + 1..open + close];
-        if name.starts_with("End") {
-            bad(key, format!("{{{name}}} is not known while segments upload during the recording; use start-time placeholders"));
-        } else if !NAME_PLACEHOLDERS.contains(&name) {
-            bad(
-                key,
-                format!(
-                    "unknown placeholder {{{name}}}; allowed: {}",
-                    NAME_PLACEHOLDERS.join(", ")
-                ),
-            );
-        }
-        rest = &rest[open + close + 1..];
+    if let Err(message) = super::naming::check_pattern(pattern, false) {
+        bad("upload.file_name", message);
     }
 }
 

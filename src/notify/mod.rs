@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::CallbackConfig;
 use crate::index::{CallbackRow, CallbackState, Index, IndexError, RecordingRow};
-use crate::record::now_ms;
 
 /// How long a signature stays valid (SPECS: `t` defaults to now + 600).
 const SIGN_VALID_S: i64 = 600;

@@ -42,19 +42,7 @@ pub const BATCH_TICKS: crate::media::Ticks = crate::media::TICKS_PER_SECOND / 2;
 /// See [`BATCH_TICKS`].
 pub const BATCH_BYTES: usize = 256 * 1024;
 
-/// Wall clock now, unix milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// Milliseconds on a monotonic clock since the process started (immune to NTP steps).
-pub fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
+pub use crate::clock::{monotonic_ms, now_ms};
 
 /// Why recording failed or a publish could not start.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +149,7 @@ impl LiveStats {
             app: self.app.clone(),
             stream: self.stream.clone(),
             remote: self.remote.clone(),
-            since: crate::api::rfc3339(self.since_ms),
+            since: crate::clock::rfc3339(self.since_ms),
             recording_id: self.recording_id.clone(),
             video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
             audio_codec: tracks.audio.as_ref().map(|p| p.codec_name()),

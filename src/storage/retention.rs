@@ -91,7 +91,7 @@ pub async fn run(
             state.clone(),
         );
         match tokio::task::spawn_blocking(move || {
-            check_once(&i, &s, &p, &st, crate::record::now_ms())
+            check_once(&i, &s, &p, &st, crate::clock::now_ms())
         })
         .await
         {

@@ -24,9 +24,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_ms;
 use crate::config::{CallbackConfig, UploadConfig};
 use crate::index::{CallbackRow, Index, IndexError, UploadRow, UploadState};
-use crate::record::now_ms;
 use crate::storage::Storage;
 
 pub use planner::{render_name, store_path};

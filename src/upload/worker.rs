@@ -81,7 +81,7 @@ async fn persist(shared: &Shared, row: &UploadRow) -> Result<(), Failure> {
 
 async fn mark_uploaded(shared: &Shared, row: &mut UploadRow) -> Result<(), Failure> {
     row.state = UploadState::Uploaded;
-    row.uploaded_ms = Some(crate::record::now_ms());
+    row.uploaded_ms = Some(crate::clock::now_ms());
     row.last_error = None;
     persist(shared, row).await
 }
