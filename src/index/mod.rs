@@ -11,6 +11,13 @@
 //!
 //! - `upload_pending`, `uploads`, `outbox`: the upload queue and callback outbox (see
 //!   `uploads.rs`).
+//! - `files`, `files_pending`, `names`: MP4/FLV/AAC recordings over a capture, and the
+//!   object names taken in the store (see `files.rs`).
+//!
+//! Schema history: 1 = one HLS recording per publish; 2 = captures with a template
+//! snapshot, file rows and claimed names. Opening a version 1 index migrates it in place
+//! (its rows read as captures of the built-in `default` template; their store folders are
+//! claimed so new recordings never reuse them) and then writes version 2.
 //!
 //! Every mutation is one sled transaction over the trees it touches, followed by a flush
 //! before it returns: callers act on a change only once it is durable (crash-safety
@@ -24,9 +31,11 @@
 //! a board that lost power right after a segment was committed came back without that
 //! row until it did.
 
+mod files;
 mod rows;
 mod uploads;
 
+pub use files::{FileRow, FileState};
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
 pub use uploads::{
     CallbackRow, CallbackState, DonePart, Multipart, ObjectKind, PendingRow, UploadRow, UploadState,
@@ -39,7 +48,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -106,6 +115,9 @@ pub struct Index {
     upload_pending: sled::Tree,
     uploads: sled::Tree,
     outbox: sled::Tree,
+    files: sled::Tree,
+    files_pending: sled::Tree,
+    names: sled::Tree,
 }
 
 fn encode<T: serde::Serialize>(row: &T) -> Vec<u8> {
@@ -188,6 +200,9 @@ impl Index {
             upload_pending: db.open_tree("upload_pending")?,
             uploads: db.open_tree("uploads")?,
             outbox: db.open_tree("outbox")?,
+            files: db.open_tree("files")?,
+            files_pending: db.open_tree("files_pending")?,
+            names: db.open_tree("names")?,
             db,
             log: std::sync::Arc::new(log),
             log_path: log_path.into(),
@@ -201,12 +216,30 @@ impl Index {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
                     .unwrap_or(0);
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    index.migrate_from_v1()?;
+                    meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                    index.flush()?;
+                    tracing::info!("index migrated from schema 1 to {SCHEMA_VERSION}");
+                } else if found != SCHEMA_VERSION {
                     return Err(IndexError::Schema { found });
                 }
             }
         }
         Ok(index)
+    }
+
+    /// Schema 1 -> 2: every row is re-read with the new defaults (and fails here, not
+    /// later, if it cannot be), and the store folders of uploaded recordings are claimed.
+    fn migrate_from_v1(&self) -> Result<(), IndexError> {
+        for row in self.recordings() {
+            let row = row?;
+            if let Some(path) = &row.store_path {
+                self.claim_folder(path, &row.id)?;
+            }
+            self.recordings.insert(row.id.as_bytes(), encode(&row))?;
+        }
+        Ok(())
     }
 
     /// sled's flush, then an fdatasync of its log: returns once the changes survive a
@@ -453,6 +486,7 @@ mod tests {
             discontinuity: seq == 3,
             gap: false,
             recovered: false,
+            codec_change: false,
         }
     }
 
@@ -542,6 +576,41 @@ mod tests {
             .err()
             .expect("an index of another schema must be refused");
         assert!(matches!(err, IndexError::Schema { found: 7 }), "{err}");
+    }
+
+    #[test]
+    fn a_schema_1_index_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data dir as schema 1 left it: its row JSON has none of the new fields.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &1u32.to_be_bytes())
+                .unwrap();
+            let v1 = r#"{"id":"r1","app":"live","stream":"cam","state":"finished","created_ms":1,"start_ms":1,"end_ms":9,"resumable_until_ms":null,"duration_ticks":720000,"segments":2,"bytes":2000,"discontinuities":0,"next_seq":3,"sessions":1,"video_codec":"h264","audio_codec":"aac","resolution":[640,360],"failure":null,"max_segment_s":4,"store_path":"live/cam/cam_x"}"#;
+            db.open_tree("recordings").unwrap().insert("r1", v1).unwrap();
+            let seg = r#"{"seq":1,"file":"00000001.ts","duration_ticks":360000,"bytes":1000,"media_start":0,"wall_start_ms":1,"keyframe":true,"discontinuity":false,"gap":false,"recovered":false}"#;
+            db.open_tree("segments")
+                .unwrap()
+                .insert(segment_key("r1", 1), seg)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let index = Index::open(dir.path()).unwrap();
+        let row = index.get_recording("r1").unwrap().unwrap();
+        assert_eq!(row.template_name(), "default");
+        assert!(row.has_hls() && !row.has_files());
+        assert!(!index.segments("r1").unwrap()[0].codec_change);
+        assert_eq!(
+            index.claim_folder("live/cam/cam_x", "new").unwrap(),
+            "live/cam/cam_x_2",
+            "an uploaded recording's folder stays taken"
+        );
+        drop(index);
+        let index = Index::open(dir.path()).unwrap();
+        let version = index.db.open_tree("meta").unwrap().get("schema_version").unwrap();
+        assert_eq!(version.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
     }
 
     #[test]

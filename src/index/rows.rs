@@ -46,7 +46,10 @@ impl RecordingState {
     }
 }
 
-/// One logical recording of one stream (one HLS playlist).
+/// The capture of one live stream: its keyframe-aligned TS segment log on flash (one copy
+/// of every media byte) and, when its template enables HLS, the HLS recording over it
+/// (DESIGN.md "Recording model"). MP4/FLV/AAC recordings over the same segments are
+/// [`super::FileRow`]s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordingRow {
     pub id: String,
@@ -92,6 +95,17 @@ pub struct RecordingRow {
     /// so the recording can still be found (and fetched from the store).
     #[serde(default)]
     pub evicted_ms: Option<i64>,
+    /// The template this capture records with, as it was when the capture began (a
+    /// template edited later applies to the next publish). `None` in rows written before
+    /// templates existed: the built-in `default`.
+    #[serde(default)]
+    pub template: Option<crate::config::Template>,
+    /// The publisher's `record_id=` from its stream key query, for `{RecordId}`.
+    #[serde(default)]
+    pub record_id: Option<String>,
+    /// The publish URL's query string as the first publisher sent it (for callbacks).
+    #[serde(default)]
+    pub stream_param: Option<String>,
 }
 
 impl RecordingRow {
@@ -120,7 +134,29 @@ impl RecordingRow {
             store_path: None,
             uploaded_ms: None,
             evicted_ms: None,
+            template: None,
+            record_id: None,
+            stream_param: None,
         }
+    }
+
+    /// The template's name (`default` for rows written before templates existed).
+    pub fn template_name(&self) -> &str {
+        self.template
+            .as_ref()
+            .map_or(crate::config::templates::DEFAULT_TEMPLATE, |t| t.name.as_str())
+    }
+
+    /// Whether the capture is also delivered as an HLS recording (listed and uploaded).
+    pub fn has_hls(&self) -> bool {
+        self.template.as_ref().is_none_or(|t| t.hls_enabled())
+    }
+
+    /// Whether MP4/FLV/AAC files are made of this capture.
+    pub fn has_files(&self) -> bool {
+        self.template
+            .as_ref()
+            .is_some_and(|t| t.file_outputs().next().is_some())
     }
 
     pub fn duration_s(&self) -> f64 {
@@ -178,6 +214,10 @@ pub struct SegmentRow {
     pub gap: bool,
     /// Adopted by startup recovery from a `.part` or unindexed file.
     pub recovered: bool,
+    /// Starts after the codec parameters or the track set changed: MP4/FLV/AAC files
+    /// start a new file here.
+    #[serde(default)]
+    pub codec_change: bool,
 }
 
 impl SegmentRow {

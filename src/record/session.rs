@@ -43,6 +43,7 @@ struct OpenSegment {
     end_dts: Ticks,
     wall_start_ms: i64,
     discontinuity: bool,
+    codec_change: bool,
 }
 
 /// The state of one publish session's recording.
@@ -60,6 +61,8 @@ pub(super) struct RecordingSession {
     segment: Option<OpenSegment>,
     next_seq: u32,
     discontinuity_next: bool,
+    /// The next segment starts after a codec or track change (see [`SegmentRow::codec_change`]).
+    codec_change_next: bool,
     timeline: TimelineGuard,
     /// Added to the encoder's timestamps to get recording time.
     offset: Ticks,
@@ -104,6 +107,7 @@ impl RecordingSession {
             muxer: None,
             segment: None,
             discontinuity_next: resumed,
+            codec_change_next: false,
             timeline: TimelineGuard::default(),
             offset: 0,
             reanchor: resumed,
@@ -257,6 +261,7 @@ impl RecordingSession {
             self.close_segment()?;
             self.muxer = None;
             self.discontinuity_next = true;
+            self.codec_change_next = true;
         }
         Ok(())
     }
@@ -319,6 +324,7 @@ impl RecordingSession {
             end_dts: start_dts,
             wall_start_ms: now_ms(),
             discontinuity: std::mem::take(&mut self.discontinuity_next),
+            codec_change: std::mem::take(&mut self.codec_change_next),
         })
     }
 
@@ -361,6 +367,7 @@ impl RecordingSession {
             discontinuity: segment.discontinuity,
             gap: false,
             recovered: false,
+            codec_change: segment.codec_change,
         };
         self.recording = self.index.commit_segment(&self.recording.id, &row)?;
         self.stats.segments_written.fetch_add(1, Ordering::Relaxed);

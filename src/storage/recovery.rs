@@ -253,6 +253,7 @@ pub fn reconcile_files(
             discontinuity: false,
             gap: false,
             recovered: true,
+            codec_change: false,
         };
         tracing::info!(recording = %row.id, file = %seg.file, bytes = seg.bytes,
             duration_s = seg.duration_s(), from_part = part, "adopted segment after a crash");
@@ -282,6 +283,7 @@ mod tests {
             discontinuity: false,
             gap: false,
             recovered: false,
+            codec_change: false,
         }
     }
 

@@ -206,6 +206,7 @@ mod tests {
             discontinuity: false,
             gap,
             recovered: false,
+            codec_change: false,
         }
     }
 

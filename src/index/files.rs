@@ -1,0 +1,234 @@
+//! MP4/FLV/AAC recordings ([`FileRow`]) and their sled trees.
+//!
+//! A file is a view over a span of one capture's segments (`first_seq..=last_seq`); its
+//! bytes are derived from those segments when read (`package`), never stored. Trees:
+//! - `files`: file id (`<capture id>.<format><n:04>`, so a capture's files sort together
+//!   by format and number) -> JSON [`FileRow`].
+//! - `files_pending`: capture id -> empty: captures whose files are not all closed yet, so
+//!   the file planner scans only those.
+//! - `names`: object key -> file id: names taken in the store, so a second file that
+//!   would get the same name gets a unique suffix instead.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, Index, IndexError};
+use crate::config::Format;
+use crate::media::{ticks_to_seconds, Ticks};
+
+/// Where a file is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// Its capture is still adding segments to it.
+    Recording,
+    /// Closed: its span is final and its name rendered.
+    Finished,
+    /// Nothing to make (an AAC file of a stream without audio): `note` says why.
+    Skipped,
+}
+
+impl FileState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Recording => "recording",
+            FileState::Finished => "finished",
+            FileState::Skipped => "skipped",
+        }
+    }
+}
+
+/// One MP4, FLV or AAC (M4A) file over a span of a capture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRow {
+    pub id: String,
+    pub capture_id: String,
+    pub app: String,
+    pub stream: String,
+    pub format: Format,
+    pub template: String,
+    /// 1-based number of this file within its capture and format.
+    pub number: u32,
+    pub first_seq: u32,
+    pub last_seq: u32,
+    pub state: FileState,
+    /// Wall clock (unix ms) of the first segment's start and the last one's end.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub duration_ticks: Ticks,
+    pub segments: u32,
+    /// Bytes of the TS segments it is made from (the derived file is a little smaller).
+    pub ts_bytes: u64,
+    /// Segments of the span lost to recovery, skipped in the file.
+    pub gaps: u32,
+    /// File name without extension, rendered from the template when the file closes.
+    pub file_name: Option<String>,
+    /// Object key in the store, fixed when the file is queued for upload.
+    pub store_key: Option<String>,
+    /// From the template: how long the store keeps the object (0 = forever).
+    pub storage_time_s: u64,
+    pub record_id: Option<String>,
+    /// Why the file was skipped, or what it had to leave out.
+    pub note: Option<String>,
+    #[serde(default)]
+    pub uploaded_ms: Option<i64>,
+}
+
+impl FileRow {
+    pub fn make_id(capture_id: &str, format: Format, number: u32) -> String {
+        format!("{capture_id}.{}{number:04}", format.as_str())
+    }
+
+    /// The capture id part of a file id, or None for an id that is not a file's.
+    pub fn capture_of(id: &str) -> Option<&str> {
+        let (capture, rest) = id.split_once('.')?;
+        Format::ALL
+            .iter()
+            .any(|f| *f != Format::Hls && rest.starts_with(f.as_str()))
+            .then_some(capture)
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        ticks_to_seconds(self.duration_ticks)
+    }
+
+    /// The file name with its extension (what a download is saved as).
+    pub fn download_name(&self) -> String {
+        let stem = self.file_name.clone().unwrap_or_else(|| self.id.clone());
+        format!("{stem}.{}", self.format.extension())
+    }
+}
+
+impl Index {
+    /// Writes (creates or replaces) a file row.
+    pub fn put_file(&self, row: &FileRow) -> Result<(), IndexError> {
+        self.files.insert(row.id.as_bytes(), encode(row))?;
+        self.flush()
+    }
+
+    pub fn get_file(&self, id: &str) -> Result<Option<FileRow>, IndexError> {
+        match self.files.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode(id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A capture's files, ordered by format then number.
+    pub fn files_of(&self, capture_id: &str) -> Result<Vec<FileRow>, IndexError> {
+        let mut prefix = capture_id.as_bytes().to_vec();
+        prefix.push(b'.');
+        self.files
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every file row, in id order (the API's listing).
+    pub fn files(&self) -> impl Iterator<Item = Result<FileRow, IndexError>> + '_ {
+        self.files.iter().map(|item| {
+            let (k, v) = item?;
+            decode(&k, &v)
+        })
+    }
+
+    /// Removes a capture's file rows and its pending mark (the capture is being deleted).
+    pub fn remove_files_of(&self, capture_id: &str) -> Result<(), IndexError> {
+        for row in self.files_of(capture_id)? {
+            self.files.remove(row.id.as_bytes())?;
+            if let Some(key) = &row.store_key {
+                self.names.remove(key.as_bytes())?;
+            }
+        }
+        self.files_pending.remove(capture_id.as_bytes())?;
+        self.flush()
+    }
+
+    /// Marks a capture as having files to plan.
+    pub fn mark_files_pending(&self, capture_id: &str) -> Result<(), IndexError> {
+        self.files_pending.insert(capture_id.as_bytes(), &[])?;
+        self.flush()
+    }
+
+    pub fn files_pending(&self) -> Result<Vec<String>, IndexError> {
+        self.files_pending
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    pub fn clear_files_pending(&self, capture_id: &str) -> Result<(), IndexError> {
+        self.files_pending.remove(capture_id.as_bytes())?;
+        self.flush()
+    }
+
+    /// Claims `key` in the store for `owner`, or the first free `key_2`, `key_3`, ...
+    /// (the part after the last `.` stays the extension). Idempotent for the same owner.
+    pub fn claim_name(&self, key: &str, owner: &str) -> Result<String, IndexError> {
+        let (stem, ext) = match key.rsplit_once('.') {
+            Some((s, e)) if !e.contains('/') => (s, format!(".{e}")),
+            _ => (key, String::new()),
+        };
+        self.claim(owner, |n| match n {
+            1 => key.to_owned(),
+            n => format!("{stem}_{n}{ext}"),
+        })
+    }
+
+    /// Claims a whole folder name (HLS: its playlist and segments live under it): the same
+    /// rule as [`Index::claim_name`], without an extension.
+    pub fn claim_folder(&self, folder: &str, owner: &str) -> Result<String, IndexError> {
+        let claimed = self.claim(owner, |n| match n {
+            1 => format!("{folder}/"),
+            n => format!("{folder}_{n}/"),
+        })?;
+        Ok(claimed.trim_end_matches('/').to_owned())
+    }
+
+    fn claim(&self, owner: &str, candidate: impl Fn(u32) -> String) -> Result<String, IndexError> {
+        let mut n = 1u32;
+        loop {
+            let name = candidate(n);
+            let won = self.names.compare_and_swap(
+                name.as_bytes(),
+                None as Option<&[u8]>,
+                Some(owner.as_bytes()),
+            )?;
+            match won {
+                Ok(()) => {
+                    self.flush()?;
+                    return Ok(name);
+                }
+                Err(cas) if cas.current.as_deref() == Some(owner.as_bytes()) => return Ok(name),
+                Err(_) => n += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_capture_and_names_never_collide() {
+        let id = FileRow::make_id("20261204T210000000Z-ab12", Format::Mp4, 3);
+        assert_eq!(id, "20261204T210000000Z-ab12.mp40003");
+        assert_eq!(FileRow::capture_of(&id), Some("20261204T210000000Z-ab12"));
+        assert_eq!(FileRow::capture_of("20261204T210000000Z-ab12"), None);
+        assert_eq!(FileRow::capture_of("x.hls0001"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        assert_eq!(index.claim_name("a/cam.mp4", "f1").unwrap(), "a/cam.mp4");
+        assert_eq!(index.claim_name("a/cam.mp4", "f1").unwrap(), "a/cam.mp4", "idempotent");
+        assert_eq!(index.claim_name("a/cam.mp4", "f2").unwrap(), "a/cam_2.mp4");
+        assert_eq!(index.claim_name("a/cam.mp4", "f3").unwrap(), "a/cam_3.mp4");
+        assert_eq!(index.claim_folder("a/cam", "r1").unwrap(), "a/cam");
+        assert_eq!(index.claim_folder("a/cam", "r2").unwrap(), "a/cam_2");
+        assert_eq!(index.claim_folder("a.b/cam", "r3").unwrap(), "a.b/cam");
+        assert_eq!(index.claim_folder("a.b/cam", "r4").unwrap(), "a.b/cam_2");
+    }
+}
