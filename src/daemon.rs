@@ -12,6 +12,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::index::Index;
 use crate::notify;
+use crate::record::catalog::Catalog;
 use crate::record::{self, Recorders};
 use crate::storage::{recovery, retention, Storage};
 use crate::system;
@@ -66,7 +67,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
 
-    let recorders = Recorders::new(index.clone(), storage.clone(), config.record.clone());
+    let catalog = Catalog::new(
+        &config.templates,
+        &config.rules,
+        config.record.flow_continue_duration_s,
+    );
+    let recorders = Recorders::new(
+        index.clone(),
+        storage.clone(),
+        config.record.clone(),
+        catalog,
+    );
     let callbacks_due = Arc::new(tokio::sync::Notify::new());
     let uploader = if config.upload.enabled {
         let uploader = Uploader::new(
@@ -132,6 +143,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     tracing::info!(rtmp = %rtmp_addr, http = %http_addr, data_dir = %config.data_dir.display(), "edgerec ready");
     println!("edgerec: listening rtmp={rtmp_addr} http={http_addr}");
     system::ready(&format!("listening rtmp={rtmp_addr} http={http_addr}"));
+    workers.push(tokio::spawn(record::files::run_file_planner(
+        index.clone(),
+        background.clone(),
+    )));
     // After READY=1, so the first watchdog ping never precedes it.
     workers.push(tokio::spawn(system::run(
         system::Health {

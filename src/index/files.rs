@@ -223,7 +223,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         assert_eq!(index.claim_name("a/cam.mp4", "f1").unwrap(), "a/cam.mp4");
-        assert_eq!(index.claim_name("a/cam.mp4", "f1").unwrap(), "a/cam.mp4", "idempotent");
+        assert_eq!(
+            index.claim_name("a/cam.mp4", "f1").unwrap(),
+            "a/cam.mp4",
+            "idempotent"
+        );
         assert_eq!(index.claim_name("a/cam.mp4", "f2").unwrap(), "a/cam_2.mp4");
         assert_eq!(index.claim_name("a/cam.mp4", "f3").unwrap(), "a/cam_3.mp4");
         assert_eq!(index.claim_folder("a/cam", "r1").unwrap(), "a/cam");

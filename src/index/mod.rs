@@ -589,7 +589,10 @@ mod tests {
                 .insert("schema_version", &1u32.to_be_bytes())
                 .unwrap();
             let v1 = r#"{"id":"r1","app":"live","stream":"cam","state":"finished","created_ms":1,"start_ms":1,"end_ms":9,"resumable_until_ms":null,"duration_ticks":720000,"segments":2,"bytes":2000,"discontinuities":0,"next_seq":3,"sessions":1,"video_codec":"h264","audio_codec":"aac","resolution":[640,360],"failure":null,"max_segment_s":4,"store_path":"live/cam/cam_x"}"#;
-            db.open_tree("recordings").unwrap().insert("r1", v1).unwrap();
+            db.open_tree("recordings")
+                .unwrap()
+                .insert("r1", v1)
+                .unwrap();
             let seg = r#"{"seq":1,"file":"00000001.ts","duration_ticks":360000,"bytes":1000,"media_start":0,"wall_start_ms":1,"keyframe":true,"discontinuity":false,"gap":false,"recovered":false}"#;
             db.open_tree("segments")
                 .unwrap()
@@ -609,7 +612,12 @@ mod tests {
         );
         drop(index);
         let index = Index::open(dir.path()).unwrap();
-        let version = index.db.open_tree("meta").unwrap().get("schema_version").unwrap();
+        let version = index
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .get("schema_version")
+            .unwrap();
         assert_eq!(version.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
     }
 

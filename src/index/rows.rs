@@ -144,7 +144,9 @@ impl RecordingRow {
     pub fn template_name(&self) -> &str {
         self.template
             .as_ref()
-            .map_or(crate::config::templates::DEFAULT_TEMPLATE, |t| t.name.as_str())
+            .map_or(crate::config::templates::DEFAULT_TEMPLATE, |t| {
+                t.name.as_str()
+            })
     }
 
     /// Whether the capture is also delivered as an HLS recording (listed and uploaded).

@@ -291,7 +291,12 @@ impl<'a> Connection<'a> {
         }
         match self
             .recorders
-            .start_publish(&app, &stream, self.peer.to_string())
+            .start_publish(
+                &app,
+                &stream,
+                stream_key.split_once('?').map_or("", |(_, q)| q),
+                self.peer.to_string(),
+            )
             .await
         {
             Ok(handle) => {

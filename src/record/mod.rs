@@ -8,6 +8,8 @@
 //! continues the same recording; [`run_resume_reaper`] finishes recordings whose window
 //! passed). Writing happens in [`session`], on one thread per live stream.
 
+pub mod catalog;
+pub mod files;
 pub mod playlist;
 mod session;
 pub mod timeline;
@@ -23,12 +25,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RecordConfig;
+use crate::config::{RecordConfig, Template};
 use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
 use crate::media::{CodecParams, Frame, Ticks, Tracks, TICKS_PER_MS};
 use crate::mux::MuxError;
 use crate::storage::retention::DiskState;
 use crate::storage::Storage;
+use catalog::{Catalog, Plan};
 use session::RecordingSession;
 
 /// Frames are handed to the writer thread in batches, so it wakes a few times a second
@@ -82,6 +85,8 @@ pub enum PublishRefused {
     DiskFull,
     #[error("cannot start recording {stream}: {source}")]
     Failed { stream: String, source: RecordError },
+    #[error("cannot decide what {stream} records: {reason}")]
+    NoTemplate { stream: String, reason: String },
 }
 
 /// What the ingest sends to a recorder thread.
@@ -206,6 +211,7 @@ struct Inner {
     index: Index,
     storage: Storage,
     config: RecordConfig,
+    catalog: Catalog,
     live: Mutex<HashMap<String, Slot>>,
     generation: AtomicU64,
     running: AtomicUsize,
@@ -228,7 +234,10 @@ pub struct PublishHandle {
     inner: Arc<Inner>,
     key: String,
     generation: u64,
-    tx: Sender<Msg>,
+    /// `None`: a rule says this stream is not recorded; frames are counted and dropped.
+    tx: Option<Sender<Msg>>,
+    /// The template records audio only: video never reaches the writer.
+    audio_only: bool,
     stats: Arc<LiveStats>,
     budget: usize,
     dropping: u64,
@@ -247,24 +256,43 @@ impl PublishHandle {
         &self.stats.recording_id
     }
 
+    /// Whether this publish records anything (a rule may say it does not).
+    pub fn is_recording(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), RecorderStopped> {
+        match &self.tx {
+            Some(tx) => tx.send(msg).map_err(|_| RecorderStopped),
+            None => Ok(()),
+        }
+    }
+
     /// Announces a track's codec parameters. Err = the recorder has stopped (failed).
     pub fn send_config(&mut self, params: CodecParams) -> Result<(), RecorderStopped> {
+        if self.audio_only && params.kind() == crate::media::TrackKind::Video {
+            return Ok(());
+        }
         self.hand_over()?;
-        self.tx
-            .send(Msg::Config(params))
-            .map_err(|_| RecorderStopped)
+        self.send(Msg::Config(params))
     }
 
     /// The publisher's metadata announced video: hold audio back until it comes.
     pub fn expect_video(&mut self) -> Result<(), RecorderStopped> {
+        if self.audio_only {
+            return Ok(());
+        }
         self.hand_over()?;
-        self.tx.send(Msg::ExpectVideo).map_err(|_| RecorderStopped)
+        self.send(Msg::ExpectVideo)
     }
 
     /// Hands a frame to the writer without waiting. If the writer is more than the byte
     /// budget behind, the frame is dropped and counted; when room returns, the recorder
     /// is told to close the segment with a discontinuity.
     pub fn send_frame(&mut self, frame: Frame) -> Result<(), RecorderStopped> {
+        if self.tx.is_none() || (self.audio_only && frame.kind == crate::media::TrackKind::Video) {
+            return Ok(());
+        }
         let len = frame.data.len();
         let in_flight = self.stats.in_flight.load(Ordering::Acquire);
         if in_flight + self.batch_bytes + len > self.budget {
@@ -275,9 +303,7 @@ impl PublishHandle {
         if self.dropping > 0 {
             self.hand_over()?;
             let dropped = std::mem::take(&mut self.dropping);
-            self.tx
-                .send(Msg::Gap { dropped })
-                .map_err(|_| RecorderStopped)?;
+            self.send(Msg::Gap { dropped })?;
         }
         let span = self.batch.first().map_or(0, |first| frame.dts - first.dts);
         self.batch_bytes += len;
@@ -305,9 +331,7 @@ impl PublishHandle {
                 .fetch_max(received_ms as u64, Ordering::Relaxed);
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(32));
-        self.tx
-            .send(Msg::Frames(batch))
-            .map_err(|_| RecorderStopped)
+        self.send(Msg::Frames(batch))
     }
 }
 
@@ -324,6 +348,10 @@ impl Drop for PublishHandle {
         if let Some(slot) = live.get_mut(&self.key) {
             if slot.generation == self.generation {
                 slot.active = false;
+                if self.tx.is_none() {
+                    // No writer thread will clear the slot of a publish that records nothing.
+                    live.remove(&self.key);
+                }
             }
         }
         // Dropping `tx` (after this) disconnects the channel: the recorder finishes.
@@ -331,12 +359,18 @@ impl Drop for PublishHandle {
 }
 
 impl Recorders {
-    pub fn new(index: Index, storage: Storage, config: RecordConfig) -> Recorders {
+    pub fn new(
+        index: Index,
+        storage: Storage,
+        config: RecordConfig,
+        catalog: Catalog,
+    ) -> Recorders {
         Recorders {
             inner: Arc::new(Inner {
                 index,
                 storage,
                 config,
+                catalog,
                 live: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 running: AtomicUsize::new(0),
@@ -348,17 +382,34 @@ impl Recorders {
     }
 
     /// Starts (or resumes) the recording of `app/stream` for a new publisher. The names
-    /// must already be validated. Refused while another publisher is live on the stream.
+    /// must already be validated; `query` is the stream key's query string (`record_id=`
+    /// names the recordings). Refused while another publisher is live on the stream.
     pub async fn start_publish(
         &self,
         app: &str,
         stream: &str,
+        query: &str,
         remote: String,
     ) -> Result<PublishHandle, PublishRefused> {
+        let key = format!("{app}/{stream}");
+        let template = match self.inner.catalog.plan(app, stream) {
+            Ok(Plan::Record(t)) => t,
+            Ok(Plan::Off) => return self.start_unrecorded(app, stream, remote),
+            Err(reason) => {
+                return Err(PublishRefused::NoTemplate {
+                    stream: key,
+                    reason,
+                })
+            }
+        };
         if !self.inner.disk.accepting() {
             return Err(PublishRefused::DiskFull);
         }
-        let key = format!("{app}/{stream}");
+        let start = StartInfo {
+            template,
+            record_id: query_value(query, "record_id"),
+            stream_param: (!query.is_empty()).then(|| query.to_owned()),
+        };
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // Claim the slot, waiting for a closing recorder of the same stream first.
         loop {
@@ -391,9 +442,10 @@ impl Recorders {
         }
         let inner = self.inner.clone();
         let (app_s, stream_s) = (app.to_owned(), stream.to_owned());
-        let begun = tokio::task::spawn_blocking(move || begin_recording(&inner, &app_s, &stream_s))
-            .await
-            .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
+        let begun =
+            tokio::task::spawn_blocking(move || begin_recording(&inner, &app_s, &stream_s, start))
+                .await
+                .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
         let (row, resumed, media_end) = match begun {
             Ok(v) => v,
             Err(source) => {
@@ -423,10 +475,15 @@ impl Recorders {
                 },
             );
         }
+        let audio_only = row.template.as_ref().is_some_and(|t| t.record_audio_only);
+        let mut config = self.inner.config.clone();
+        if let Some(t) = &row.template {
+            config.flow_continue_duration_s = t.resume_window_s(config.flow_continue_duration_s);
+        }
         let session = RecordingSession::new(
             self.inner.index.clone(),
             self.inner.storage.clone(),
-            self.inner.config.clone(),
+            config,
             stats.clone(),
             row,
             resumed,
@@ -469,13 +526,65 @@ impl Recorders {
             inner: self.inner.clone(),
             key,
             generation,
-            tx,
+            tx: Some(tx),
+            audio_only,
             stats,
             dropping: 0,
             batch: Vec::with_capacity(32),
             batch_bytes: 0,
             first_dts: None,
         })
+    }
+
+    /// Accepts a publish that a rule says not to record: it holds the stream name (one
+    /// publisher per stream still holds) and its frames are dropped.
+    fn start_unrecorded(
+        &self,
+        app: &str,
+        stream: &str,
+        remote: String,
+    ) -> Result<PublishHandle, PublishRefused> {
+        let key = format!("{app}/{stream}");
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let stats = Arc::new(LiveStats {
+            remote,
+            ..placeholder_stats(app, stream)
+        });
+        {
+            let mut live = lock(&self.inner.live);
+            if live.contains_key(&key) {
+                return Err(PublishRefused::AlreadyPublishing(key));
+            }
+            let (_tx, rx) = watch::channel(true);
+            live.insert(
+                key.clone(),
+                Slot {
+                    generation,
+                    active: true,
+                    stats: stats.clone(),
+                    done: rx,
+                },
+            );
+        }
+        tracing::info!(stream = %key, "a rule says this stream is not recorded; accepting the publish without recording");
+        Ok(PublishHandle {
+            budget: 0,
+            inner: self.inner.clone(),
+            key,
+            generation,
+            tx: None,
+            audio_only: false,
+            stats,
+            dropping: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            first_dts: None,
+        })
+    }
+
+    /// The templates and rules in force.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
     }
 
     /// Live publishers, for the API.
@@ -567,6 +676,23 @@ pub fn new_recording_id(now_ms: i64) -> String {
     )
 }
 
+/// What a new capture is started with.
+struct StartInfo {
+    template: Template,
+    record_id: Option<String>,
+    stream_param: Option<String>,
+}
+
+/// The value of `name=` in a URL query string (no percent-decoding: names are plain).
+pub fn query_value(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| crate::config::templates::valid_name(v))
+}
+
 /// Resumes the stream's open recording if its window has not passed, otherwise finishes
 /// it and creates a new one. Returns the row, whether it was resumed, and where its media
 /// ends (recording time) so a resumed session continues the timeline.
@@ -574,6 +700,7 @@ fn begin_recording(
     inner: &Inner,
     app: &str,
     stream: &str,
+    start: StartInfo,
 ) -> Result<(RecordingRow, bool, Ticks), RecordError> {
     let key = format!("{app}/{stream}");
     let now = now_ms();
@@ -606,18 +733,24 @@ fn begin_recording(
         }
         tracing::info!(recording = %row.id, stream = %key, "resume window passed; recording finished");
     }
-    let row = RecordingRow::new(
+    let mut row = RecordingRow::new(
         new_recording_id(now),
         app.to_owned(),
         stream.to_owned(),
         now,
     );
+    row.template = Some(start.template);
+    row.record_id = start.record_id;
+    row.stream_param = start.stream_param;
     inner
         .storage
         .create_recording_dir(app, stream, &row.id)
         .map_err(|e| RecordError::io("create recording folder", inner.storage.media_dir(), e))?;
     inner.index.create_recording(&row)?;
-    tracing::info!(recording = %row.id, stream = %key, "new recording");
+    if row.has_files() {
+        inner.index.mark_files_pending(&row.id)?;
+    }
+    tracing::info!(recording = %row.id, stream = %key, template = row.template_name(), "new recording");
     Ok((row, false, 0))
 }
 

@@ -1,0 +1,359 @@
+//! Where each MP4/FLV/AAC file of a capture starts and ends, kept in the index as
+//! [`FileRow`]s.
+//!
+//! A file is a span of the capture's segments: it closes after the first segment that
+//! brings it to `record_interval_s` (segments start on keyframes, so the next file starts
+//! on one), before a segment that follows a codec change, and when the capture finishes.
+//! A resumed capture continues its open files (the resume window applies to every
+//! format, and the capture's timeline is already continuous across a resume).
+//!
+//! The spans are a pure function of the segment rows ([`split`]), so the planner
+//! ([`sync_capture`], run by [`run_file_planner`]) is idempotent: after a crash it
+//! recomputes the same files. It reads only captures in the `files_pending` tree, and of
+//! those only segments from the open file on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::naming::{render, NameValues};
+use crate::config::{FileOutput, Format};
+use crate::index::{
+    FileRow, FileState, Index, IndexError, RecordingRow, RecordingState, SegmentRow,
+};
+use crate::media::{Ticks, TICKS_PER_SECOND};
+
+/// One file's span of segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub first_seq: u32,
+    pub last_seq: u32,
+    /// Final: the file will not grow.
+    pub closed: bool,
+}
+
+/// Splits `segments` (in order, starting where the next file starts) into files of at most
+/// `interval` of media (cut at the first segment boundary at or after it) and at codec
+/// changes. The last span is open unless `terminal`.
+pub fn split(segments: &[SegmentRow], interval: Ticks, terminal: bool) -> Vec<Span> {
+    let mut spans = Vec::new();
+    let mut current: Option<(u32, u32, Ticks)> = None;
+    for seg in segments {
+        if let Some((first, last, _)) = current {
+            if seg.codec_change {
+                spans.push(Span {
+                    first_seq: first,
+                    last_seq: last,
+                    closed: true,
+                });
+                current = None;
+            }
+        }
+        let (first, _, acc) = current.unwrap_or((seg.seq, seg.seq, 0));
+        let acc = acc + seg.duration_ticks;
+        if acc >= interval {
+            spans.push(Span {
+                first_seq: first,
+                last_seq: seg.seq,
+                closed: true,
+            });
+            current = None;
+        } else {
+            current = Some((first, seg.seq, acc));
+        }
+    }
+    if let Some((first, last, _)) = current {
+        spans.push(Span {
+            first_seq: first,
+            last_seq: last,
+            closed: terminal,
+        });
+    }
+    spans
+}
+
+/// Brings the file rows of one capture up to date with its segments. Returns true when
+/// every file of the capture is final (the capture can leave `files_pending`).
+pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, IndexError> {
+    let Some(template) = capture.template.as_ref() else {
+        return Ok(true);
+    };
+    let terminal = capture.is_terminal();
+    let existing = index.files_of(&capture.id)?;
+    let mut all_final = true;
+    for (format, output) in template.file_outputs() {
+        let mine: Vec<&FileRow> = existing.iter().filter(|f| f.format == format).collect();
+        if mine.iter().any(|f| f.state == FileState::Skipped) {
+            continue;
+        }
+        if format == Format::Aac && capture.segments > 0 && capture.audio_codec.is_none() {
+            let mut row = new_row(capture, format, template.name.as_str(), output, 1);
+            row.state = FileState::Skipped;
+            row.note = Some("the stream has no audio track: no AAC file is made".into());
+            index.put_file(&row)?;
+            continue;
+        }
+        let last = mine.last();
+        let (start_seq, number) = match last {
+            Some(f) if f.state == FileState::Recording => (f.first_seq, f.number),
+            Some(f) => (f.last_seq + 1, f.number + 1),
+            None => (1, 1),
+        };
+        let segments = index.segments_after(&capture.id, start_seq.saturating_sub(1))?;
+        let interval = i64::from(output.record_interval_s) * TICKS_PER_SECOND;
+        for (i, span) in split(&segments, interval, terminal).into_iter().enumerate() {
+            let in_span: Vec<&SegmentRow> = segments
+                .iter()
+                .filter(|s| (span.first_seq..=span.last_seq).contains(&s.seq))
+                .collect();
+            let mut row = new_row(capture, format, &template.name, output, number + i as u32);
+            fill(&mut row, &span, &in_span);
+            if span.closed {
+                row.state = FileState::Finished;
+                row.file_name = Some(render(
+                    output.file_name(),
+                    &NameValues {
+                        app: &capture.app,
+                        stream: &capture.stream,
+                        record_id: capture.record_id.as_deref().unwrap_or(""),
+                        recording_id: &capture.id,
+                        template: &template.name,
+                        start_ms: row.start_ms,
+                        end_ms: Some(row.end_ms),
+                    },
+                ));
+            } else {
+                all_final = false;
+            }
+            if index.get_file(&row.id)?.as_ref() != Some(&row) {
+                index.put_file(&row)?;
+            }
+        }
+    }
+    Ok(terminal && all_final)
+}
+
+fn new_row(
+    capture: &RecordingRow,
+    format: Format,
+    template: &str,
+    output: &FileOutput,
+    number: u32,
+) -> FileRow {
+    FileRow {
+        id: FileRow::make_id(&capture.id, format, number),
+        capture_id: capture.id.clone(),
+        app: capture.app.clone(),
+        stream: capture.stream.clone(),
+        format,
+        template: template.to_owned(),
+        number,
+        first_seq: 0,
+        last_seq: 0,
+        state: FileState::Recording,
+        start_ms: capture.start_ms,
+        end_ms: capture.start_ms,
+        duration_ticks: 0,
+        segments: 0,
+        ts_bytes: 0,
+        gaps: 0,
+        file_name: None,
+        store_key: None,
+        storage_time_s: output.storage_time_s,
+        record_id: capture.record_id.clone(),
+        note: None,
+        uploaded_ms: None,
+    }
+}
+
+fn fill(row: &mut FileRow, span: &Span, segments: &[&SegmentRow]) {
+    row.first_seq = span.first_seq;
+    row.last_seq = span.last_seq;
+    if let Some(first) = segments.first() {
+        row.start_ms = first.wall_start_ms;
+    }
+    row.end_ms = segments
+        .iter()
+        .map(|s| s.wall_end_ms())
+        .max()
+        .unwrap_or(row.start_ms);
+    row.duration_ticks = segments
+        .iter()
+        .filter(|s| !s.gap)
+        .map(|s| s.duration_ticks)
+        .sum();
+    row.segments = segments.len() as u32;
+    row.ts_bytes = segments.iter().map(|s| s.bytes).sum();
+    row.gaps = segments.iter().filter(|s| s.gap).count() as u32;
+    row.note = (row.gaps > 0).then(|| {
+        format!(
+            "{} segment(s) of the capture were lost to recovery; the file skips them",
+            row.gaps
+        )
+    });
+}
+
+/// One pass over the captures with files to plan. `seen` remembers what each capture
+/// looked like at its last pass, so unchanged captures cost one row read.
+pub fn plan_pending(
+    index: &Index,
+    seen: &mut HashMap<String, (u32, RecordingState)>,
+) -> Result<(), IndexError> {
+    let pending = index.files_pending()?;
+    seen.retain(|id, _| pending.contains(id));
+    for id in pending {
+        let Some(capture) = index.get_recording(&id)? else {
+            index.clear_files_pending(&id)?;
+            continue;
+        };
+        let look = (capture.next_seq, capture.state);
+        if seen.get(&id) == Some(&look) {
+            continue;
+        }
+        if sync_capture(index, &capture)? {
+            index.clear_files_pending(&id)?;
+            seen.remove(&id);
+        } else {
+            seen.insert(id, look);
+        }
+    }
+    Ok(())
+}
+
+/// How often the file planner looks for new segments and finished captures.
+const PLAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps file rows up to date until cancelled.
+pub async fn run_file_planner(index: Index, cancel: CancellationToken) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    loop {
+        let (i, s) = (index.clone(), seen.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
+            plan_pending(&i, &mut seen)
+        })
+        .await;
+        match pass {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "file planning failed; retrying"),
+            Err(e) => tracing::warn!(error = %e, "file planning task failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PLAN_EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Template;
+    use crate::index::Update;
+
+    fn seg(seq: u32, secs: i64, codec_change: bool) -> SegmentRow {
+        SegmentRow {
+            seq,
+            file: SegmentRow::file_name(seq),
+            duration_ticks: secs * TICKS_PER_SECOND,
+            bytes: 100,
+            media_start: 0,
+            wall_start_ms: 1_700_000_000_000 + i64::from(seq) * 4000,
+            keyframe: true,
+            discontinuity: codec_change,
+            gap: false,
+            recovered: false,
+            codec_change,
+        }
+    }
+
+    #[test]
+    fn spans_cut_at_the_interval_and_at_codec_changes() {
+        let segs: Vec<_> = (1..=10).map(|n| seg(n, 4, n == 9)).collect();
+        let spans = split(&segs, 12 * TICKS_PER_SECOND, false);
+        let pairs: Vec<_> = spans
+            .iter()
+            .map(|s| (s.first_seq, s.last_seq, s.closed))
+            .collect();
+        assert_eq!(
+            pairs,
+            [(1, 3, true), (4, 6, true), (7, 8, true), (9, 10, false)]
+        );
+        let spans = split(&segs, 12 * TICKS_PER_SECOND, true);
+        assert!(spans.last().unwrap().closed);
+        // A 150 s capture of 4 s segments at 60 s: 60, 60 and 30 s files.
+        let segs: Vec<_> = (1..=38).map(|n| seg(n, 4, false)).collect();
+        let spans = split(&segs, 60 * TICKS_PER_SECOND, true);
+        let pairs: Vec<_> = spans.iter().map(|s| (s.first_seq, s.last_seq)).collect();
+        assert_eq!(pairs, [(1, 15), (16, 30), (31, 38)]);
+    }
+
+    #[test]
+    fn the_planner_grows_closes_and_names_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let mut template = Template::builtin_default();
+        template.name = "t".into();
+        template.mp4 = Some(FileOutput {
+            record_interval_s: 30,
+            file_name: Some("{StreamID}_{RecordId}_{EndSecond}".into()),
+            ..FileOutput::default()
+        });
+        template.aac = Some(FileOutput::default());
+        let mut row = RecordingRow::new("c1".into(), "live".into(), "cam".into(), 0);
+        row.template = Some(template);
+        row.record_id = Some("m42".into());
+        index.create_recording(&row).unwrap();
+        index.mark_files_pending("c1").unwrap();
+        let mut seen = HashMap::new();
+        for n in 1..=5 {
+            index.commit_segment("c1", &seg(n, 10, false)).unwrap();
+        }
+        index
+            .update_recording("c1", |r| {
+                r.video_codec = Some("h264".into());
+                Update::Write
+            })
+            .unwrap();
+        plan_pending(&index, &mut seen).unwrap();
+        let files = index.files_of("c1").unwrap();
+        let mp4: Vec<_> = files.iter().filter(|f| f.format == Format::Mp4).collect();
+        assert_eq!(mp4.len(), 2);
+        assert_eq!(
+            (mp4[0].first_seq, mp4[0].last_seq, mp4[0].state),
+            (1, 3, FileState::Finished)
+        );
+        assert_eq!(mp4[0].file_name.as_deref(), Some("cam_m42_42"));
+        assert_eq!(
+            (mp4[1].first_seq, mp4[1].last_seq, mp4[1].state),
+            (4, 5, FileState::Recording)
+        );
+        let aac: Vec<_> = files.iter().filter(|f| f.format == Format::Aac).collect();
+        assert_eq!(aac[0].state, FileState::Skipped, "no audio track");
+
+        index.commit_segment("c1", &seg(6, 10, false)).unwrap();
+        index
+            .update_recording("c1", |r| {
+                r.state = RecordingState::Finished;
+                Update::Write
+            })
+            .unwrap();
+        plan_pending(&index, &mut seen).unwrap();
+        let mp4: Vec<_> = index
+            .files_of("c1")
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.format == Format::Mp4)
+            .collect();
+        assert_eq!(mp4.len(), 2);
+        assert_eq!(
+            (mp4[1].first_seq, mp4[1].last_seq, mp4[1].state),
+            (4, 6, FileState::Finished)
+        );
+        assert!(index.files_pending().unwrap().is_empty(), "all final");
+        // Idempotent: a second pass (after a crash) changes nothing.
+        sync_capture(&index, &index.get_recording("c1").unwrap().unwrap()).unwrap();
+        assert_eq!(index.files_of("c1").unwrap().len(), 3);
+    }
+}
