@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod media;
 pub mod mux;
 pub mod notify;
+pub mod package;
 pub mod proto;
 pub mod record;
 pub mod storage;

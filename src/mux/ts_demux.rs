@@ -1,1 +1,1774 @@
-//! Placeholder: being written.
+//! MPEG-TS demuxer for the segments [`super::ts::TsMuxer`] wrote: turns stored segments
+//! back into [`Frame`]s and [`Tracks`] so that MP4, M4A and FLV files can be derived
+//! from them.
+//!
+//! Implements ISO/IEC 13818-1: transport packets (section 2.4.3.2), adaptation field
+//! (2.4.3.4, only the random_access_indicator is used), PES packets (2.4.3.6: start code,
+//! PES_packet_length, PTS/DTS), PAT/PMT sections (2.4.4.3, 2.4.4.8, CRC-checked, one
+//! section per packet as every muxer we read writes them) and AVC/HEVC carriage in
+//! Annex B (2.14, 2.17); AAC in ADTS per ISO/IEC 13818-7 section 6.2. From the in-band
+//! parameter sets it builds the AVCDecoderConfigurationRecord (ISO/IEC 14496-15 section
+//! 5.3.3.1) and the HEVCDecoderConfigurationRecord (section 8.3.3.1), and from the ADTS
+//! header the 2-byte AudioSpecificConfig (ISO/IEC 14496-3 section 1.6.2.1).
+//!
+//! Owns: [`TsDemuxer`], a sans-IO state machine fed with bytes ([`TsDemuxer::feed`]),
+//! told where an input ends ([`TsDemuxer::finish`]) and drained of [`DemuxEvent`]s
+//! ([`TsDemuxer::poll`]). Never does IO, never panics on arbitrary bytes, and never
+//! allocates without bound: one PES is capped ([`MAX_PES_SIZE`]), frames held back while
+//! waiting for every track's configuration are capped ([`MAX_HELD_FRAMES`]).
+//!
+//! Output follows the conventions of [`crate::media`]: video frames are one access unit
+//! with 4-byte NAL lengths, without AUD and without parameter sets (those go into the
+//! track's [`CodecParams`]); audio frames are raw AAC (ADTS header removed).
+//!
+//! Ordering: the first [`DemuxEvent::Tracks`] comes before the first frame and holds
+//! every track the PMT lists once each has been configured (frames are held back until
+//! then, at most [`MAX_HELD_FRAMES`], or until [`TsDemuxer::finish`]). A later change of
+//! parameter sets emits another [`DemuxEvent::Tracks`] right before the first frame that
+//! uses them. Frames of one track come out in stream order; a video PES without a
+//! declared length completes only at the next video PES, so audio frames may come out
+//! ahead of the video frame they were muxed after.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::ts::{
+    crc32_mpeg2, PACKET_SIZE, PAT_PID, STREAM_TYPE_AAC_ADTS, STREAM_TYPE_H264, STREAM_TYPE_H265,
+    TS_TIMESTAMP_OFFSET,
+};
+use crate::media::aac::AacConfig;
+use crate::media::avc::{self, AvcConfig};
+use crate::media::bits::{remove_emulation_prevention, BitReader};
+use crate::media::hevc::{self, HevcConfig};
+use crate::media::{nal, CodecParams, Frame, MediaError, Ticks, TrackKind, Tracks};
+
+/// Largest PES (header included) the demuxer buffers; a larger one is dropped.
+pub const MAX_PES_SIZE: usize = 16 << 20;
+/// Most frames held back while waiting for the configuration of every track the PMT
+/// lists; past it the frames are released with the tracks known so far.
+pub const MAX_HELD_FRAMES: usize = 1024;
+/// Bytes of frames held back at most (same purpose as [`MAX_HELD_FRAMES`]).
+const MAX_HELD_BYTES: usize = 32 << 20;
+
+const SYNC_BYTE: u8 = 0x47;
+const TIMESTAMP_MODULUS: i64 = 1 << 33;
+const AVC_RECORD: &str = "rebuilt avc decoder configuration record";
+const HEVC_RECORD: &str = "rebuilt hevc decoder configuration record";
+const HEVC_SPS: &str = "h265 sps";
+const AVC_SPS: &str = "h264 sps";
+
+/// What the demuxer produces, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DemuxEvent {
+    /// The track set changed (first parameter sets seen, or SPS/PPS/VPS/ASC differ from before).
+    Tracks(Tracks),
+    Frame(Frame),
+}
+
+/// A problem in the input. Offsets count bytes from the first byte fed since
+/// [`TsDemuxer::new`] or the last [`TsDemuxer::finish`]; PES offsets are those of the
+/// PES's first packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DemuxError {
+    /// Fatal for this input: the rest of it is ignored until [`TsDemuxer::finish`].
+    #[error("lost sync at byte {offset}: found {found:#04x} instead of 0x47 (input not 188-byte aligned, or garbage); ignoring the rest of this input")]
+    LostSync { offset: u64, found: u8 },
+    #[error("pid {pid:#06x}: malformed packet at byte {offset}: {detail}")]
+    BadPacket {
+        offset: u64,
+        pid: u16,
+        detail: &'static str,
+    },
+    #[error("pid {pid:#06x}: PES starting at byte {offset} exceeds {max} bytes; dropped")]
+    PesTooLarge { offset: u64, pid: u16, max: usize },
+    #[error("pid {pid:#06x}: malformed PES starting at byte {offset}: {detail}")]
+    BadPes {
+        offset: u64,
+        pid: u16,
+        detail: String,
+    },
+    #[error("pid {pid:#06x}: PES starting at byte {offset}: {source}")]
+    BadCodecData {
+        offset: u64,
+        pid: u16,
+        #[source]
+        source: MediaError,
+    },
+}
+
+/// Counters of what the demuxer skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DemuxStats {
+    /// Frames not emitted: video access units before the first usable parameter sets,
+    /// incomplete video PES, incomplete or malformed ADTS frames.
+    pub dropped_frames: u64,
+    /// PES dropped whole: oversized, or a malformed PES header.
+    pub dropped_pes: u64,
+    /// Packets whose continuity_counter did not follow the previous one (still used).
+    pub continuity_errors: u64,
+    /// Packets on PIDs that are neither PAT, PMT nor a supported elementary stream.
+    pub unknown_pid_packets: u64,
+    /// Bytes of an incomplete final packet discarded by [`TsDemuxer::finish`].
+    pub discarded_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    H264,
+    H265,
+    Aac,
+}
+
+impl Codec {
+    fn kind(self) -> TrackKind {
+        match self {
+            Codec::H264 | Codec::H265 => TrackKind::Video,
+            Codec::Aac => TrackKind::Audio,
+        }
+    }
+}
+
+/// A PES being collected.
+#[derive(Debug)]
+struct PesBuf {
+    /// Offset of its first packet.
+    start: u64,
+    random_access: bool,
+    /// From the packet start code on.
+    data: Vec<u8>,
+}
+
+/// One elementary stream listed in the PMT.
+#[derive(Debug)]
+struct Stream {
+    pid: u16,
+    codec: Codec,
+    pes: Option<PesBuf>,
+    cc: Option<u8>,
+    /// Last (raw 33-bit, unwrapped) DTS of this PID.
+    last_ts: Option<(i64, Ticks)>,
+    /// Video: the latest VPS, SPS and PPS seen in band.
+    param_sets: [Vec<Bytes>; 3],
+    /// The configuration frames of this stream are emitted with; `None` until known.
+    params: Option<CodecParams>,
+}
+
+/// Parsed fields of a PES header.
+#[derive(Debug)]
+struct PesHeader {
+    /// Total PES bytes (6 + PES_packet_length), `None` when unbounded.
+    end: Option<usize>,
+    payload_start: usize,
+    pts: i64,
+    dts: i64,
+}
+
+/// Sans-IO MPEG-TS demuxer (see the module doc).
+#[derive(Debug)]
+pub struct TsDemuxer {
+    /// Bytes of a packet not yet complete (< 188).
+    partial: Vec<u8>,
+    /// Offset of the next packet's first byte.
+    offset: u64,
+    lost_sync: Option<DemuxError>,
+    /// First error of the current [`TsDemuxer::feed`] call.
+    first_error: Option<DemuxError>,
+    pmt_pid: Option<u16>,
+    streams: Vec<Stream>,
+    /// Last (raw, unwrapped) DTS of any PID: the reference for a PID's first timestamp.
+    last_ts: Option<(i64, Ticks)>,
+    tracks: Tracks,
+    /// False while frames are held back waiting for every listed track's configuration.
+    ready: bool,
+    held: VecDeque<Frame>,
+    held_bytes: usize,
+    events: VecDeque<DemuxEvent>,
+    max_pes: usize,
+    stats: DemuxStats,
+}
+
+impl Default for TsDemuxer {
+    fn default() -> Self {
+        TsDemuxer::new()
+    }
+}
+
+impl TsDemuxer {
+    pub fn new() -> TsDemuxer {
+        TsDemuxer::with_max_pes_size(MAX_PES_SIZE)
+    }
+
+    /// A demuxer dropping PES larger than `max_pes` bytes (header included).
+    pub fn with_max_pes_size(max_pes: usize) -> TsDemuxer {
+        TsDemuxer {
+            partial: Vec::with_capacity(PACKET_SIZE),
+            offset: 0,
+            lost_sync: None,
+            first_error: None,
+            pmt_pid: None,
+            streams: Vec::new(),
+            last_ts: None,
+            tracks: Tracks::default(),
+            ready: false,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            events: VecDeque::new(),
+            max_pes,
+            stats: DemuxStats::default(),
+        }
+    }
+
+    /// Feed bytes (any split, e.g. a whole segment file or 64 KiB chunks). Packets must be
+    /// 188-byte aligned from the first byte fed; a lost sync byte is an error naming the
+    /// offset.
+    ///
+    /// Returns the first problem met in `buf`. Everything else in `buf` is still used
+    /// (a malformed or oversized PES is dropped, the rest continues), except after a
+    /// [`DemuxError::LostSync`]: then this and every later call ignore their bytes and
+    /// return that error again, until [`TsDemuxer::finish`].
+    pub fn feed(&mut self, buf: &[u8]) -> Result<(), DemuxError> {
+        if let Some(e) = &self.lost_sync {
+            return Err(e.clone());
+        }
+        let mut rest = buf;
+        if !self.partial.is_empty() {
+            let need = PACKET_SIZE
+                .saturating_sub(self.partial.len())
+                .min(rest.len());
+            let (head, tail) = rest.split_at(need);
+            self.partial.extend_from_slice(head);
+            rest = tail;
+            if self.partial.len() >= PACKET_SIZE {
+                let mut packet = std::mem::take(&mut self.partial);
+                self.packet(&packet);
+                packet.clear();
+                self.partial = packet;
+            }
+        }
+        if self.lost_sync.is_none() {
+            let mut chunks = rest.chunks_exact(PACKET_SIZE);
+            for packet in &mut chunks {
+                self.packet(packet);
+                if self.lost_sync.is_some() {
+                    break;
+                }
+            }
+            if self.lost_sync.is_none() {
+                self.partial.extend_from_slice(chunks.remainder());
+            }
+        }
+        match self.first_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Call at the end of a segment file / the input: completes the last PES of each pid
+    /// (a PES cut short keeps its whole ADTS frames; a cut video access unit is kept only
+    /// if its PES had no declared length), releases held frames, discards an incomplete
+    /// final packet and resets the sync state, byte offsets and continuity counters, so
+    /// the next segment can be fed to the same demuxer (timestamps and tracks carry on).
+    pub fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            self.stats.discarded_bytes += self.partial.len() as u64;
+            self.partial.clear();
+        }
+        for idx in 0..self.streams.len() {
+            if let Some(st) = self.streams.get_mut(idx) {
+                st.cc = None;
+                if let Some(pes) = st.pes.take() {
+                    self.complete(idx, pes);
+                }
+            }
+        }
+        self.release();
+        self.offset = 0;
+        self.lost_sync = None;
+        self.first_error = None;
+    }
+
+    /// Drain produced events in order.
+    pub fn poll(&mut self) -> Option<DemuxEvent> {
+        self.events.pop_front()
+    }
+
+    /// Frames dropped so far (see [`DemuxStats::dropped_frames`]).
+    pub fn dropped_frames(&self) -> u64 {
+        self.stats.dropped_frames
+    }
+
+    /// Everything the demuxer skipped so far.
+    pub fn stats(&self) -> DemuxStats {
+        self.stats
+    }
+
+    /// The tracks as configured so far (also announced through [`DemuxEvent::Tracks`]).
+    pub fn tracks(&self) -> &Tracks {
+        &self.tracks
+    }
+
+    fn note(&mut self, e: DemuxError) {
+        if self.first_error.is_none() {
+            self.first_error = Some(e);
+        }
+    }
+
+    fn packet(&mut self, packet: &[u8]) {
+        let offset = self.offset;
+        self.offset += PACKET_SIZE as u64;
+        let Some(&[sync, b1, b2, b3]) = packet.get(..4) else {
+            return;
+        };
+        if sync != SYNC_BYTE {
+            let e = DemuxError::LostSync {
+                offset,
+                found: sync,
+            };
+            self.lost_sync = Some(e.clone());
+            self.note(e);
+            return;
+        }
+        let pid = (u16::from(b1 & 0x1f) << 8) | u16::from(b2);
+        let bad = |detail| DemuxError::BadPacket {
+            offset,
+            pid,
+            detail,
+        };
+        if b1 & 0x80 != 0 {
+            self.note(bad("transport_error_indicator set; packet ignored"));
+            return;
+        }
+        let pusi = b1 & 0x40 != 0;
+        let afc = (b3 >> 4) & 0x03;
+        if afc == 0 {
+            self.note(bad("reserved adaptation_field_control 0"));
+            return;
+        }
+        let (mut random_access, mut payload_start) = (false, 4usize);
+        if afc & 0x02 != 0 {
+            let af_len = usize::from(packet.get(4).copied().unwrap_or_default());
+            let max = if afc == 0x03 { 182 } else { 183 };
+            if af_len > max {
+                self.note(bad("adaptation_field_length past the packet end"));
+                return;
+            }
+            if af_len > 0 {
+                random_access = packet.get(5).is_some_and(|f| f & 0x40 != 0);
+            }
+            payload_start = 5 + af_len;
+        }
+        let payload = match afc & 0x01 {
+            0 => &[][..],
+            _ => packet.get(payload_start..).unwrap_or_default(),
+        };
+        if pid == PAT_PID {
+            if pusi {
+                if let Err(detail) = self.pat(payload) {
+                    self.note(bad(detail));
+                }
+            }
+            return;
+        }
+        if Some(pid) == self.pmt_pid {
+            if pusi {
+                if let Err(detail) = self.pmt(payload) {
+                    self.note(bad(detail));
+                }
+            }
+            return;
+        }
+        let Some(idx) = self.streams.iter().position(|s| s.pid == pid) else {
+            self.stats.unknown_pid_packets += 1;
+            return;
+        };
+        self.es_packet(
+            idx,
+            offset,
+            pusi,
+            random_access,
+            afc & 0x01 != 0,
+            b3,
+            payload,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn es_packet(
+        &mut self,
+        idx: usize,
+        offset: u64,
+        pusi: bool,
+        random_access: bool,
+        has_payload: bool,
+        b3: u8,
+        payload: &[u8],
+    ) {
+        let max_pes = self.max_pes;
+        let Some(st) = self.streams.get_mut(idx) else {
+            return;
+        };
+        let pid = st.pid;
+        if has_payload {
+            let cc = b3 & 0x0f;
+            if st.cc.is_some_and(|last| (last + 1) & 0x0f != cc) {
+                self.stats.continuity_errors += 1;
+            }
+            st.cc = Some(cc);
+        }
+        if pusi {
+            if let Some(pes) = st.pes.take() {
+                self.complete(idx, pes);
+            }
+            if payload.get(..3) != Some(&[0, 0, 1]) {
+                self.stats.dropped_pes += 1;
+                self.note(DemuxError::BadPes {
+                    offset,
+                    pid,
+                    detail: "payload_unit_start without a PES start code".into(),
+                });
+                return;
+            }
+            let Some(st) = self.streams.get_mut(idx) else {
+                return;
+            };
+            st.pes = Some(PesBuf {
+                start: offset,
+                random_access,
+                data: Vec::new(),
+            });
+        }
+        let Some(pes) = st_pes(&mut self.streams, idx) else {
+            return; // continuation of a PES whose start we did not see
+        };
+        if pes.data.len() + payload.len() > max_pes {
+            let start = pes.start;
+            if let Some(st) = self.streams.get_mut(idx) {
+                st.pes = None;
+            }
+            self.stats.dropped_pes += 1;
+            self.note(DemuxError::PesTooLarge {
+                offset: start,
+                pid,
+                max: max_pes,
+            });
+            return;
+        }
+        pes.data.extend_from_slice(payload);
+        let declared = pes
+            .data
+            .get(4..6)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+            .filter(|&l| l > 0);
+        if declared.is_some_and(|l| pes.data.len() >= 6 + l) {
+            if let Some(pes) = self.streams.get_mut(idx).and_then(|s| s.pes.take()) {
+                self.complete(idx, pes);
+            }
+        }
+    }
+
+    fn pat(&mut self, payload: &[u8]) -> Result<(), &'static str> {
+        let section = psi_section(payload, 0x00)?;
+        let programs = section.get(8..).unwrap_or_default();
+        for entry in programs.chunks_exact(4) {
+            let program = u16::from_be_bytes([entry[0], entry[1]]);
+            if program != 0 {
+                self.pmt_pid = Some((u16::from(entry[2] & 0x1f) << 8) | u16::from(entry[3]));
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn pmt(&mut self, payload: &[u8]) -> Result<(), &'static str> {
+        let section = psi_section(payload, 0x02)?;
+        let info_len = section
+            .get(10..12)
+            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0] & 0x0f, b[1]])));
+        let mut listed: Vec<(u16, Codec)> = Vec::new();
+        let mut pos = 12 + info_len;
+        while let Some(&[stream_type, p0, p1, l0, l1]) = section.get(pos..pos + 5) {
+            pos += 5 + usize::from(u16::from_be_bytes([l0 & 0x0f, l1]));
+            let pid = (u16::from(p0 & 0x1f) << 8) | u16::from(p1);
+            let codec = match stream_type {
+                STREAM_TYPE_H264 => Codec::H264,
+                STREAM_TYPE_H265 => Codec::H265,
+                STREAM_TYPE_AAC_ADTS => Codec::Aac,
+                _ => continue,
+            };
+            // One track per kind, as Tracks holds; PAT/PMT PIDs cannot carry media.
+            let taken = listed
+                .iter()
+                .any(|&(p, c)| p == pid || c.kind() == codec.kind());
+            if !taken && pid != PAT_PID && Some(pid) != self.pmt_pid {
+                listed.push((pid, codec));
+            }
+        }
+        // Streams no longer listed (or listed with another codec) end here.
+        let mut i = 0;
+        while let Some(st) = self.streams.get_mut(i) {
+            if listed.contains(&(st.pid, st.codec)) {
+                i += 1;
+                continue;
+            }
+            if let Some(pes) = st.pes.take() {
+                self.complete(i, pes);
+            }
+            self.streams.remove(i);
+        }
+        for (pid, codec) in listed {
+            if !self.streams.iter().any(|s| s.pid == pid) {
+                self.streams.push(Stream {
+                    pid,
+                    codec,
+                    pes: None,
+                    cc: None,
+                    last_ts: None,
+                    param_sets: Default::default(),
+                    params: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a collected PES into frames (or drops it), noting any error.
+    fn complete(&mut self, idx: usize, pes: PesBuf) {
+        let Some(st) = self.streams.get_mut(idx) else {
+            return;
+        };
+        let (pid, codec) = (st.pid, st.codec);
+        let header = match parse_pes_header(&pes.data) {
+            Ok(h) => h,
+            Err(detail) => {
+                self.stats.dropped_pes += 1;
+                self.note(DemuxError::BadPes {
+                    offset: pes.start,
+                    pid,
+                    detail: detail.into(),
+                });
+                return;
+            }
+        };
+        let reference = st.last_ts.or(self.last_ts);
+        let dts = unwrap_timestamp(header.dts, reference);
+        st.last_ts = Some((header.dts, dts));
+        self.last_ts = Some((header.dts, dts));
+        let pts = dts
+            .saturating_add(signed_delta(header.pts, header.dts))
+            .max(dts);
+        let end = header.end.unwrap_or(pes.data.len()).min(pes.data.len());
+        let complete = header.end.is_none_or(|e| pes.data.len() >= e);
+        let payload = pes.data.get(header.payload_start..end).unwrap_or_default();
+        let result = match codec {
+            Codec::H264 | Codec::H265 if !complete => {
+                self.stats.dropped_frames += 1;
+                Ok(())
+            }
+            Codec::H264 | Codec::H265 => {
+                self.video_pes(idx, payload, dts, pts, pes.random_access, pes.start)
+            }
+            Codec::Aac => self.audio_pes(idx, payload, dts, complete, pes.start),
+        };
+        if let Err(e) = result {
+            self.note(e);
+        }
+    }
+
+    fn video_pes(
+        &mut self,
+        idx: usize,
+        payload: &[u8],
+        dts: Ticks,
+        pts: Ticks,
+        random_access: bool,
+        start: u64,
+    ) -> Result<(), DemuxError> {
+        let Some(st) = self.streams.get_mut(idx) else {
+            return Ok(());
+        };
+        let hevc = st.codec == Codec::H265;
+        let mut au = Vec::with_capacity(payload.len() + 16);
+        let mut sets: [Vec<Bytes>; 3] = Default::default(); // VPS, SPS, PPS
+        let mut keyframe = random_access;
+        for unit in nal::split_annex_b(payload) {
+            let Some(&first) = unit.first() else {
+                continue;
+            };
+            let slot = if hevc {
+                match hevc::nal_type(first) {
+                    hevc::NAL_AUD => continue,
+                    hevc::NAL_VPS => Some(0),
+                    hevc::NAL_SPS => Some(1),
+                    hevc::NAL_PPS => Some(2),
+                    ty => {
+                        keyframe |= hevc::is_irap(ty);
+                        None
+                    }
+                }
+            } else {
+                match avc::nal_type(first) {
+                    avc::NAL_AUD => continue,
+                    avc::NAL_SPS => Some(1),
+                    avc::NAL_PPS => Some(2),
+                    ty => {
+                        keyframe |= ty == avc::NAL_IDR;
+                        None
+                    }
+                }
+            };
+            match slot.and_then(|s| sets.get_mut(s)) {
+                Some(list) => {
+                    if !list.iter().any(|b| b[..] == *unit) {
+                        list.push(Bytes::copy_from_slice(unit));
+                    }
+                }
+                None => {
+                    let Ok(len) = u32::try_from(unit.len()) else {
+                        continue;
+                    };
+                    au.extend_from_slice(&len.to_be_bytes());
+                    au.extend_from_slice(unit);
+                }
+            }
+        }
+        let carried = sets.iter().any(|s| !s.is_empty());
+        let mut changed = false;
+        for (have, new) in st.param_sets.iter_mut().zip(sets) {
+            if !new.is_empty() && *have != new {
+                *have = new;
+                changed = true;
+            }
+        }
+        let mut result = Ok(());
+        let mut new_params = None;
+        if carried && (changed || st.params.is_none()) {
+            let [vps, sps, pps] = &st.param_sets;
+            let built = if hevc {
+                build_hevc(vps, sps, pps)
+            } else {
+                build_avc(sps, pps)
+            };
+            match built {
+                Ok(Some(params)) => {
+                    st.params = Some(params.clone());
+                    new_params = Some(params);
+                }
+                Ok(None) => {} // not all kinds seen yet
+                Err(source) => {
+                    st.params = None;
+                    result = Err(DemuxError::BadCodecData {
+                        offset: start,
+                        pid: st.pid,
+                        source,
+                    });
+                }
+            }
+        }
+        let configured = st.params.is_some();
+        if let Some(params) = new_params {
+            self.set_track(params);
+        }
+        if au.is_empty() {
+            return result;
+        }
+        if !configured {
+            self.stats.dropped_frames += 1;
+            return result;
+        }
+        self.emit_frame(Frame {
+            kind: TrackKind::Video,
+            dts,
+            pts,
+            keyframe,
+            data: au.into(),
+        });
+        result
+    }
+
+    fn audio_pes(
+        &mut self,
+        idx: usize,
+        payload: &[u8],
+        dts: Ticks,
+        complete: bool,
+        start: u64,
+    ) -> Result<(), DemuxError> {
+        let Some(pid) = self.streams.get(idx).map(|s| s.pid) else {
+            return Ok(());
+        };
+        let bad = |detail: String| DemuxError::BadPes {
+            offset: start,
+            pid,
+            detail,
+        };
+        let mut result = Ok(());
+        let mut pos = 0usize;
+        let mut index: i64 = 0;
+        while let Some(rest) = payload.get(pos..).filter(|r| !r.is_empty()) {
+            let adts = match parse_adts(rest) {
+                Ok(a) => a,
+                Err(None) => {
+                    // Cut short: fine at the end of a truncated PES, an error otherwise.
+                    self.stats.dropped_frames += 1;
+                    if complete {
+                        return Err(bad(format!(
+                            "ADTS frame at payload byte {pos} runs past the end of the PES"
+                        )));
+                    }
+                    return result;
+                }
+                Err(Some(detail)) => {
+                    self.stats.dropped_frames += 1;
+                    return Err(bad(format!("{detail} at payload byte {pos}")));
+                }
+            };
+            let body = rest
+                .get(adts.header_len..adts.frame_len)
+                .unwrap_or_default();
+            pos += adts.frame_len;
+            let asc = adts.audio_specific_config();
+            let Some(st) = self.streams.get_mut(idx) else {
+                return result;
+            };
+            let config = match &st.params {
+                Some(CodecParams::Aac(c)) if c.asc[..] == asc => c.clone(),
+                _ => match AacConfig::parse(&asc) {
+                    Ok(c) => {
+                        st.params = Some(CodecParams::Aac(c.clone()));
+                        self.set_track(CodecParams::Aac(c.clone()));
+                        c
+                    }
+                    Err(source) => {
+                        self.stats.dropped_frames += 1;
+                        return Err(DemuxError::BadCodecData {
+                            offset: start,
+                            pid,
+                            source,
+                        });
+                    }
+                },
+            };
+            let ticks = config.frame_ticks();
+            let frame_dts = dts.saturating_add(index.saturating_mul(ticks));
+            index += 1 + i64::from(adts.raw_blocks);
+            if adts.raw_blocks > 0 {
+                self.stats.dropped_frames += 1;
+                if result.is_ok() {
+                    result = Err(bad(format!(
+                        "ADTS frame at payload byte {} holds {} raw data blocks (unsupported)",
+                        pos - adts.frame_len,
+                        adts.raw_blocks + 1
+                    )));
+                }
+                continue;
+            }
+            self.emit_frame(Frame {
+                kind: TrackKind::Audio,
+                dts: frame_dts,
+                pts: frame_dts,
+                keyframe: true,
+                data: Bytes::copy_from_slice(body),
+            });
+        }
+        result
+    }
+
+    /// Records a track's configuration; announces it unless it is unchanged.
+    fn set_track(&mut self, params: CodecParams) {
+        let kind = params.kind();
+        if self.tracks.get(kind) == Some(&params) {
+            return;
+        }
+        if !self.ready && self.tracks.get(kind).is_some() {
+            // A change before the first announcement: held frames use the old one.
+            self.release();
+        }
+        self.tracks.set(params);
+        if self.ready {
+            self.events
+                .push_back(DemuxEvent::Tracks(self.tracks.clone()));
+        } else if self
+            .streams
+            .iter()
+            .all(|s| self.tracks.get(s.codec.kind()).is_some())
+        {
+            self.release();
+        }
+    }
+
+    /// Announces the tracks and releases the held frames.
+    fn release(&mut self) {
+        if self.ready {
+            return;
+        }
+        if self.tracks.is_empty() && self.held.is_empty() {
+            return; // nothing seen yet: keep waiting
+        }
+        self.ready = true;
+        self.events
+            .push_back(DemuxEvent::Tracks(self.tracks.clone()));
+        self.events
+            .extend(self.held.drain(..).map(DemuxEvent::Frame));
+        self.held_bytes = 0;
+    }
+
+    fn emit_frame(&mut self, frame: Frame) {
+        if self.ready {
+            self.events.push_back(DemuxEvent::Frame(frame));
+            return;
+        }
+        self.held_bytes += frame.data.len();
+        self.held.push_back(frame);
+        if self.held.len() >= MAX_HELD_FRAMES || self.held_bytes >= MAX_HELD_BYTES {
+            self.release();
+        }
+    }
+}
+
+fn st_pes(streams: &mut [Stream], idx: usize) -> Option<&mut PesBuf> {
+    streams.get_mut(idx)?.pes.as_mut()
+}
+
+/// The section of a PSI packet payload (pointer_field first) with table `table_id`,
+/// CRC checked and removed.
+fn psi_section(payload: &[u8], table_id: u8) -> Result<&[u8], &'static str> {
+    let pointer = usize::from(*payload.first().ok_or("empty PSI payload")?);
+    let section = payload
+        .get(1 + pointer..)
+        .ok_or("pointer_field past the packet end")?;
+    let (&id, &l0, &l1) = match section {
+        [id, l0, l1, ..] => (id, l0, l1),
+        _ => return Err("PSI section header past the packet end"),
+    };
+    if id != table_id {
+        return Err("unexpected table_id");
+    }
+    let total = 3 + usize::from(u16::from_be_bytes([l0 & 0x0f, l1]));
+    let section = section
+        .get(..total)
+        .ok_or("PSI section spans packets (unsupported)")?;
+    if total < 12 {
+        return Err("PSI section too short");
+    }
+    if crc32_mpeg2(section) != 0 {
+        return Err("PSI section CRC mismatch");
+    }
+    Ok(section.get(..total - 4).unwrap_or_default())
+}
+
+fn parse_pes_header(d: &[u8]) -> Result<PesHeader, &'static str> {
+    let Some(&[0, 0, 1, stream_id, l0, l1, marker, flags, header_len]) = d.get(..9) else {
+        return Err("PES header truncated or without start code");
+    };
+    if matches!(
+        stream_id,
+        0xbc | 0xbe | 0xbf | 0xf0 | 0xf1 | 0xf2 | 0xf8 | 0xff
+    ) {
+        return Err("stream_id without PTS (not audio or video)");
+    }
+    if marker & 0xc0 != 0x80 {
+        return Err("bad PES header marker bits");
+    }
+    let length = usize::from(u16::from_be_bytes([l0, l1]));
+    let end = (length > 0).then_some(6 + length);
+    let payload_start = 9 + usize::from(header_len);
+    if end.is_some_and(|e| e < payload_start) {
+        return Err("PES_packet_length shorter than its header");
+    }
+    let field = |at: usize| {
+        d.get(at..at + 5)
+            .filter(|_| at + 5 <= payload_start)
+            .and_then(read_timestamp)
+    };
+    let (pts, dts) = match flags >> 6 {
+        0b10 => {
+            let pts = field(9).ok_or("PTS truncated or beyond the header")?;
+            (pts, pts)
+        }
+        0b11 => (
+            field(9).ok_or("PTS truncated or beyond the header")?,
+            field(14).ok_or("DTS truncated or beyond the header")?,
+        ),
+        _ => return Err("PES without PTS"),
+    };
+    Ok(PesHeader {
+        end,
+        payload_start,
+        pts,
+        dts,
+    })
+}
+
+fn read_timestamp(b: &[u8]) -> Option<i64> {
+    let &[b0, b1, b2, b3, b4] = b else {
+        return None;
+    };
+    Some(
+        (i64::from(b0 & 0x0e) << 29)
+            | (i64::from(b1) << 22)
+            | (i64::from(b2 & 0xfe) << 14)
+            | (i64::from(b3) << 7)
+            | (i64::from(b4) >> 1),
+    )
+}
+
+/// `a - b` for two 33-bit timestamps, taking the short way around the wrap.
+fn signed_delta(a: i64, b: i64) -> i64 {
+    let d = (a - b).rem_euclid(TIMESTAMP_MODULUS);
+    if d >= TIMESTAMP_MODULUS / 2 {
+        d - TIMESTAMP_MODULUS
+    } else {
+        d
+    }
+}
+
+/// Media time of the raw 33-bit timestamp `raw`: relative to the previous (raw,
+/// unwrapped) pair when there is one, else `raw - TS_TIMESTAMP_OFFSET`.
+fn unwrap_timestamp(raw: i64, reference: Option<(i64, Ticks)>) -> Ticks {
+    match reference {
+        Some((prev_raw, prev)) => prev.saturating_add(signed_delta(raw, prev_raw)),
+        None => raw - TS_TIMESTAMP_OFFSET,
+    }
+}
+
+/// Fields of one ADTS header.
+#[derive(Debug)]
+struct Adts {
+    profile: u8,
+    sampling_index: u8,
+    channels: u8,
+    header_len: usize,
+    frame_len: usize,
+    raw_blocks: u8,
+}
+
+impl Adts {
+    /// The 2-byte AudioSpecificConfig: object type (profile + 1), index, channels.
+    fn audio_specific_config(&self) -> [u8; 2] {
+        let object_type = self.profile + 1;
+        [
+            (object_type << 3) | (self.sampling_index >> 1),
+            ((self.sampling_index & 1) << 7) | (self.channels << 3),
+        ]
+    }
+}
+
+/// Parses the ADTS frame at the start of `d`: `Err(None)` when it is cut short,
+/// `Err(Some(why))` when it is not an ADTS frame.
+fn parse_adts(d: &[u8]) -> Result<Adts, Option<&'static str>> {
+    if d.first().is_some_and(|&b| b != 0xff) {
+        return Err(Some("no ADTS sync word"));
+    }
+    let Some(&[_, h1, h2, h3, h4, h5, h6]) = d.get(..7) else {
+        return Err(None);
+    };
+    if h1 & 0xf6 != 0xf0 {
+        return Err(Some("no ADTS sync word"));
+    }
+    let header_len = if h1 & 0x01 != 0 { 7 } else { 9 }; // protection_absent, else CRC
+    let frame_len = (usize::from(h3 & 0x03) << 11) | (usize::from(h4) << 3) | usize::from(h5 >> 5);
+    if frame_len < header_len {
+        return Err(Some("ADTS frame_length shorter than its header"));
+    }
+    if d.len() < frame_len {
+        return Err(None);
+    }
+    Ok(Adts {
+        profile: h2 >> 6,
+        sampling_index: (h2 >> 2) & 0x0f,
+        channels: ((h2 & 0x01) << 2) | (h3 >> 6),
+        header_len,
+        frame_len,
+        raw_blocks: h6 & 0x03,
+    })
+}
+
+fn u16_len(len: usize, what: &'static str) -> Result<[u8; 2], MediaError> {
+    u16::try_from(len)
+        .map(u16::to_be_bytes)
+        .map_err(|_| MediaError::Invalid {
+            what,
+            offset: 0,
+            detail: format!("parameter set of {len} bytes does not fit a 16-bit length"),
+        })
+}
+
+/// The AVCDecoderConfigurationRecord for in-band SPS/PPS, parsed; `Ok(None)` while either
+/// kind is missing.
+fn build_avc(sps: &[Bytes], pps: &[Bytes]) -> Result<Option<CodecParams>, MediaError> {
+    let (Some(first), false) = (sps.first(), pps.is_empty()) else {
+        return Ok(None);
+    };
+    let invalid = |detail: String| MediaError::Invalid {
+        what: AVC_RECORD,
+        offset: 0,
+        detail,
+    };
+    let Some(&[_, profile, compatibility, level]) = first.get(..4) else {
+        return Err(invalid(format!("SPS of {} bytes", first.len())));
+    };
+    let (Ok(num_sps), Ok(num_pps)) = (u8::try_from(sps.len()), u8::try_from(pps.len())) else {
+        return Err(invalid("too many parameter sets".into()));
+    };
+    if num_sps > 31 {
+        return Err(invalid(format!("{num_sps} SPS (31 max)")));
+    }
+    let mut rec = vec![1, profile, compatibility, level, 0xff, 0xe0 | num_sps];
+    for s in sps {
+        rec.extend_from_slice(&u16_len(s.len(), AVC_RECORD)?);
+        rec.extend_from_slice(s);
+    }
+    rec.push(num_pps);
+    for p in pps {
+        rec.extend_from_slice(&u16_len(p.len(), AVC_RECORD)?);
+        rec.extend_from_slice(p);
+    }
+    if matches!(profile, 100 | 110 | 122 | 144) {
+        if let Ok((chroma, luma, chroma_depth)) = avc_chroma_and_depth(first) {
+            rec.extend_from_slice(&[0xfc | chroma, 0xf8 | luma, 0xf8 | chroma_depth, 0]);
+        }
+    }
+    AvcConfig::parse(&rec).map(|c| Some(CodecParams::H264(c)))
+}
+
+/// chroma_format_idc, bit_depth_luma_minus8, bit_depth_chroma_minus8 of a high-profile
+/// SPS (ITU-T H.264 section 7.3.2.1.1).
+fn avc_chroma_and_depth(sps: &[u8]) -> Result<(u8, u8, u8), MediaError> {
+    let rbsp = remove_emulation_prevention(sps);
+    let mut r = BitReader::new(&rbsp, AVC_SPS);
+    r.skip(32)?; // header, profile_idc, constraint flags, level_idc
+    r.ue()?; // seq_parameter_set_id
+    let chroma = r.ue()?;
+    if chroma == 3 {
+        r.skip(1)?; // separate_colour_plane_flag
+    }
+    let (luma, chroma_depth) = (r.ue()?, r.ue()?);
+    match (
+        u8::try_from(chroma),
+        u8::try_from(luma),
+        u8::try_from(chroma_depth),
+    ) {
+        (Ok(c @ 0..=3), Ok(l @ 0..=7), Ok(d @ 0..=7)) => Ok((c, l, d)),
+        _ => Err(r.invalid("chroma format or bit depth out of range")),
+    }
+}
+
+/// What the HEVCDecoderConfigurationRecord copies from an SPS.
+struct HevcSpsInfo {
+    /// general_profile_space .. general_level_idc (12 bytes, as in the record).
+    general_ptl: [u8; 12],
+    max_sub_layers_minus1: u8,
+    temporal_id_nesting: bool,
+    /// chroma_format_idc, bit_depth_luma_minus8, bit_depth_chroma_minus8 (1, 0, 0 if the
+    /// SPS could not be read that far).
+    chroma_and_depth: (u8, u8, u8),
+}
+
+fn hevc_sps_info(sps: &[u8]) -> Result<HevcSpsInfo, MediaError> {
+    let rbsp = remove_emulation_prevention(sps);
+    let mut r = BitReader::new(&rbsp, HEVC_SPS);
+    r.skip(16)?; // NAL header
+    r.skip(4)?; // sps_video_parameter_set_id
+    let max_sub_layers_minus1 = r.read_bits(3)? as u8;
+    let temporal_id_nesting = r.read_bit()?;
+    let mut general_ptl = [0u8; 12];
+    for b in general_ptl.iter_mut() {
+        *b = r.read_bits(8)? as u8;
+    }
+    let chroma_and_depth =
+        hevc_chroma_and_depth(&mut r, max_sub_layers_minus1).unwrap_or((1, 0, 0));
+    Ok(HevcSpsInfo {
+        general_ptl,
+        max_sub_layers_minus1,
+        temporal_id_nesting,
+        chroma_and_depth,
+    })
+}
+
+/// Continues an SPS read just after the general profile_tier_level fields (H.265
+/// section 7.3.2.2.1 / 7.3.3) up to the bit depths.
+fn hevc_chroma_and_depth(
+    r: &mut BitReader<'_>,
+    max_sub_layers_minus1: u8,
+) -> Result<(u8, u8, u8), MediaError> {
+    let sub_layers = usize::from(max_sub_layers_minus1.min(7));
+    let mut present = [(false, false); 7];
+    for p in present.iter_mut().take(sub_layers) {
+        *p = (r.read_bit()?, r.read_bit()?);
+    }
+    if sub_layers > 0 {
+        r.skip(2 * (8 - sub_layers))?; // reserved_zero_2bits
+    }
+    for &(profile, level) in present.iter().take(sub_layers) {
+        if profile {
+            r.skip(88)?;
+        }
+        if level {
+            r.skip(8)?;
+        }
+    }
+    r.ue()?; // sps_seq_parameter_set_id
+    let chroma = r.ue()?;
+    if chroma == 3 {
+        r.skip(1)?; // separate_colour_plane_flag
+    }
+    r.ue()?; // pic_width_in_luma_samples
+    r.ue()?; // pic_height_in_luma_samples
+    if r.read_bit()? {
+        for _ in 0..4 {
+            r.ue()?; // conf_win offsets
+        }
+    }
+    let (luma, chroma_depth) = (r.ue()?, r.ue()?);
+    match (
+        u8::try_from(chroma),
+        u8::try_from(luma),
+        u8::try_from(chroma_depth),
+    ) {
+        (Ok(c @ 0..=3), Ok(l @ 0..=7), Ok(d @ 0..=7)) => Ok((c, l, d)),
+        _ => Err(r.invalid("chroma format or bit depth out of range")),
+    }
+}
+
+/// The HEVCDecoderConfigurationRecord for in-band VPS/SPS/PPS, parsed; `Ok(None)` while
+/// any kind is missing.
+fn build_hevc(
+    vps: &[Bytes],
+    sps: &[Bytes],
+    pps: &[Bytes],
+) -> Result<Option<CodecParams>, MediaError> {
+    let Some(first) = sps.first() else {
+        return Ok(None);
+    };
+    if vps.is_empty() || pps.is_empty() {
+        return Ok(None);
+    }
+    let info = hevc_sps_info(first)?;
+    let (chroma, luma, chroma_depth) = info.chroma_and_depth;
+    let mut rec = vec![1];
+    rec.extend_from_slice(&info.general_ptl);
+    rec.extend_from_slice(&[
+        0xf0, // reserved, min_spatial_segmentation_idc 0
+        0x00,
+        0xfc, // reserved, parallelismType 0
+        0xfc | chroma,
+        0xf8 | luma,
+        0xf8 | chroma_depth,
+        0x00, // avgFrameRate 0
+        0x00,
+        // constantFrameRate 0, numTemporalLayers, temporalIdNested, lengthSizeMinusOne 3
+        (((info.max_sub_layers_minus1 + 1) & 0x07) << 3)
+            | (u8::from(info.temporal_id_nesting) << 2)
+            | 0x03,
+        3, // numOfArrays
+    ]);
+    for (nal_type, list) in [
+        (hevc::NAL_VPS, vps),
+        (hevc::NAL_SPS, sps),
+        (hevc::NAL_PPS, pps),
+    ] {
+        rec.push(0x80 | nal_type); // array_completeness 1
+        rec.extend_from_slice(&u16_len(list.len(), HEVC_RECORD)?);
+        for unit in list {
+            rec.extend_from_slice(&u16_len(unit.len(), HEVC_RECORD)?);
+            rec.extend_from_slice(unit);
+        }
+    }
+    HevcConfig::parse(&rec).map(|c| Some(CodecParams::H265(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::avc::tests::{hex, AVCC_1080};
+    use crate::mux::ts::tests::h264_tracks;
+    use crate::mux::ts::{TsMuxer, AUDIO_PID, VIDEO_PID};
+
+    /// x265 1080p `hvcC` (the record of the `hevc.rs` tests).
+    const HVCC_1080: &str = "01016000000090000000000078f000fcfdf8f800000f03a00001001840010c01\
+        ffff016000000300900000030000030078959809a10001002a42010101600000030090000003000003\
+        0078a003c08010e596566924caf0168080000003008000000c84a2000100074401c172b46240";
+
+    fn aac() -> AacConfig {
+        AacConfig::parse(&[0x12, 0x10]).unwrap() // AAC-LC 44.1 kHz stereo
+    }
+
+    fn avc_tracks(video: bool, audio: bool) -> Tracks {
+        Tracks {
+            video: video.then(|| CodecParams::H264(AvcConfig::parse(&hex(AVCC_1080)).unwrap())),
+            audio: audio.then(|| CodecParams::Aac(aac())),
+        }
+    }
+
+    fn hevc_tracks(audio: bool) -> Tracks {
+        Tracks {
+            video: Some(CodecParams::H265(
+                HevcConfig::parse(&hex(HVCC_1080)).unwrap(),
+            )),
+            audio: audio.then(|| CodecParams::Aac(aac())),
+        }
+    }
+
+    /// A NAL unit: `header` then deterministic bytes that are never zero.
+    fn unit(header: &[u8], seed: usize, len: usize) -> Vec<u8> {
+        let body = (0..len).map(|j| ((seed * 31 + j * 7) % 251 + 1) as u8);
+        header.iter().copied().chain(body).collect()
+    }
+
+    fn length_prefixed(units: &[Vec<u8>]) -> Bytes {
+        let mut out = Vec::new();
+        for u in units {
+            out.extend_from_slice(&(u.len() as u32).to_be_bytes());
+            out.extend_from_slice(u);
+        }
+        out.into()
+    }
+
+    fn audio_frame(dts: Ticks, seed: usize, size: usize) -> Frame {
+        Frame {
+            kind: TrackKind::Audio,
+            dts,
+            pts: dts,
+            keyframe: true,
+            data: unit(&[], seed, size).into(),
+        }
+    }
+
+    /// `n` frame periods from `start`: video at 25 fps with B-frame style pts, a keyframe
+    /// every 12 (with an SEI first), frame 5 of 70 000 bytes (an unbounded PES); AAC
+    /// every 1024 samples. In dts order.
+    fn frames(hevc: bool, start: Ticks, n: i64, video: bool, audio: bool) -> Vec<Frame> {
+        let ticks = aac().frame_ticks();
+        let mut out = Vec::new();
+        let mut next_audio = start;
+        let mut k = 0;
+        for i in 0..n {
+            let dts = start + i * 3600;
+            while audio && next_audio <= dts {
+                out.push(audio_frame(next_audio, k, 100 + (k * 37) % 300));
+                next_audio += ticks;
+                k += 1;
+            }
+            if !video {
+                continue;
+            }
+            let key = i % 12 == 0;
+            let seed = i as usize;
+            let size = if i == 5 {
+                70_000
+            } else {
+                50 + (seed * 997) % 6000
+            };
+            let (sei, idr, slice): (&[u8], &[u8], &[u8]) = if hevc {
+                (&[0x4e, 0x01], &[0x26, 0x01], &[0x02, 0x01])
+            } else {
+                (&[0x06], &[0x65], &[0x41])
+            };
+            let units = if key {
+                vec![unit(sei, seed, 20), unit(idr, seed, size)]
+            } else {
+                vec![unit(slice, seed, size), unit(slice, seed + 1, 30)]
+            };
+            out.push(Frame {
+                kind: TrackKind::Video,
+                dts,
+                pts: dts + [7200, 0, 3600][(i % 3) as usize],
+                keyframe: key,
+                data: length_prefixed(&units),
+            });
+        }
+        out
+    }
+
+    fn mux_into(m: &mut TsMuxer, frames: &[Frame], out: &mut Vec<u8>) {
+        m.write_tables(out);
+        for f in frames {
+            m.write_frame(f, out).unwrap();
+        }
+        m.flush(out);
+    }
+
+    fn mux(tracks: &Tracks, frames: &[Frame]) -> Vec<u8> {
+        let mut out = Vec::new();
+        mux_into(&mut TsMuxer::new(tracks).unwrap(), frames, &mut out);
+        out
+    }
+
+    fn drain(d: &mut TsDemuxer) -> Vec<DemuxEvent> {
+        std::iter::from_fn(|| d.poll()).collect()
+    }
+
+    /// Feeds `buf` in `chunk`-byte pieces, then finishes; returns events and errors.
+    fn demux(d: &mut TsDemuxer, buf: &[u8], chunk: usize) -> (Vec<DemuxEvent>, Vec<DemuxError>) {
+        let errors = buf.chunks(chunk).filter_map(|c| d.feed(c).err()).collect();
+        d.finish();
+        (drain(d), errors)
+    }
+
+    fn split(events: &[DemuxEvent]) -> (Vec<Tracks>, Vec<Frame>, Vec<Frame>) {
+        let (mut tracks, mut video, mut audio) = (Vec::new(), Vec::new(), Vec::new());
+        for e in events {
+            match e {
+                DemuxEvent::Tracks(t) => tracks.push(t.clone()),
+                DemuxEvent::Frame(f) if f.kind == TrackKind::Video => video.push(f.clone()),
+                DemuxEvent::Frame(f) => audio.push(f.clone()),
+            }
+        }
+        (tracks, video, audio)
+    }
+
+    type Comparable = (TrackKind, Ticks, Ticks, bool, Vec<Vec<u8>>);
+
+    /// A frame as compared: NAL payloads instead of the length-prefixed bytes.
+    fn comparable(f: &Frame) -> Comparable {
+        let data = match f.kind {
+            TrackKind::Video => nal::iter_length_prefixed(&f.data, 4)
+                .map(|u| u.unwrap().to_vec())
+                .collect(),
+            TrackKind::Audio => vec![f.data.to_vec()],
+        };
+        (f.kind, f.dts, f.pts, f.keyframe, data)
+    }
+
+    fn comparables<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Vec<Comparable> {
+        frames.into_iter().map(comparable).collect()
+    }
+
+    fn of_kind(frames: &[Frame], kind: TrackKind) -> Vec<Comparable> {
+        comparables(frames.iter().filter(|f| f.kind == kind))
+    }
+
+    /// Asserts the demuxed frames of each kind are the first ones of `sent`.
+    fn assert_prefix(sent: &[Frame], video: &[Frame], audio: &[Frame]) {
+        for (kind, got) in [(TrackKind::Video, video), (TrackKind::Audio, audio)] {
+            let want = of_kind(sent, kind);
+            assert!(got.len() <= want.len());
+            assert_eq!(comparables(got), want[..got.len()], "{kind:?}");
+        }
+    }
+
+    fn round_trip(tracks: &Tracks, sent: &[Frame]) -> Tracks {
+        let buf = mux(tracks, sent);
+        let mut d = TsDemuxer::new();
+        let (events, errors) = demux(&mut d, &buf, 1000);
+        assert_eq!(errors, []);
+        assert!(matches!(events.first(), Some(DemuxEvent::Tracks(_))));
+        let (got_tracks, video, audio) = split(&events);
+        assert_eq!(got_tracks.len(), 1, "one Tracks event");
+        let got = got_tracks.into_iter().next().unwrap();
+        assert_eq!(got.video.is_some(), tracks.video.is_some());
+        assert_eq!(got.audio.is_some(), tracks.audio.is_some());
+        assert_eq!(comparables(&video), of_kind(sent, TrackKind::Video));
+        assert_eq!(comparables(&audio), of_kind(sent, TrackKind::Audio));
+        assert_eq!(d.stats(), DemuxStats::default());
+        assert_eq!(&got, d.tracks());
+        got
+    }
+
+    #[test]
+    fn h264_aac_round_trip() {
+        let sent = frames(false, 0, 60, true, true);
+        let got = round_trip(&avc_tracks(true, true), &sent);
+        let Some(CodecParams::H264(v)) = got.video else {
+            panic!("not h264")
+        };
+        let original = AvcConfig::parse(&hex(AVCC_1080)).unwrap();
+        assert_eq!((&v.sps, &v.pps), (&original.sps, &original.pps));
+        assert_eq!(v.nal_length_size, 4);
+        assert_eq!(v.resolution, Some((1920, 1080)));
+        // Same bytes x264 wrote, high-profile extension (4:2:0, 8 bit) included.
+        assert_eq!(&v.record[..], &hex(AVCC_1080)[..]);
+        assert_eq!(got.audio, Some(CodecParams::Aac(aac())));
+    }
+
+    #[test]
+    fn h265_aac_round_trip() {
+        let sent = frames(true, 90_000, 60, true, true);
+        let got = round_trip(&hevc_tracks(true), &sent);
+        let Some(CodecParams::H265(v)) = got.video else {
+            panic!("not h265")
+        };
+        let original = HevcConfig::parse(&hex(HVCC_1080)).unwrap();
+        assert_eq!(
+            (&v.vps, &v.sps, &v.pps),
+            (&original.vps, &original.sps, &original.pps)
+        );
+        assert_eq!(v.resolution, original.resolution);
+        assert_eq!(v.resolution, Some((1920, 1080)));
+        // Profile/tier/level, chroma, depths and temporal fields as x265 wrote them.
+        assert_eq!(&v.record[..], &hex(HVCC_1080)[..]);
+        assert_eq!(got.audio, Some(CodecParams::Aac(aac())));
+    }
+
+    #[test]
+    fn rebuilt_records_from_other_encoders() {
+        // x264 baseline: no high-profile extension.
+        let sps = Bytes::from(hex("6742c00dd90150878888c044000003000400000300c83c50a920"));
+        let pps = Bytes::from(hex("68ce3c80"));
+        let Ok(Some(CodecParams::H264(c))) =
+            build_avc(std::slice::from_ref(&sps), std::slice::from_ref(&pps))
+        else {
+            panic!("baseline record")
+        };
+        assert_eq!(c.resolution, Some((322, 242)));
+        assert_eq!(c.record.len(), 6 + 2 + sps.len() + 1 + 2 + pps.len());
+        // x264 High 4:4:4: extension with chroma_format_idc 3.
+        let sps = Bytes::from(hex(
+            "67f4001e919b281405ff1380880000030008000003019078b16cb0",
+        ));
+        let Ok(Some(CodecParams::H264(c))) = build_avc(&[sps], std::slice::from_ref(&pps)) else {
+            panic!("4:4:4 record")
+        };
+        assert_eq!(c.profile_idc, 244);
+        assert!(build_avc(&[], &[pps]).unwrap().is_none());
+        // x265 with two temporal sub-layers: sub-layer flags skipped to reach the depths.
+        let sps: String = "42010201600000030090000003000003003c0000a00a480f9c92659598acd24995e0\
+            2d010000030001000003001908"
+            .split_whitespace()
+            .collect();
+        let info = hevc_sps_info(&hex(&sps)).unwrap();
+        assert_eq!(
+            (info.max_sub_layers_minus1, info.chroma_and_depth),
+            (1, (1, 0, 0))
+        );
+        assert_eq!(info.general_ptl[0], 0x01); // Main profile
+        assert!(hevc_sps_info(&hex("420101")).is_err());
+    }
+
+    #[test]
+    fn timestamps_unwrap_across_33_bits_and_segments() {
+        let start = (1 << 33) - TS_TIMESTAMP_OFFSET - 20 * 3600;
+        let sent = frames(false, start, 60, true, true);
+        let (a, b) = sent.split_at(sent.len() / 2);
+        let mut m = TsMuxer::new(&avc_tracks(true, true)).unwrap();
+        let (mut seg_a, mut seg_b) = (Vec::new(), Vec::new());
+        mux_into(&mut m, a, &mut seg_a);
+        mux_into(&mut m, b, &mut seg_b);
+        let mut d = TsDemuxer::new();
+        let (mut events, errors) = demux(&mut d, &seg_a, 4096);
+        assert_eq!(errors, []);
+        let (more, errors) = demux(&mut d, &seg_b, 777);
+        assert_eq!(errors, []);
+        events.extend(more);
+        let (tracks, video, audio) = split(&events);
+        assert_eq!(tracks.len(), 1);
+        assert_eq!(comparables(&video), of_kind(&sent, TrackKind::Video));
+        assert_eq!(comparables(&audio), of_kind(&sent, TrackKind::Audio));
+        assert!(
+            video.last().unwrap().dts + TS_TIMESTAMP_OFFSET > 1 << 33,
+            "wrapped"
+        );
+        for list in [&video, &audio] {
+            assert!(list.windows(2).all(|w| w[0].dts < w[1].dts));
+        }
+        // Media times before the offset come back negative.
+        let sent = frames(false, -7200, 3, true, false);
+        let (events, _) = demux(
+            &mut TsDemuxer::new(),
+            &mux(&avc_tracks(true, false), &sent),
+            188,
+        );
+        let (_, video, _) = split(&events);
+        assert_eq!(video.first().map(|f| f.dts), Some(-7200));
+    }
+
+    #[test]
+    fn parameter_set_change_emits_tracks_before_the_frame() {
+        // Two keyframes (identical SPS/PPS repeated) per session, then a new encoder.
+        let first = frames(false, 0, 24, true, false);
+        let second = frames(false, 24 * 3600, 24, true, false);
+        let mut buf = mux(&avc_tracks(true, false), &first);
+        mux_into(
+            &mut TsMuxer::new(&h264_tracks(false)).unwrap(),
+            &second,
+            &mut buf,
+        );
+        let mut d = TsDemuxer::new();
+        let (events, errors) = demux(&mut d, &buf, 1000);
+        assert_eq!(errors, []);
+        let at: Vec<usize> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e, DemuxEvent::Tracks(_)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(at, [0, 25]);
+        let (tracks, video, _) = split(&events);
+        assert_eq!(
+            tracks[0].video.as_ref().unwrap().resolution(),
+            Some((1920, 1080))
+        );
+        assert_eq!(
+            tracks[1].video.as_ref().unwrap().resolution(),
+            Some((640, 360))
+        );
+        let (Some(CodecParams::H264(new)), Some(CodecParams::H264(sent_config))) =
+            (&tracks[1].video, &h264_tracks(false).video)
+        else {
+            panic!("h264 tracks")
+        };
+        assert_eq!((&new.sps, &new.pps), (&sent_config.sps, &sent_config.pps));
+        assert!(tracks.iter().all(|t| t.audio.is_none()));
+        let DemuxEvent::Frame(after) = &events[26] else {
+            panic!("frame after tracks")
+        };
+        assert_eq!((after.dts, after.keyframe), (24 * 3600, true));
+        let sent: Vec<Frame> = first.into_iter().chain(second).collect();
+        assert_eq!(comparables(&video), of_kind(&sent, TrackKind::Video));
+        // The same parameter sets again (a third session like the first): one event.
+        let third = frames(false, 48 * 3600, 13, true, false);
+        let mut d2 = TsDemuxer::new();
+        let mut buf = mux(&avc_tracks(true, false), &third[..12]);
+        mux_into(
+            &mut TsMuxer::new(&avc_tracks(true, false)).unwrap(),
+            &third[12..],
+            &mut buf,
+        );
+        let (events, _) = demux(&mut d2, &buf, 1000);
+        assert_eq!(split(&events).0.len(), 1);
+    }
+
+    #[test]
+    fn audio_only_and_video_only_streams() {
+        let got = round_trip(&avc_tracks(false, true), &frames(false, 0, 40, false, true));
+        assert_eq!(got.video, None);
+        let got = round_trip(&avc_tracks(true, false), &frames(false, 0, 40, true, false));
+        assert_eq!(got.audio, None);
+        let got = round_trip(&hevc_tracks(false), &frames(true, 0, 14, true, false));
+        assert!(matches!(got.video, Some(CodecParams::H265(_))));
+    }
+
+    /// Offsets of the PUSI packets on `pid`.
+    fn pes_starts(buf: &[u8], pid: u16) -> Vec<usize> {
+        (0..buf.len() / PACKET_SIZE)
+            .map(|i| i * PACKET_SIZE)
+            .filter(|&o| {
+                let p = &buf[o..o + PACKET_SIZE];
+                p[1] & 0x40 != 0 && ((u16::from(p[1] & 0x1f) << 8) | u16::from(p[2])) == pid
+            })
+            .collect()
+    }
+
+    #[test]
+    fn garbage_is_an_error_or_dropped_and_earlier_frames_survive() {
+        let sent = frames(false, 0, 40, true, true);
+        let buf = mux(&avc_tracks(true, true), &sent);
+
+        // Random bytes: lost sync at byte 0, sticky until finish, nothing emitted.
+        let mut x = 12345u32;
+        let mut random = || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        };
+        let mut noise: Vec<u8> = (0..5000).map(|_| random()).collect();
+        noise[0] = 0x12;
+        let mut d = TsDemuxer::new();
+        assert_eq!(
+            d.feed(&noise),
+            Err(DemuxError::LostSync {
+                offset: 0,
+                found: 0x12
+            })
+        );
+        assert!(matches!(
+            d.feed(&buf),
+            Err(DemuxError::LostSync { offset: 0, .. })
+        ));
+        d.finish();
+        assert_eq!(d.poll(), None);
+        // After finish the same demuxer takes a clean input again.
+        let (events, errors) = demux(&mut d, &buf, 5000);
+        assert_eq!(errors, []);
+        assert_eq!(split(&events).1.len(), 40);
+
+        // Not aligned to 188.
+        let mut shifted = vec![0u8; 5];
+        shifted.extend_from_slice(&buf);
+        let (events, errors) = demux(&mut TsDemuxer::new(), &shifted, 1000);
+        assert!(matches!(
+            errors[0],
+            DemuxError::LostSync {
+                offset: 0,
+                found: 0
+            }
+        ));
+        assert!(events.is_empty());
+
+        // Garbage in the middle: error names its offset, frames before it come out.
+        let cut = 600 * PACKET_SIZE;
+        let mut dirty = buf[..cut].to_vec();
+        dirty.extend_from_slice(&[0xaa; 100]);
+        dirty.extend_from_slice(&buf[cut..]);
+        let (events, errors) = demux(&mut TsDemuxer::new(), &dirty, 1000);
+        assert_eq!(
+            errors[0],
+            DemuxError::LostSync {
+                offset: cut as u64,
+                found: 0xaa
+            }
+        );
+        assert!(
+            errors[0].to_string().contains("byte 112800"),
+            "{}",
+            errors[0]
+        );
+        let (tracks, video, audio) = split(&events);
+        assert_eq!(tracks.len(), 1);
+        assert!(
+            video.len() > 5 && audio.len() > 5,
+            "{} {}",
+            video.len(),
+            audio.len()
+        );
+        assert_prefix(&sent, &video, &audio);
+
+        // Truncated last packet: discarded, everything before it comes out.
+        let (events, errors) = demux(&mut TsDemuxer::new(), &buf[..buf.len() - 100], 1000);
+        assert_eq!(errors, []);
+        let (_, video, audio) = split(&events);
+        assert_eq!(video.len(), 40);
+        assert!(audio.len() >= of_kind(&sent, TrackKind::Audio).len() - 8);
+        assert_prefix(&sent, &video, &audio);
+
+        // Cut inside a bounded video PES: that access unit is dropped, counted.
+        let starts = pes_starts(&buf, VIDEO_PID);
+        let mut d = TsDemuxer::new();
+        let (events, errors) = demux(&mut d, &buf[..starts[30] + 2 * PACKET_SIZE], 1000);
+        assert_eq!(errors, []);
+        let (_, video, audio) = split(&events);
+        assert_eq!(video.len(), 30);
+        assert_eq!(d.dropped_frames(), 1);
+        assert_prefix(&sent, &video, &audio);
+        // Cut inside the unbounded one (frame 5, 70 000 bytes): kept, as cut.
+        let (events, _) = demux(&mut TsDemuxer::new(), &buf[..starts[6] - PACKET_SIZE], 1000);
+        let (_, video, _) = split(&events);
+        assert_eq!(video.len(), 6);
+        assert!(
+            video[5].data.len()
+                < sent
+                    .iter()
+                    .filter(|f| f.kind == TrackKind::Video)
+                    .nth(5)
+                    .unwrap()
+                    .data
+                    .len()
+        );
+
+        // Oversized PES: error naming pid and offset, dropped, later frames still come.
+        let mut d = TsDemuxer::with_max_pes_size(20_000);
+        let (events, errors) = demux(&mut d, &buf, 1000);
+        assert_eq!(
+            errors,
+            [DemuxError::PesTooLarge {
+                offset: starts[5] as u64,
+                pid: VIDEO_PID,
+                max: 20_000
+            }]
+        );
+        let (_, video, audio) = split(&events);
+        let mut want = of_kind(&sent, TrackKind::Video);
+        want.remove(5);
+        assert_eq!(comparables(&video), want);
+        assert_eq!(comparables(&audio), of_kind(&sent, TrackKind::Audio));
+        assert_eq!(d.stats().dropped_pes, 1);
+        assert_eq!(MAX_PES_SIZE, 16 * 1024 * 1024);
+
+        // Random damage anywhere: never a panic.
+        for round in 0..150 {
+            let mut b = buf.clone();
+            for _ in 0..(1 + round % 30) {
+                let i = (usize::from(random()) << 8 | usize::from(random())) * 7 % b.len();
+                b[i] = random();
+            }
+            let mut d = TsDemuxer::new();
+            let _ = demux(&mut d, &b, 1 + round * 37);
+        }
+        // Packets with sync bytes but random content, on our PIDs, after valid tables.
+        let mut b = buf[..2 * PACKET_SIZE].to_vec();
+        for i in 0..400 {
+            let mut p: Vec<u8> = (0..PACKET_SIZE).map(|_| random()).collect();
+            p[0] = 0x47;
+            p[1] = (p[1] & 0xe0) | 0x01;
+            p[2] = if i % 2 == 0 { 0x00 } else { 0x01 };
+            b.extend_from_slice(&p);
+        }
+        let _ = demux(&mut TsDemuxer::new(), &b, 188);
+    }
+
+    /// Packetizes one PES on `pid`, padding the last packet with stuffing.
+    fn packetize(pid: u16, pes: &[u8], out: &mut Vec<u8>) {
+        for (i, chunk) in pes.chunks(184).enumerate() {
+            let pusi = if i == 0 { 0x40 } else { 0 };
+            out.extend_from_slice(&[0x47, pusi | (pid >> 8) as u8, pid as u8]);
+            if chunk.len() == 184 {
+                out.push(0x10 | (i as u8 & 0x0f));
+            } else {
+                out.push(0x30 | (i as u8 & 0x0f));
+                let af_len = 183 - chunk.len();
+                out.push(af_len as u8);
+                if af_len > 0 {
+                    out.push(0);
+                    out.resize(out.len() + af_len - 1, 0xff);
+                }
+            }
+            out.extend_from_slice(chunk);
+        }
+    }
+
+    #[test]
+    fn adts_with_crc_and_truncated_audio_pes() {
+        let mut buf = Vec::new();
+        TsMuxer::new(&avc_tracks(false, true))
+            .unwrap()
+            .write_tables(&mut buf);
+        // Two ADTS frames with CRC (protection_absent 0), one without, 44.1 kHz stereo.
+        let bodies: Vec<Vec<u8>> = (0..3).map(|i| unit(&[], i, 60 + i * 10)).collect();
+        let mut payload = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let mut h = Vec::new();
+            aac()
+                .write_adts_header(body.len() + if i < 2 { 2 } else { 0 }, &mut h)
+                .unwrap();
+            if i < 2 {
+                h[1] &= 0xfe; // CRC present
+                h.extend_from_slice(&[0x12, 0x34]);
+            }
+            payload.extend_from_slice(&h);
+            payload.extend_from_slice(body);
+        }
+        let dts: i64 = 1000;
+        let raw = (dts + TS_TIMESTAMP_OFFSET) as u64;
+        let mut pes = vec![0, 0, 1, 0xc0];
+        pes.extend_from_slice(&((payload.len() + 8) as u16).to_be_bytes());
+        pes.extend_from_slice(&[0x84, 0x80, 5]);
+        pes.extend_from_slice(&[
+            0x21 | (((raw >> 29) as u8) & 0x0e),
+            (raw >> 22) as u8,
+            (((raw >> 14) as u8) & 0xfe) | 1,
+            (raw >> 7) as u8,
+            (((raw << 1) as u8) & 0xfe) | 1,
+        ]);
+        pes.extend_from_slice(&payload);
+        packetize(AUDIO_PID, &pes, &mut buf);
+        let (events, errors) = demux(&mut TsDemuxer::new(), &buf, 100);
+        assert_eq!(errors, []);
+        let (tracks, _, audio) = split(&events);
+        assert_eq!(tracks[0].audio, Some(CodecParams::Aac(aac())));
+        let ticks = aac().frame_ticks();
+        let got: Vec<(Ticks, Vec<u8>)> = audio.iter().map(|f| (f.dts, f.data.to_vec())).collect();
+        let want: Vec<(Ticks, Vec<u8>)> = (0..3)
+            .map(|i| (dts + i as i64 * ticks, bodies[i].clone()))
+            .collect();
+        assert_eq!(got, want);
+
+        // The same PES cut after its first packet: the whole frames in it come out.
+        let first_packet_end = 3 * PACKET_SIZE;
+        let mut d = TsDemuxer::new();
+        let (events, errors) = demux(&mut d, &buf[..first_packet_end], 100);
+        assert_eq!(errors, []);
+        let (_, _, audio) = split(&events);
+        assert_eq!(audio.len(), 2);
+        assert_eq!(d.dropped_frames(), 1);
+    }
+}
