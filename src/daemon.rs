@@ -99,6 +99,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         recorders: recorders.clone(),
         config: config.clone(),
         uploader: uploader.clone(),
+        plans: api::PlanCache::default(),
     };
     // Background work that stops with the daemon; in-flight uploads resume at next start.
     let background = CancellationToken::new();

@@ -2,6 +2,7 @@
 //! recordings and live streams. Handlers read the index and the live registry; they never
 //! write media. Errors map to HTTP statuses with a JSON `{"error": ...}` body.
 
+mod files;
 mod hls;
 mod recordings;
 mod uploads;
@@ -13,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
+
+pub use files::PlanCache;
 
 use crate::config::Config;
 use crate::index::{Index, IndexError};
@@ -29,6 +32,8 @@ pub struct ApiState {
     pub config: Arc<Config>,
     /// None when uploads are off.
     pub uploader: Option<Uploader>,
+    /// Recently planned MP4/FLV/AAC files (range requests plan once).
+    pub plans: PlanCache,
 }
 
 /// The whole route table.
@@ -38,6 +43,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/recordings", get(recordings::list))
         .route("/api/v1/recordings/{id}", get(recordings::get_one))
+        .route("/api/v1/recordings/{id}/file", get(files::download))
         .route("/api/v1/uploads", get(uploads::list))
         .route("/api/v1/uploads/{id}/retry", post(uploads::retry))
         .route("/api/v1/callbacks", get(uploads::callbacks))
@@ -86,6 +92,14 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// 410: the thing existed but its bytes cannot be had here (evicted, nothing to make).
+    pub fn gone(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::GONE,
             message: message.into(),
         }
     }

@@ -1,26 +1,42 @@
 //! `GET /api/v1/recordings` (filtered list) and `GET /api/v1/recordings/{id}` (with its
-//! segments): the JSON shapes tools and tests rely on.
+//! segments): the JSON shapes tools and tests rely on. A recording is either the HLS
+//! recording of a capture (id = the capture's id) or one MP4/FLV/AAC file over it (id =
+//! `<capture id>_<format><n>`); both have the same shape, told apart by `format`.
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{rfc3339, ApiError, ApiState};
-use crate::index::{RecordingRow, RecordingState, SegmentRow};
+use crate::config::Format;
+use crate::index::{FileRow, FileState, RecordingRow, RecordingState, SegmentRow};
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     app: Option<String>,
     stream: Option<String>,
     state: Option<String>,
+    format: Option<String>,
 }
 
 /// One recording as the API shows it.
 #[derive(Debug, Serialize)]
 pub struct RecordingView {
     pub id: String,
+    /// `hls`, `mp4`, `flv` or `aac`.
+    pub format: Format,
+    /// The template it was made with.
+    pub template: String,
+    /// The publisher's `record_id=`, if it gave one.
+    pub record_id: Option<String>,
+    /// MP4/FLV/AAC: the file's name (extension included) once it is closed.
+    pub file_name: Option<String>,
+    /// The capture it is made from (its own id for HLS).
+    pub capture_id: String,
     pub app: String,
     pub stream: String,
+    /// HLS: `recording`, `resumable`, `finished`, `failed`. Files: `recording`,
+    /// `finished`, `skipped`.
     pub state: &'static str,
     pub start_time: String,
     pub end_time: String,
@@ -28,7 +44,15 @@ pub struct RecordingView {
     pub segments: u32,
     pub bytes: u64,
     pub discontinuities: u32,
-    pub playlist: String,
+    /// HLS: the playlist's URL here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playlist: Option<String>,
+    /// MP4/FLV/AAC: where to download the file from this box.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<String>,
+    /// Why a file was skipped, or what it had to leave out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub sessions: u32,
     pub video_codec: Option<String>,
     pub audio_codec: Option<String>,
@@ -65,6 +89,11 @@ impl RecordingView {
     pub fn new(row: &RecordingRow) -> RecordingView {
         RecordingView {
             id: row.id.clone(),
+            format: Format::Hls,
+            template: row.template_name().to_owned(),
+            record_id: row.record_id.clone(),
+            file_name: None,
+            capture_id: row.id.clone(),
             app: row.app.clone(),
             stream: row.stream.clone(),
             state: row.state.as_str(),
@@ -74,7 +103,9 @@ impl RecordingView {
             segments: row.segments,
             bytes: row.bytes,
             discontinuities: row.discontinuities,
-            playlist: format!("/hls/recordings/{}/index.m3u8", row.id),
+            playlist: Some(format!("/hls/recordings/{}/index.m3u8", row.id)),
+            download: None,
+            note: None,
             sessions: row.sessions,
             video_codec: row.video_codec.clone(),
             audio_codec: row.audio_codec.clone(),
@@ -86,6 +117,54 @@ impl RecordingView {
             uploaded_at: row.uploaded_ms.map(rfc3339),
             callback_state: None,
             local_files: row.evicted_ms.is_none(),
+            segment_list: None,
+        }
+    }
+}
+
+impl RecordingView {
+    /// A file recording, shown with its capture's codecs.
+    pub fn file(row: &FileRow, capture: Option<&RecordingRow>) -> RecordingView {
+        RecordingView {
+            id: row.id.clone(),
+            format: row.format,
+            template: row.template.clone(),
+            record_id: row.record_id.clone(),
+            file_name: (row.state == FileState::Finished).then(|| row.download_name()),
+            capture_id: row.capture_id.clone(),
+            app: row.app.clone(),
+            stream: row.stream.clone(),
+            state: row.state.as_str(),
+            start_time: rfc3339(row.start_ms),
+            end_time: rfc3339(row.end_ms),
+            duration_s: (row.duration_s() * 1000.0).round() / 1000.0,
+            segments: row.segments,
+            bytes: row.ts_bytes,
+            discontinuities: 0,
+            playlist: None,
+            download: (row.state != FileState::Skipped)
+                .then(|| format!("/api/v1/recordings/{}/file", row.id)),
+            note: row.note.clone(),
+            sessions: capture.map_or(1, |c| c.sessions),
+            video_codec: capture
+                .and_then(|c| c.video_codec.clone())
+                .filter(|_| row.format != Format::Aac),
+            audio_codec: capture.and_then(|c| c.audio_codec.clone()),
+            resolution: capture
+                .and_then(|c| c.resolution)
+                .filter(|_| row.format != Format::Aac)
+                .map(|(w, h)| format!("{w}x{h}")),
+            resumable_until: None,
+            failure: None,
+            upload_state: if row.uploaded_ms.is_some() {
+                "uploaded"
+            } else {
+                "local_only"
+            },
+            store_url: None,
+            uploaded_at: row.uploaded_ms.map(rfc3339),
+            callback_state: None,
+            local_files: capture.is_some_and(|c| c.evicted_ms.is_none()),
             segment_list: None,
         }
     }
@@ -111,6 +190,25 @@ fn with_upload(
             .map(|p| uploader.public_url(&format!("{p}/index.m3u8")));
     } else if row.uploaded_ms.is_some() {
         view.upload_state = "uploaded";
+    }
+    view.callback_state = s.index.get_callback(&row.id)?.map(|c| c.state.as_str());
+    Ok(view)
+}
+
+/// Fills the upload fields of a file's view.
+fn with_file_upload(
+    s: &ApiState,
+    row: &FileRow,
+    mut view: RecordingView,
+) -> Result<RecordingView, ApiError> {
+    if let Some(uploader) = &s.uploader {
+        view.upload_state = match row.state {
+            _ if row.uploaded_ms.is_some() => "uploaded",
+            FileState::Skipped => "skipped",
+            FileState::Recording => "waiting",
+            FileState::Finished => uploader.recording_state(&row.id)?,
+        };
+        view.store_url = row.store_key.as_ref().map(|k| uploader.public_url(k));
     }
     view.callback_state = s.index.get_callback(&row.id)?.map(|c| c.state.as_str());
     Ok(view)
@@ -143,6 +241,14 @@ pub async fn list(
             ))
         })?),
     };
+    let format = match q.format.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(Format::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "format must be one of hls, mp4, flv, aac (got {name:?})"
+            ))
+        })?),
+    };
     let mut out = Vec::new();
     for row in s.index.recordings() {
         let row = match row {
@@ -155,11 +261,31 @@ pub async fn list(
         if row.deleting
             || q.app.as_deref().is_some_and(|a| a != row.app)
             || q.stream.as_deref().is_some_and(|st| st != row.stream)
-            || state.is_some_and(|st| st != row.state)
         {
             continue;
         }
-        out.push(with_upload(&s, &row, RecordingView::new(&row))?);
+        if row.has_hls()
+            && state.is_none_or(|st| st == row.state)
+            && format.is_none_or(|f| f == Format::Hls)
+        {
+            out.push(with_upload(&s, &row, RecordingView::new(&row))?);
+        }
+        if row.has_files() && format != Some(Format::Hls) {
+            for file in s.index.files_of(&row.id)? {
+                if format.is_some_and(|f| f != file.format)
+                    || q.state
+                        .as_deref()
+                        .is_some_and(|st| st != file.state.as_str())
+                {
+                    continue;
+                }
+                out.push(with_file_upload(
+                    &s,
+                    &file,
+                    RecordingView::file(&file, Some(&row)),
+                )?);
+            }
+        }
     }
     Ok(Json(out))
 }
@@ -168,6 +294,29 @@ pub async fn get_one(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RecordingView>, ApiError> {
+    if FileRow::capture_of(&id).is_some() {
+        let file = s
+            .index
+            .get_file(&id)?
+            .ok_or_else(|| ApiError::not_found(format!("recording {id}")))?;
+        let capture = s
+            .index
+            .get_recording(&file.capture_id)?
+            .filter(|r| !r.deleting);
+        let Some(capture) = capture else {
+            return Err(ApiError::not_found(format!("recording {id}")));
+        };
+        let mut view = with_file_upload(&s, &file, RecordingView::file(&file, Some(&capture)))?;
+        let segments = s.index.segments(&file.capture_id)?;
+        view.segment_list = Some(
+            segments
+                .iter()
+                .filter(|seg| (file.first_seq..=file.last_seq).contains(&seg.seq))
+                .map(|seg| SegmentView::new(&file.capture_id, seg))
+                .collect(),
+        );
+        return Ok(Json(view));
+    }
     let row = s
         .index
         .get_recording(&id)?

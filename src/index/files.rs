@@ -2,8 +2,9 @@
 //!
 //! A file is a view over a span of one capture's segments (`first_seq..=last_seq`); its
 //! bytes are derived from those segments when read (`package`), never stored. Trees:
-//! - `files`: file id (`<capture id>.<format><n:04>`, so a capture's files sort together
-//!   by format and number) -> JSON [`FileRow`].
+//! - `files`: file id (`<capture id>_<format><n:04>`, so a capture's files sort together
+//!   by format and number; `_` because upload and callback rows of a capture are keyed
+//!   `<capture id>.`, which a file's must never match) -> JSON [`FileRow`].
 //! - `files_pending`: capture id -> empty: captures whose files are not all closed yet, so
 //!   the file planner scans only those.
 //! - `names`: object key -> file id: names taken in the store, so a second file that
@@ -75,12 +76,12 @@ pub struct FileRow {
 
 impl FileRow {
     pub fn make_id(capture_id: &str, format: Format, number: u32) -> String {
-        format!("{capture_id}.{}{number:04}", format.as_str())
+        format!("{capture_id}_{}{number:04}", format.as_str())
     }
 
     /// The capture id part of a file id, or None for an id that is not a file's.
     pub fn capture_of(id: &str) -> Option<&str> {
-        let (capture, rest) = id.split_once('.')?;
+        let (capture, rest) = id.rsplit_once('_')?;
         Format::ALL
             .iter()
             .any(|f| *f != Format::Hls && rest.starts_with(f.as_str()))
@@ -115,7 +116,7 @@ impl Index {
     /// A capture's files, ordered by format then number.
     pub fn files_of(&self, capture_id: &str) -> Result<Vec<FileRow>, IndexError> {
         let mut prefix = capture_id.as_bytes().to_vec();
-        prefix.push(b'.');
+        prefix.push(b'_');
         self.files
             .scan_prefix(prefix)
             .map(|item| {
@@ -143,6 +144,30 @@ impl Index {
         }
         self.files_pending.remove(capture_id.as_bytes())?;
         self.flush()
+    }
+
+    /// When every deliverable of a capture was in the store (its HLS recording, if its
+    /// template makes one, and each of its files), or None while any is not: only then may
+    /// retention evict the capture's segments.
+    pub fn delivered_ms(&self, capture: &super::RecordingRow) -> Result<Option<i64>, IndexError> {
+        let mut at = match (capture.has_hls(), capture.uploaded_ms) {
+            (true, None) => return Ok(None),
+            (true, Some(t)) => t,
+            (false, _) => i64::MIN,
+        };
+        if capture.has_files() {
+            if self.files_pending.contains_key(capture.id.as_bytes())? {
+                return Ok(None);
+            }
+            for file in self.files_of(&capture.id)? {
+                match (file.state, file.uploaded_ms) {
+                    (FileState::Skipped, _) => {}
+                    (_, Some(t)) => at = at.max(t),
+                    (_, None) => return Ok(None),
+                }
+            }
+        }
+        Ok((at != i64::MIN).then_some(at))
     }
 
     /// Marks a capture as having files to plan.
@@ -215,10 +240,10 @@ mod tests {
     #[test]
     fn ids_name_their_capture_and_names_never_collide() {
         let id = FileRow::make_id("20261204T210000000Z-ab12", Format::Mp4, 3);
-        assert_eq!(id, "20261204T210000000Z-ab12.mp40003");
+        assert_eq!(id, "20261204T210000000Z-ab12_mp40003");
         assert_eq!(FileRow::capture_of(&id), Some("20261204T210000000Z-ab12"));
         assert_eq!(FileRow::capture_of("20261204T210000000Z-ab12"), None);
-        assert_eq!(FileRow::capture_of("x.hls0001"), None);
+        assert_eq!(FileRow::capture_of("x_hls0001"), None);
 
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();

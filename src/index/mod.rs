@@ -428,6 +428,10 @@ impl Index {
         }
         self.segments.apply_batch(batch)?;
         self.drop_uploads(id)?;
+        for file in self.files_of(id)? {
+            self.drop_uploads(&file.id)?;
+        }
+        self.remove_files_of(id)?;
         if let Some(row) = self.get_recording(id)? {
             let key = row.stream_key();
             if self.open.get(key.as_bytes())?.as_deref() == Some(id.as_bytes()) {

@@ -34,6 +34,13 @@ pub enum ObjectKind {
     Segment { seq: u32, file: String },
     /// The finished VOD playlist, rendered from the index when it is sent.
     Playlist,
+    /// An MP4/FLV/AAC file, derived from the capture's segments as it is sent. Its bytes
+    /// depend on the muxer version: a multipart upload begun by another version starts
+    /// over.
+    File {
+        format: crate::config::Format,
+        muxer_version: u32,
+    },
 }
 
 /// Where an object is in its upload (DESIGN.md "Upload").
@@ -112,6 +119,11 @@ impl UploadRow {
 
     pub fn playlist_id(recording_id: &str) -> String {
         format!("{recording_id}.playlist")
+    }
+
+    /// The one object of a file recording.
+    pub fn file_id(file_id: &str) -> String {
+        format!("{file_id}.file")
     }
 
     /// Bytes the store already holds for this object.
@@ -294,6 +306,40 @@ impl Index {
             .map_err(flatten)?;
         self.flush()?;
         Ok(row)
+    }
+
+    /// Marks a file recording uploaded: drops its object row and planner entry and queues
+    /// its callback, in one transaction.
+    pub fn complete_file_upload(
+        &self,
+        file_id: &str,
+        uploaded_ms: i64,
+        callback: Option<&CallbackRow>,
+    ) -> Result<(), IndexError> {
+        let id = file_id.as_bytes();
+        let object = UploadRow::file_id(file_id);
+        (
+            &self.files,
+            &self.uploads,
+            &self.upload_pending,
+            &self.outbox,
+        )
+            .transaction(|(files, uploads, pending, outbox)| {
+                let bytes = files
+                    .get(id)?
+                    .ok_or_else(|| abort(IndexError::NoSuchRecording(file_id.to_owned())))?;
+                let mut row: super::FileRow = decode(id, &bytes).map_err(abort)?;
+                row.uploaded_ms = Some(uploaded_ms);
+                files.insert(id, encode(&row))?;
+                uploads.remove(object.as_bytes())?;
+                pending.remove(id)?;
+                if let Some(cb) = callback {
+                    outbox.insert(cb.id.as_bytes(), encode(cb))?;
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush()
     }
 
     /// Forgets a recording's upload work (the recording was deleted).

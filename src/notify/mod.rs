@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::config::CallbackConfig;
-use crate::index::{CallbackRow, CallbackState, Index, IndexError, RecordingRow};
+use crate::index::{CallbackRow, CallbackState, FileRow, Index, IndexError, RecordingRow};
 
 /// How long a signature stays valid (SPECS: `t` defaults to now + 600).
 const SIGN_VALID_S: i64 = 600;
@@ -37,6 +37,8 @@ pub fn completion_body(
         "video_codec": rec.video_codec.clone().unwrap_or_default(),
         "resolution": rec.resolution.map(|(w, h)| format!("{w}x{h}")).unwrap_or_default(),
         "session_id": rec.id,
+        "template": rec.template_name(),
+        "record_id": rec.record_id.clone().unwrap_or_default(),
     });
     json!({
         "event_type": 100,
@@ -54,11 +56,57 @@ pub fn completion_body(
         "end_time_usec": rec.end_ms.rem_euclid(1000) * 1000,
         "duration": rec.duration_s().round() as i64,
         "file_size": file_size,
-        "stream_param": "",
+        "stream_param": rec.stream_param.clone().unwrap_or_default(),
+        "task_id": "",
         "video_url": video_url,
         "video_id": "",
         "media_start_time": 0,
         "record_bps": 0,
+        "callback_ext": ext.to_string(),
+    })
+}
+
+/// The `event_type` 100 body of one MP4/FLV/AAC file (one per file), without `t` and
+/// `sign`. `file_id` is the file's own id, so each file is delivered and deduplicated
+/// on its own.
+pub fn file_completion_body(
+    file: &FileRow,
+    capture: &RecordingRow,
+    config: &CallbackConfig,
+    video_url: &str,
+    file_size: u64,
+) -> Value {
+    let audio_only = file.format == crate::config::Format::Aac;
+    let ext = json!({
+        "video_codec": if audio_only { String::new() } else { capture.video_codec.clone().unwrap_or_default() },
+        "resolution": if audio_only { String::new() } else { capture.resolution.map(|(w, h)| format!("{w}x{h}")).unwrap_or_default() },
+        "session_id": capture.id,
+        "template": file.template,
+        "record_id": file.record_id.clone().unwrap_or_default(),
+    });
+    let duration_s = file.duration_s();
+    json!({
+        "event_type": 100,
+        "appid": config.appid,
+        "app": config.domain,
+        "appname": file.app,
+        "stream_id": file.stream,
+        "channel_id": file.stream,
+        "file_id": file.id,
+        "record_file_id": file.id,
+        "file_format": file.format.as_str(),
+        "start_time": file.start_ms.div_euclid(1000),
+        "end_time": file.end_ms.div_euclid(1000),
+        "start_time_usec": file.start_ms.rem_euclid(1000) * 1000,
+        "end_time_usec": file.end_ms.rem_euclid(1000) * 1000,
+        "duration": duration_s.round() as i64,
+        "file_size": file_size,
+        "stream_param": capture.stream_param.clone().unwrap_or_default(),
+        "task_id": "",
+        "video_url": video_url,
+        "video_id": "",
+        "media_start_time": 0,
+        "record_bps": if duration_s > 0.0 { (file_size as f64 * 8.0 / duration_s) as u64 } else { 0 },
         "callback_ext": ext.to_string(),
     })
 }

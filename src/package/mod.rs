@@ -92,7 +92,11 @@ pub struct DerivedFile {
 
 impl DerivedFile {
     /// Plans the file of `row` (one pass over its segments).
-    pub fn plan(index: &Index, storage: &Storage, row: &FileRow) -> Result<DerivedFile, PackageError> {
+    pub fn plan(
+        index: &Index,
+        storage: &Storage,
+        row: &FileRow,
+    ) -> Result<DerivedFile, PackageError> {
         let capture = index
             .get_recording(&row.capture_id)?
             .ok_or_else(|| PackageError::Gone(row.capture_id.clone()))?;
@@ -212,9 +216,15 @@ fn plan_segments(
         let mut seen_tracks: Option<Tracks> = None;
         let mut frames: Vec<SampleMeta> = Vec::new();
         let mut demuxer_dropped = 0;
-        demux_segment_with_tracks(&path, seg.media_start, &mut seen_tracks, &mut demuxer_dropped, |frame| {
-            frames.push(meta(&frame));
-        })?;
+        demux_segment_with_tracks(
+            &path,
+            seg.media_start,
+            &mut seen_tracks,
+            &mut demuxer_dropped,
+            |frame| {
+                frames.push(meta(&frame));
+            },
+        )?;
         dropped += demuxer_dropped;
         if tracks.is_none() {
             tracks = seen_tracks.map(|t| file_tracks(t, row.format));
@@ -250,8 +260,12 @@ fn plan_segments(
         source,
     };
     let layout = match row.format {
-        Format::Mp4 => Layout::Mp4(Mp4Layout::plan(&tracks, &samples, Mp4Brand::Mp4).map_err(mux_err)?),
-        Format::Aac => Layout::Mp4(Mp4Layout::plan(&tracks, &samples, Mp4Brand::M4a).map_err(mux_err)?),
+        Format::Mp4 => {
+            Layout::Mp4(Mp4Layout::plan(&tracks, &samples, Mp4Brand::Mp4).map_err(mux_err)?)
+        }
+        Format::Aac => {
+            Layout::Mp4(Mp4Layout::plan(&tracks, &samples, Mp4Brand::M4a).map_err(mux_err)?)
+        }
         Format::Flv => Layout::Flv(FlvLayout::plan(&tracks, &samples).map_err(mux_err)?),
         Format::Hls => {
             return Err(PackageError::Demux {
@@ -373,7 +387,11 @@ impl Chooser {
 
 /// Demuxes one segment file, calling `on_frame` with each frame, timestamps unwrapped to
 /// the capture's timeline near `media_start`.
-fn demux_segment(path: &std::path::Path, media_start: Ticks, on_frame: impl FnMut(Frame)) -> Result<(), PackageError> {
+fn demux_segment(
+    path: &std::path::Path,
+    media_start: Ticks,
+    on_frame: impl FnMut(Frame),
+) -> Result<(), PackageError> {
     let mut tracks = None;
     let mut dropped = 0;
     demux_segment_with_tracks(path, media_start, &mut tracks, &mut dropped, on_frame)

@@ -126,8 +126,17 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
             } else {
                 all_final = false;
             }
-            if index.get_file(&row.id)?.as_ref() != Some(&row) {
+            let stored = index.get_file(&row.id)?;
+            if let Some(old) = &stored {
+                // Keep what the uploader fixed (the object key and upload time).
+                row.store_key = old.store_key.clone();
+                row.uploaded_ms = old.uploaded_ms;
+            }
+            if stored.as_ref() != Some(&row) {
                 index.put_file(&row)?;
+                if row.state == FileState::Finished {
+                    index.ensure_upload_pending(&row.id)?;
+                }
             }
         }
     }

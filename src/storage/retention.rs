@@ -149,12 +149,19 @@ pub fn check_once(
     } else {
         Vec::new()
     };
+    // When each capture had all its deliverables (HLS, MP4/FLV/AAC files) in the store.
+    let mut delivered = std::collections::HashMap::new();
+    for row in rows.iter().filter(|r| is_evictable(r)) {
+        if let Some(t) = index.delivered_ms(row)? {
+            delivered.insert(row.id.clone(), t);
+        }
+    }
     let mut evicted = 0;
     if let Some(keep) = policy.keep_local {
         let keep_ms = keep.as_millis() as i64;
         for row in rows
             .iter()
-            .filter(|r| is_evictable(r) && r.uploaded_ms.is_some_and(|t| t + keep_ms <= now_ms))
+            .filter(|r| delivered.get(&r.id).is_some_and(|t| t + keep_ms <= now_ms))
         {
             evicted += u64::from(evict(index, storage, row, now_ms)?);
         }
@@ -165,7 +172,7 @@ pub fn check_once(
         // Oldest first: recording ids start with their creation time.
         let mut candidates: Vec<&RecordingRow> = rows
             .iter()
-            .filter(|r| policy.keep_local.is_some() && is_evictable(r) && r.uploaded_ms.is_some())
+            .filter(|r| policy.keep_local.is_some() && delivered.contains_key(&r.id))
             .collect();
         candidates.sort_by(|a, b| a.id.cmp(&b.id));
         for row in candidates {
@@ -186,7 +193,10 @@ pub fn check_once(
         let mut victims: Vec<&RecordingRow> = rows
             .iter()
             .filter(|r| {
-                r.is_terminal() && !r.deleting && r.evicted_ms.is_none() && r.uploaded_ms.is_none()
+                r.is_terminal()
+                    && !r.deleting
+                    && r.evicted_ms.is_none()
+                    && !delivered.contains_key(&r.id)
             })
             .collect();
         victims.sort_by(|a, b| a.id.cmp(&b.id));
@@ -266,9 +276,10 @@ fn evict(
     now_ms: i64,
 ) -> Result<bool, RecoveryError> {
     let marked = std::cell::Cell::new(false);
+    // The caller checked that every deliverable is in the store.
     index.update_recording(&row.id, |r| {
         marked.set(false);
-        if r.evicted_ms.is_some() || r.uploaded_ms.is_none() {
+        if r.evicted_ms.is_some() {
             return Update::Skip;
         }
         r.evicted_ms = Some(now_ms);

@@ -310,6 +310,38 @@ impl Shared {
     }
 }
 
+impl Shared {
+    fn file_callback_for(
+        &self,
+        file: &crate::index::FileRow,
+        capture: &crate::index::RecordingRow,
+        object: &UploadRow,
+        now: i64,
+    ) -> Option<CallbackRow> {
+        if !self.callback.enabled() {
+            return None;
+        }
+        let body = crate::notify::file_completion_body(
+            file,
+            capture,
+            &self.callback,
+            &self.public_url(&object.key),
+            object.size,
+        );
+        Some(CallbackRow {
+            id: file.id.clone(),
+            url: self.callback.url.clone(),
+            body,
+            state: crate::index::CallbackState::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_ms: now,
+            created_ms: now,
+            delivered_ms: None,
+        })
+    }
+}
+
 async fn plan_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         let s = shared.clone();
@@ -317,9 +349,15 @@ async fn plan_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             let callback = |rec: &crate::index::RecordingRow, objects: &[UploadRow], now: i64| {
                 s.callback_for(rec, objects, now)
             };
+            let file_callback =
+                |file: &crate::index::FileRow,
+                 capture: &crate::index::RecordingRow,
+                 object: &UploadRow,
+                 now: i64| { s.file_callback_for(file, capture, object, now) };
             let ctx = planner::PlanContext {
                 config: &s.config,
                 callback: &callback,
+                file_callback: &file_callback,
             };
             planner::plan_once(&s.index, &ctx, now_ms())
         })

@@ -4,20 +4,27 @@
 //! It scans only the `upload_pending` tree (recordings with work left), so its cost does
 //! not grow with the archive. Blocking (sled); runs on the blocking pool.
 
+use crate::config::naming::{render, NameValues};
 use crate::config::UploadConfig;
 use crate::index::{
-    CallbackRow, Index, IndexError, ObjectKind, PendingRow, RecordingRow, Update, UploadRow,
-    UploadState,
+    CallbackRow, FileRow, FileState, Index, IndexError, ObjectKind, PendingRow, RecordingRow,
+    Update, UploadRow, UploadState,
 };
 
 /// Builds a recording's completion callback from its row and objects (None: callbacks off).
 pub type CallbackBuilder<'a> = dyn Fn(&RecordingRow, &[UploadRow], i64) -> Option<CallbackRow> + 'a;
+
+/// Builds a file recording's completion callback from its row, its capture and its object.
+pub type FileCallbackBuilder<'a> =
+    dyn Fn(&FileRow, &RecordingRow, &UploadRow, i64) -> Option<CallbackRow> + 'a;
 
 /// What the planner needs besides the index.
 pub struct PlanContext<'a> {
     pub config: &'a UploadConfig,
     /// Builds the completion callback of a recording (None: callbacks are off).
     pub callback: &'a CallbackBuilder<'a>,
+    /// The same for an MP4/FLV/AAC file.
+    pub file_callback: &'a FileCallbackBuilder<'a>,
 }
 
 /// What one planning pass did.
@@ -31,6 +38,10 @@ pub struct PlanReport {
 pub fn plan_once(index: &Index, ctx: &PlanContext, now_ms: i64) -> Result<PlanReport, IndexError> {
     let mut report = PlanReport::default();
     for (id, progress) in index.upload_pending()? {
+        if FileRow::capture_of(&id).is_some() {
+            report.queued += plan_file(index, ctx, &id, now_ms, &mut report)?;
+            continue;
+        }
         let Some(rec) = index.get_recording(&id)? else {
             index.drop_uploads(&id)?;
             continue;
@@ -46,10 +57,15 @@ pub fn plan_once(index: &Index, ctx: &PlanContext, now_ms: i64) -> Result<PlanRe
         if rec.segments == 0 {
             continue;
         }
+        if !rec.has_hls() {
+            // Its template makes files only: they are uploaded on their own.
+            index.drop_uploads(&id)?;
+            continue;
+        }
         let rec = match rec.store_path {
             Some(_) => rec,
             None => {
-                let path = store_path(ctx.config, &rec);
+                let path = index.claim_folder(&store_path(ctx.config, &rec), &rec.id)?;
                 index.update_recording(&id, |r| {
                     if r.store_path.is_some() {
                         return Update::Skip;
@@ -131,6 +147,97 @@ fn plan_recording(
     Ok(queued)
 }
 
+/// Queues a closed file's one object, and completes it once the object is in the store.
+fn plan_file(
+    index: &Index,
+    ctx: &PlanContext,
+    id: &str,
+    now_ms: i64,
+    report: &mut PlanReport,
+) -> Result<usize, IndexError> {
+    let file = index.get_file(id)?;
+    let capture = match &file {
+        Some(f) => index.get_recording(&f.capture_id)?,
+        None => None,
+    };
+    let (Some(mut file), Some(capture)) = (file, capture) else {
+        index.drop_uploads(id)?;
+        return Ok(0);
+    };
+    if capture.deleting {
+        return Ok(0);
+    }
+    match file.state {
+        FileState::Skipped => {
+            index.drop_uploads(id)?;
+            return Ok(0);
+        }
+        FileState::Recording => return Ok(0),
+        FileState::Finished => {}
+    }
+    if file.uploaded_ms.is_some() {
+        index.drop_uploads(id)?;
+        return Ok(0);
+    }
+    if file.store_key.is_none() {
+        let key = index.claim_name(&file_key(ctx.config, &capture, &file), &file.id)?;
+        file.store_key = Some(key);
+        index.put_file(&file)?;
+    }
+    let object_id = UploadRow::file_id(&file.id);
+    match index.get_upload(&object_id)? {
+        None => {
+            let row = UploadRow {
+                id: object_id,
+                recording_id: file.id.clone(),
+                kind: ObjectKind::File {
+                    format: file.format,
+                    muxer_version: crate::package::MUXER_VERSION,
+                },
+                key: file.store_key.clone().unwrap_or_default(),
+                size: 0,
+                state: UploadState::Queued,
+                multipart: None,
+                attempts: 0,
+                last_error: None,
+                next_attempt_ms: 0,
+                created_ms: now_ms,
+                uploaded_ms: None,
+                skipped: false,
+                failures: 0,
+            };
+            index.queue_uploads(&file.id, &[row], &PendingRow::default())?;
+            Ok(1)
+        }
+        Some(object) if object.state == UploadState::Uploaded => {
+            let callback = (ctx.file_callback)(&file, &capture, &object, now_ms);
+            index.complete_file_upload(&file.id, now_ms, callback.as_ref())?;
+            tracing::info!(file = %file.id, key = %object.key, bytes = object.size, "file is complete in the store");
+            report.completed.push(file.id.clone());
+            Ok(0)
+        }
+        Some(_) => Ok(0),
+    }
+}
+
+/// `<prefix>/<store_prefix>/<app>/<stream>/<file name>.<ext>`: where a file goes.
+pub fn file_key(config: &UploadConfig, capture: &RecordingRow, file: &FileRow) -> String {
+    let name = file.download_name();
+    let mut parts = Vec::new();
+    if !config.s3.prefix.is_empty() {
+        parts.push(config.s3.prefix.clone());
+    }
+    if let Some(t) = capture
+        .template
+        .as_ref()
+        .filter(|t| !t.store_prefix.is_empty())
+    {
+        parts.push(t.store_prefix.clone());
+    }
+    parts.extend([capture.app.clone(), capture.stream.clone(), name]);
+    parts.join("/")
+}
+
 fn new_row(
     id: String,
     rec: &RecordingRow,
@@ -157,12 +264,23 @@ fn new_row(
     }
 }
 
-/// `<prefix>/<app>/<stream>/<name>`: where a recording's objects go.
+/// `<prefix>/<store_prefix>/<app>/<stream>/<name>`: where an HLS recording's objects go
+/// (before [`Index::claim_folder`] makes it unique). The name is the template's HLS
+/// `file_name`, else `upload.file_name`.
 pub fn store_path(config: &UploadConfig, rec: &RecordingRow) -> String {
-    let name = render_name(&config.file_name, rec);
+    let pattern = rec
+        .template
+        .as_ref()
+        .and_then(|t| t.hls.as_ref())
+        .and_then(|h| h.file_name.as_deref())
+        .unwrap_or(&config.file_name);
+    let name = render_name(pattern, rec);
     let mut parts = Vec::new();
     if !config.s3.prefix.is_empty() {
         parts.push(config.s3.prefix.clone());
+    }
+    if let Some(t) = rec.template.as_ref().filter(|t| !t.store_prefix.is_empty()) {
+        parts.push(t.store_prefix.clone());
     }
     parts.extend([rec.app.clone(), rec.stream.clone(), name]);
     parts.join("/")
@@ -170,23 +288,18 @@ pub fn store_path(config: &UploadConfig, rec: &RecordingRow) -> String {
 
 /// Fills the file name pattern's placeholders from the recording (start time in UTC).
 pub fn render_name(pattern: &str, rec: &RecordingRow) -> String {
-    let t = chrono::DateTime::from_timestamp_millis(rec.start_ms).unwrap_or_default();
-    let values = [
-        ("{StreamID}", rec.stream.clone()),
-        ("{RecordingID}", rec.id.clone()),
-        ("{StartYear}", t.format("%Y").to_string()),
-        ("{StartMonth}", t.format("%m").to_string()),
-        ("{StartDay}", t.format("%d").to_string()),
-        ("{StartHour}", t.format("%H").to_string()),
-        ("{StartMinute}", t.format("%M").to_string()),
-        ("{StartSecond}", t.format("%S").to_string()),
-        ("{StartMillisecond}", t.format("%3f").to_string()),
-    ];
-    let mut out = pattern.to_owned();
-    for (k, v) in values {
-        out = out.replace(k, &v);
-    }
-    out
+    render(
+        pattern,
+        &NameValues {
+            app: &rec.app,
+            stream: &rec.stream,
+            record_id: rec.record_id.as_deref().unwrap_or(""),
+            recording_id: &rec.id,
+            template: rec.template_name(),
+            start_ms: rec.start_ms,
+            end_ms: None,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -211,6 +324,15 @@ mod tests {
     }
 
     fn no_callback(_: &RecordingRow, _: &[UploadRow], _: i64) -> Option<CallbackRow> {
+        None
+    }
+
+    fn no_file_callback(
+        _: &FileRow,
+        _: &RecordingRow,
+        _: &UploadRow,
+        _: i64,
+    ) -> Option<CallbackRow> {
         None
     }
 
@@ -240,6 +362,7 @@ mod tests {
         let ctx = PlanContext {
             config: &config,
             callback: &no_callback,
+            file_callback: &no_file_callback,
         };
         assert_eq!(
             plan_once(&index, &ctx, 1).unwrap().queued,

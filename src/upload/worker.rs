@@ -14,6 +14,7 @@ use super::resume::{part_count, part_range, plan_resume, same_etag};
 use super::s3::{content_md5, hex_md5, metered_body, FaultKind, Payload, StoreError};
 use super::Shared;
 use crate::index::{DonePart, Multipart, ObjectKind, UploadRow, UploadState};
+use crate::package::{DerivedFile, MUXER_VERSION};
 use crate::record::playlist::recording_playlist;
 
 /// Why an attempt failed.
@@ -64,7 +65,80 @@ pub async fn send(
     match row.kind.clone() {
         ObjectKind::Playlist => send_playlist(shared, row, progress).await,
         ObjectKind::Segment { seq, file } => send_segment(shared, row, seq, &file, progress).await,
+        ObjectKind::File { muxer_version, .. } => {
+            send_file(shared, row, muxer_version, progress).await
+        }
     }
+}
+
+/// Where an object's bytes come from.
+#[derive(Clone)]
+enum Source {
+    /// A segment file on flash.
+    Path(PathBuf),
+    /// An MP4/FLV/AAC file derived from the capture's segments as it is read.
+    Derived(Arc<DerivedFile>),
+}
+
+impl Source {
+    async fn read_range(&self, start: u64, end: u64) -> Result<Bytes, Failure> {
+        match self {
+            Source::Path(path) => read_range(path.clone(), start, end).await,
+            Source::Derived(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || file.read_range(start, end))
+                    .await
+                    .map_err(|e| Failure::Local(format!("packaging task: {e}")))?
+                    .map(Bytes::from)
+                    .map_err(|e| Failure::Local(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Sends a file recording: plans its derived bytes from the segments (the same bytes
+/// after a reboot), then a single PUT or a multipart upload resumed part by part.
+async fn send_file(
+    shared: &Shared,
+    row: &mut UploadRow,
+    muxer_version: u32,
+    progress: &Arc<AtomicU64>,
+) -> Result<(), Failure> {
+    let (index, storage, file_id) = (
+        shared.index.clone(),
+        shared.storage.clone(),
+        row.recording_id.clone(),
+    );
+    let plan = tokio::task::spawn_blocking(move || -> Result<DerivedFile, Failure> {
+        let file = index
+            .get_file(&file_id)?
+            .ok_or_else(|| Failure::Local("the recording was deleted".into()))?;
+        DerivedFile::plan(&index, &storage, &file).map_err(|e| Failure::Local(e.to_string()))
+    })
+    .await
+    .map_err(|e| Failure::Local(format!("packaging task: {e}")))??;
+    let size = plan.len();
+    let stale = muxer_version != MUXER_VERSION || (row.multipart.is_some() && row.size != size);
+    if stale {
+        tracing::warn!(object = %row.key, "the file's bytes differ from the interrupted upload's (another muxer version or changed segments); starting it over");
+        row.multipart = None;
+        row.kind = ObjectKind::File {
+            format: plan.format,
+            muxer_version: MUXER_VERSION,
+        };
+    }
+    row.size = size;
+    let part_size = row
+        .multipart
+        .as_ref()
+        .map_or(shared.config.part_size(), |m| m.part_size);
+    let source = Source::Derived(Arc::new(plan));
+    if size < part_size && row.multipart.is_none() {
+        let data = source.read_range(0, size).await?;
+        put_whole(shared, row, data, progress).await?;
+        return mark_uploaded(shared, row).await;
+    }
+    send_multipart(shared, row, source, size, part_size, progress).await
 }
 
 async fn persist(shared: &Shared, row: &UploadRow) -> Result<(), Failure> {
@@ -164,7 +238,7 @@ async fn send_segment(
         put_whole(shared, row, data, progress).await?;
         return mark_uploaded(shared, row).await;
     }
-    send_multipart(shared, row, path, size, part_size, progress).await
+    send_multipart(shared, row, Source::Path(path), size, part_size, progress).await
 }
 
 /// Whether the index marks segment `seq` of the recording as a gap (its file is lost).
@@ -196,7 +270,7 @@ async fn read_range(path: PathBuf, start: u64, end: u64) -> Result<Bytes, Failur
 async fn send_multipart(
     shared: &Shared,
     row: &mut UploadRow,
-    path: PathBuf,
+    source: Source,
     size: u64,
     part_size: u64,
     progress: &Arc<AtomicU64>,
@@ -242,7 +316,7 @@ async fn send_multipart(
         .unwrap_or_default();
     for (number, listed_etag) in to_send {
         let (start, end) = part_range(size, part_size, number);
-        let data = read_range(path.clone(), start, end).await?;
+        let data = source.read_range(start, end).await?;
         let etag = match listed_etag.filter(|e| same_etag(e, &hex_md5(&data))) {
             Some(etag) => {
                 // Sent before a crash, its ETag never committed: the store has our bytes.

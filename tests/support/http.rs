@@ -25,21 +25,49 @@ impl Response {
 }
 
 pub fn get(addr: &str, path: &str) -> std::io::Result<Response> {
-    request("GET", addr, path)
+    request("GET", addr, path, &[], b"")
+}
+
+/// A GET with extra request headers (e.g. `Range`).
+pub fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    request("GET", addr, path, headers, b"")
 }
 
 /// A POST without a body.
 pub fn post(addr: &str, path: &str) -> std::io::Result<Response> {
-    request("POST", addr, path)
+    request("POST", addr, path, &[], b"")
 }
 
-fn request(method: &str, addr: &str, path: &str) -> std::io::Result<Response> {
+/// Any method with a JSON body (empty: none).
+pub fn send_json(method: &str, addr: &str, path: &str, body: &str) -> std::io::Result<Response> {
+    request(
+        method,
+        addr,
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
+fn request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw

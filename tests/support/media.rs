@@ -17,7 +17,7 @@ pub enum Clip {
     AudioOnly,
 }
 
-fn tool(name: &str) -> Command {
+pub fn tool(name: &str) -> Command {
     let mut c = Command::new(name);
     c.arg("-hide_banner");
     if name == "ffmpeg" {

@@ -75,6 +75,13 @@ impl Daemon {
         d
     }
 
+    /// Starts a daemon with whole extra TOML sections (`[[template]]`, `[[rule]]`, ...).
+    pub fn start_with_sections(sections: &str) -> Daemon {
+        let mut d = Daemon::configure_with("", "", sections);
+        d.spawn();
+        d
+    }
+
     /// Writes the config and data dir but does not start the process.
     pub fn configure(extra_record: &str, extra_rtmp: &str) -> Daemon {
         Daemon::configure_with(extra_record, extra_rtmp, "")
