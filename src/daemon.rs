@@ -67,11 +67,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
 
-    let catalog = Catalog::new(
+    let catalog = Catalog::load(
+        &index,
         &config.templates,
         &config.rules,
         config.record.flow_continue_duration_s,
-    );
+    )
+    .context("loading the templates and rules made over the API")?;
     let recorders = Recorders::new(
         index.clone(),
         storage.clone(),

@@ -113,6 +113,31 @@ fn streams(path: &Path) -> Streams {
     s
 }
 
+/// Presentation span of a file's packets: latest (pts + duration) minus earliest pts.
+fn span(path: &Path) -> f64 {
+    let out = media::tool("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=pts_time,duration_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut it = line.split(',').map(|v| v.trim().parse::<f64>());
+        if let (Some(Ok(pts)), Some(Ok(d))) = (it.next(), it.next()) {
+            lo = lo.min(pts);
+            hi = hi.max(pts + d);
+        }
+    }
+    hi - lo
+}
+
 /// Top-level MP4 box types in order.
 fn top_boxes(path: &Path) -> Vec<String> {
     let data = std::fs::read(path).unwrap();
@@ -170,6 +195,9 @@ fn one_publish_makes_four_playable_formats() {
     assert_eq!(hls["template"], "all");
     assert_eq!(hls["record_id"], "match42");
     let hls_probe = media::probe(&d.http_url(hls["playlist"].as_str().unwrap()));
+    let sent_span = span(&clip);
+    let sent = streams(&clip);
+    let sent_offset = sent.video_start.unwrap() - sent.audio_start.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut by_format = std::collections::HashMap::new();
     for f in &files {
@@ -202,19 +230,21 @@ fn one_publish_makes_four_playable_formats() {
     let (v0, a0) = (s.video_start.unwrap(), s.audio_start.unwrap());
     assert!((v0 - a0).abs() <= FRAME_S + 1e-6, "A/V start {v0} vs {a0}");
     assert!(
-        (s.duration - hls_probe.duration_s).abs() <= FRAME_S + 1e-6,
-        "{} vs {}",
-        s.duration,
-        hls_probe.duration_s
+        (v0 - a0 - sent_offset).abs() <= 0.002,
+        "A/V offset as sent: {v0} - {a0} vs {sent_offset}"
+    );
+    assert!(
+        (s.duration - sent_span).abs() <= FRAME_S + 1e-6,
+        "duration {} vs the clip's span {sent_span}",
+        s.duration
     );
 
     let (flv, s) = &by_format["flv"];
     assert_eq!(s.video_frames, hls_probe.video_frames);
     assert!(
-        (s.duration - hls_probe.duration_s).abs() <= 2.0 * FRAME_S,
-        "{} vs {}",
-        s.duration,
-        hls_probe.duration_s
+        (span(flv) - sent_span).abs() <= FRAME_S + 1e-6,
+        "FLV span {} vs the clip's {sent_span}",
+        span(flv)
     );
     let landed = first_video_after_seek(flv, 10.0);
     assert!(
@@ -454,4 +484,93 @@ fn hevc_over_enhanced_rtmp_gives_a_playable_hvc1_mp4() {
     let s = streams(&path);
     assert_eq!(s.codecs, ["hevc/hvc1"]);
     assert_eq!(s.video_frames, aus.len() as u64);
+}
+
+#[test]
+fn templates_and_rules_made_over_the_api_survive_a_restart() {
+    let sections = "[[template]]\nname = \"fixed\"\nhls = { }\n";
+    let mut d = Daemon::configure_with("flow_continue_duration_s = 0", "", sections);
+    d.spawn();
+    let send = |d: &Daemon, method: &str, path: &str, body: &str| {
+        http::send_json(method, &d.http, path, body).unwrap()
+    };
+    let r = send(
+        &d,
+        "POST",
+        "/api/v1/templates",
+        r#"{"name":"api-t","hls":{"flow_continue_duration_s":0},"mp4":{"record_interval_s":60}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = send(
+        &d,
+        "POST",
+        "/api/v1/templates",
+        r#"{"name":"x","mp4":{"record_interval_s":5}}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text()
+            .contains("mp4.record_interval_s: 5 is out of range; allowed 30-7200"),
+        "{}",
+        r.text()
+    );
+    let r = send(&d, "POST", "/api/v1/templates", r#"{"name":"x","mkv":{}}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("mkv"), "{}", r.text());
+    let r = send(&d, "PUT", "/api/v1/templates/fixed", r#"{"hls":{}}"#);
+    assert_eq!(r.status, 409, "config-defined templates are read-only");
+    assert!(r.text().contains("config file"), "{}", r.text());
+    let r = send(
+        &d,
+        "POST",
+        "/api/v1/rules",
+        r#"{"app":"live","template":"missing"}"#,
+    );
+    assert_eq!(r.status, 400);
+    let r = send(
+        &d,
+        "POST",
+        "/api/v1/rules",
+        r#"{"app":"live","stream":"api","template":"api-t"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rule: Value = serde_json::from_slice(&r.body).unwrap();
+    let r = send(&d, "DELETE", "/api/v1/templates/api-t", "");
+    assert_eq!(r.status, 409, "a template a rule uses stays");
+
+    d.stop();
+    d.spawn();
+    let templates = d.json("/api/v1/templates");
+    let names: Vec<(&str, &str)> = templates
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [("default", "config"), ("fixed", "config"), ("api-t", "api")]
+    );
+    let rules = d.json("/api/v1/rules");
+    assert_eq!(rules[0]["id"], rule["id"]);
+    assert_eq!(rules[0]["source"], "api");
+
+    media::publish_and_wait(
+        &d.rtmp_url("live", "api"),
+        &media::clip(Clip::AudioVideo, 6),
+        false,
+    );
+    let (hls, files) = wait_closed(&d, "api", 1);
+    assert_eq!(hls["template"], "api-t");
+    assert_eq!(files[0]["format"], "mp4");
+
+    let r = send(
+        &d,
+        "DELETE",
+        &format!("/api/v1/rules/{}", rule["id"].as_str().unwrap()),
+        "",
+    );
+    assert_eq!(r.status, 204);
+    let r = send(&d, "DELETE", "/api/v1/templates/api-t", "");
+    assert_eq!(r.status, 204);
 }

@@ -23,10 +23,13 @@ const CHUNK: u64 = 1024 * 1024;
 /// Plans kept for repeated range requests.
 const CACHED_PLANS: usize = 4;
 
+/// A planned file under the key it was planned for.
+type Entry = (String, Arc<DerivedFile>);
+
 /// Recently planned files, newest last.
 #[derive(Clone, Default)]
 pub struct PlanCache {
-    plans: Arc<Mutex<Vec<(String, Arc<DerivedFile>)>>>,
+    plans: Arc<Mutex<Vec<Entry>>>,
 }
 
 impl PlanCache {

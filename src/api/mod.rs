@@ -2,6 +2,7 @@
 //! recordings and live streams. Handlers read the index and the live registry; they never
 //! write media. Errors map to HTTP statuses with a JSON `{"error": ...}` body.
 
+mod catalog;
 mod files;
 mod hls;
 mod recordings;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/recordings", get(recordings::list))
         .route("/api/v1/recordings/{id}", get(recordings::get_one))
         .route("/api/v1/recordings/{id}/file", get(files::download))
+        .route(
+            "/api/v1/templates",
+            get(catalog::list_templates).post(catalog::create_template),
+        )
+        .route(
+            "/api/v1/templates/{name}",
+            get(catalog::get_template)
+                .put(catalog::replace_template)
+                .delete(catalog::delete_template),
+        )
+        .route(
+            "/api/v1/rules",
+            get(catalog::list_rules).post(catalog::create_rule),
+        )
+        .route("/api/v1/rules/{id}", delete(catalog::delete_rule))
         .route("/api/v1/uploads", get(uploads::list))
         .route("/api/v1/uploads/{id}/retry", post(uploads::retry))
         .route("/api/v1/callbacks", get(uploads::callbacks))
@@ -92,6 +108,14 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// 409: the change conflicts with what exists (the message says why).
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
             message: message.into(),
         }
     }

@@ -13,6 +13,7 @@
 //!   `uploads.rs`).
 //! - `files`, `files_pending`, `names`: MP4/FLV/AAC recordings over a capture, and the
 //!   object names taken in the store (see `files.rs`).
+//! - `catalog`: templates and rules made over the API (see `catalog.rs`).
 //!
 //! Schema history: 1 = one HLS recording per publish; 2 = captures with a template
 //! snapshot, file rows and claimed names. Opening a version 1 index migrates it in place
@@ -31,6 +32,7 @@
 //! a board that lost power right after a segment was committed came back without that
 //! row until it did.
 
+mod catalog;
 mod files;
 mod rows;
 mod uploads;
@@ -118,6 +120,7 @@ pub struct Index {
     files: sled::Tree,
     files_pending: sled::Tree,
     names: sled::Tree,
+    catalog: sled::Tree,
 }
 
 fn encode<T: serde::Serialize>(row: &T) -> Vec<u8> {
@@ -203,6 +206,7 @@ impl Index {
             files: db.open_tree("files")?,
             files_pending: db.open_tree("files_pending")?,
             names: db.open_tree("names")?,
+            catalog: db.open_tree("catalog")?,
             db,
             log: std::sync::Arc::new(log),
             log_path: log_path.into(),

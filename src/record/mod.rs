@@ -393,7 +393,7 @@ impl Recorders {
     ) -> Result<PublishHandle, PublishRefused> {
         let key = format!("{app}/{stream}");
         let template = match self.inner.catalog.plan(app, stream) {
-            Ok(Plan::Record(t)) => t,
+            Ok(Plan::Record(t)) => *t,
             Ok(Plan::Off) => return self.start_unrecorded(app, stream, remote),
             Err(reason) => {
                 return Err(PublishRefused::NoTemplate {
