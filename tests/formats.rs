@@ -574,3 +574,154 @@ fn templates_and_rules_made_over_the_api_survive_a_restart() {
     let r = send(&d, "DELETE", "/api/v1/templates/api-t", "");
     assert_eq!(r.status, 204);
 }
+
+/// A 6 s 320x240 clip, to change the resolution mid-publish.
+fn small_clip() -> PathBuf {
+    let args: Vec<String> = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25:duration=6",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=500:sample_rate=48000:duration=6",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "25",
+        "-keyint_min",
+        "25",
+        "-sc_threshold",
+        "0",
+        "-c:a",
+        "aac",
+        "-ar",
+        "48000",
+        "-f",
+        "flv",
+    ]
+    .map(String::from)
+    .to_vec();
+    media::generated("small-6s", "flv", &args)
+}
+
+#[test]
+fn a_codec_change_mid_file_starts_a_new_file_and_loses_nothing() {
+    use support::rtmp_client::RawClient;
+    let config = template_config("mp4", 1800).replace(
+        "flow_continue_duration_s = 3",
+        "flow_continue_duration_s = 0",
+    );
+    let d = Daemon::start_with_sections(&config);
+    let (big, small) = (media::clip(Clip::AudioVideo, 6), small_clip());
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, codes) = c.publish("live", "switch", false);
+    assert!(
+        codes.iter().any(|c| c == "NetStream.Publish.Start"),
+        "{codes:?}"
+    );
+    let mut sent_video = 0;
+    let mut offset = 0;
+    for clip in [&big, &small] {
+        let tags = support::flv::read_tags(clip);
+        let mut last = 0;
+        for (i, tag) in tags.iter().enumerate() {
+            let ts = offset + tag.timestamp;
+            last = last.max(ts);
+            match tag.kind {
+                9 => {
+                    c.session.video(id, ts, &tag.body);
+                    sent_video += u64::from(tag.body.get(1) == Some(&1));
+                }
+                8 => c.session.audio(id, ts, &tag.body),
+                _ => continue,
+            }
+            if i % 32 == 0 {
+                c.flush().unwrap();
+            }
+        }
+        offset = last + 40;
+    }
+    c.session.delete_stream(id);
+    c.flush().unwrap();
+    let (hls, files) = wait_closed(&d, "switch", 2);
+    assert_eq!(hls["sessions"], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut frames = 0;
+    let mut sizes = Vec::new();
+    for f in &files {
+        let path = download(&d, f, dir.path());
+        assert_clean(&path);
+        frames += streams(&path).video_frames;
+        let out = media::tool("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v",
+                "-show_entries",
+                "stream=width,height",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        sizes.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    assert_eq!(sizes, ["640,360", "320,240"], "one file per resolution");
+    assert_eq!(
+        frames, sent_video,
+        "every frame sent is in one of the files"
+    );
+}
+
+#[test]
+fn a_segment_lost_to_recovery_is_skipped_and_said() {
+    let config = template_config("mp4", 1800).replace(
+        "flow_continue_duration_s = 3",
+        "flow_continue_duration_s = 0",
+    );
+    let mut d = Daemon::start_with_sections(&config);
+    media::publish_and_wait(
+        &d.rtmp_url("live", "lossy"),
+        &media::clip(Clip::AudioVideo, 20),
+        false,
+    );
+    let (hls, files) = wait_closed(&d, "lossy", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let before = streams(&download(&d, &files[0], dir.path())).video_frames;
+    let lost = d.recording_dir(&hls).join("00000003.ts");
+    let lost_frames = streams(&lost).video_frames;
+    assert!(lost_frames >= 75, "a whole segment: {lost_frames}");
+    d.stop();
+    std::fs::remove_file(&lost).unwrap();
+    // What start-up recovery does for an open capture, `fsck --repair` does for a closed
+    // one: the missing file becomes a gap.
+    let (code, out) = d.fsck(true);
+    assert_eq!(code, 0, "{out}");
+    d.spawn();
+    let file = wait_for(
+        "the file row to mention the lost segment",
+        Duration::from_secs(30),
+        || {
+            let f = d.recording(files[0]["id"].as_str().unwrap());
+            f["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("lost"))
+                .then_some(f)
+        },
+    );
+    let path = download(&d, &file, dir.path());
+    assert_clean(&path);
+    assert_eq!(
+        streams(&path).video_frames,
+        before - lost_frames,
+        "everything but the lost segment"
+    );
+}

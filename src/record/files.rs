@@ -10,7 +10,8 @@
 //! The spans are a pure function of the segment rows ([`split`]), so the planner
 //! ([`sync_capture`], run by [`run_file_planner`]) is idempotent: after a crash it
 //! recomputes the same files. It reads only captures in the `files_pending` tree, and of
-//! those only segments from the open file on.
+//! those only segments from the open file on while they record; a capture that has
+//! ended (or whose segments recovery marked lost) is recomputed whole once.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -94,8 +95,12 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
             index.put_file(&row)?;
             continue;
         }
+        // While the capture grows, only the open file is looked at; once it is final, its
+        // files are recomputed from the first segment (the same spans, since they are a
+        // function of the segment rows), so gaps recovery marked later show in their rows.
         let last = mine.last();
         let (start_seq, number) = match last {
+            _ if terminal => (1, 1),
             Some(f) if f.state == FileState::Recording => (f.first_seq, f.number),
             Some(f) => (f.last_seq + 1, f.number + 1),
             None => (1, 1),

@@ -181,6 +181,10 @@ pub fn reconcile_files(
             seg.gap = true;
             index.put_segment(&row.id, seg)?;
             report.gaps_marked += 1;
+            if row.has_files() {
+                // Its MP4/FLV/AAC files now skip this segment: their rows say so.
+                index.mark_files_pending(&row.id)?;
+            }
         }
     }
 
