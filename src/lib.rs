@@ -22,5 +22,6 @@ pub mod package;
 pub mod proto;
 pub mod record;
 pub mod storage;
+pub mod stream_key;
 pub mod system;
 pub mod upload;

@@ -52,6 +52,46 @@ fn check_config_lists_every_problem_with_key_and_range() {
 }
 
 #[test]
+fn check_config_checks_templates_and_rules() {
+    let (code, err) = check_config(
+        r#"
+[[template]]
+name = "lecture"
+hls = { flow_continue_duration_s = 2000 }
+mp4 = { record_interval_s = 10, file_name = "{StreamID}_{Nope}" }
+
+[[rule]]
+app = "live"
+template = "missing"
+"#,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("4 problem(s)"), "{err}");
+    assert!(
+        err.contains("template[0] (lecture).hls.flow_continue_duration_s: 2000 is out of range; allowed 0-1800"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "template[0] (lecture).mp4.record_interval_s: 10 is out of range; allowed 30-7200"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("mp4.file_name: unknown placeholder {Nope}"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule[0] (live).template: no template is named \"missing\""),
+        "{err}"
+    );
+
+    let (code, err) = check_config("[[template]]\nname = \"t\"\nmkv = { enabled = true }\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown field `mkv`"), "{err}");
+}
+
+#[test]
 fn run_without_a_config_records_on_the_embedded_default() {
     let cwd = tempfile::tempdir().unwrap();
     let mut child = edgerec()

@@ -65,7 +65,7 @@ pub async fn live_playlist(
     State(s): State<ApiState>,
     Path((app, stream)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let key = format!("{app}/{stream}");
+    let key = crate::stream_key::StreamKey::new(&app, &stream).to_string();
     let row = s
         .index
         .open_recording(&key)?

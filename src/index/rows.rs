@@ -175,7 +175,7 @@ impl RecordingRow {
 
     /// `app/stream`, the identity of a live stream.
     pub fn stream_key(&self) -> String {
-        format!("{}/{}", self.app, self.stream)
+        crate::stream_key::StreamKey::new(&self.app, &self.stream).to_string()
     }
 
     /// Folds a newly committed segment into the totals.

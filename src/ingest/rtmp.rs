@@ -25,6 +25,7 @@ use crate::proto::rtmp::amf0;
 use crate::proto::rtmp::{DemuxEvent, FlvDemuxer, Limits, ServerSession, SessionEvent};
 use crate::record::{PublishHandle, PublishRefused, Recorders};
 use crate::storage::validate_name;
+use crate::stream_key::StreamKey;
 
 /// Accepts RTMP connections until `cancel`, then waits for the connections to close.
 pub async fn run(
@@ -101,7 +102,7 @@ impl<'a> Connection<'a> {
 
     fn stream_label(&self) -> String {
         match &self.publishing {
-            Some((_, h)) => format!("{}/{}", h.stats().app, h.stats().stream),
+            Some((_, h)) => h.stats().stream_key().to_string(),
             None => "-".into(),
         }
     }
@@ -258,7 +259,7 @@ impl<'a> Connection<'a> {
                     .is_some_and(|(id, _)| *id == stream_id)
                 {
                     if let Some((_, handle)) = self.publishing.take() {
-                        tracing::info!(peer = %self.peer, stream = %format!("{}/{}", handle.stats().app, handle.stats().stream), "unpublished");
+                        tracing::info!(peer = %self.peer, stream = %handle.stats().stream_key(), "unpublished");
                     }
                     self.demux = FlvDemuxer::default();
                 }
@@ -300,7 +301,7 @@ impl<'a> Connection<'a> {
             .await
         {
             Ok(handle) => {
-                tracing::info!(peer = %self.peer, stream = %format!("{app}/{stream}"), recording = handle.recording_id(), "publish started");
+                tracing::info!(peer = %self.peer, stream = %StreamKey::new(&app, &stream), recording = handle.recording_id(), "publish started");
                 self.session.accept_publish(stream_id);
                 self.publishing = Some((stream_id, handle));
             }
@@ -309,7 +310,7 @@ impl<'a> Connection<'a> {
                     PublishRefused::AlreadyPublishing(_) => "NetStream.Publish.BadName",
                     _ => "NetStream.Publish.Failed",
                 };
-                tracing::warn!(peer = %self.peer, stream = %format!("{app}/{stream}"), reason = %e, "publish refused");
+                tracing::warn!(peer = %self.peer, stream = %StreamKey::new(&app, &stream), reason = %e, "publish refused");
                 self.session.reject_publish(stream_id, code, &e.to_string());
             }
         }

@@ -31,6 +31,7 @@ use crate::media::{CodecParams, Frame, Ticks, Tracks, TICKS_PER_MS};
 use crate::mux::MuxError;
 use crate::storage::retention::DiskState;
 use crate::storage::Storage;
+use crate::stream_key::StreamKey;
 use catalog::{Catalog, Plan};
 use session::RecordingSession;
 
@@ -134,6 +135,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LiveStats {
+    /// `app/stream` of this publisher.
+    pub fn stream_key(&self) -> StreamKey {
+        StreamKey::new(&self.app, &self.stream)
+    }
+
     fn set_tracks(&self, tracks: &Tracks) {
         *lock(&self.tracks) = tracks.clone();
     }
@@ -391,7 +397,7 @@ impl Recorders {
         query: &str,
         remote: String,
     ) -> Result<PublishHandle, PublishRefused> {
-        let key = format!("{app}/{stream}");
+        let key = StreamKey::new(app, stream).to_string();
         let template = match self.inner.catalog.plan(app, stream) {
             Ok(Plan::Record(t)) => *t,
             Ok(Plan::Off) => return self.start_unrecorded(app, stream, remote),
@@ -544,7 +550,7 @@ impl Recorders {
         stream: &str,
         remote: String,
     ) -> Result<PublishHandle, PublishRefused> {
-        let key = format!("{app}/{stream}");
+        let key = StreamKey::new(app, stream).to_string();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let stats = Arc::new(LiveStats {
             remote,
@@ -702,7 +708,7 @@ fn begin_recording(
     stream: &str,
     start: StartInfo,
 ) -> Result<(RecordingRow, bool, Ticks), RecordError> {
-    let key = format!("{app}/{stream}");
+    let key = StreamKey::new(app, stream).to_string();
     let now = now_ms();
     if let Some(open) = inner.index.open_recording(&key)? {
         let row = inner.index.update_recording(&open.id, |r| {
