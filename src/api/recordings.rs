@@ -320,7 +320,7 @@ pub async fn get_one(
     let row = s
         .index
         .get_recording(&id)?
-        .filter(|r| !r.deleting)
+        .filter(|r| !r.deleting && r.has_hls())
         .ok_or_else(|| ApiError::not_found(format!("recording {id}")))?;
     let segments = s.index.segments(&id)?;
     let mut view = with_upload(&s, &row, RecordingView::new(&row))?;
