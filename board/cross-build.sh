@@ -5,14 +5,15 @@
 # as root or via sudo), then by default builds `--release --locked` and prints the stripped
 # binary, `file` output and size; fails if the aarch64 binary is over 10 MB (10^6 bytes).
 #
-#   board/cross-build.sh TARGET [--release] [--tests] [--run-unit-tests] [--run-tests] [--install-only] [-- TEST-ARGS...]
+#   board/cross-build.sh TARGET [--release] [--tests] [--run-unit-tests] [--run-tests [--select "CARGO-TEST-ARGS"]] [--install-only] [-- TEST-ARGS...]
 #     TARGET            aarch64-unknown-linux-gnu (aarch64, arm64)
 #                       armv7-unknown-linux-gnueabihf (armv7, armhf)
 #     --release         the release binary (the default when no other mode is given)
 #     --tests           build the test binaries (dev profile) and print their paths
 #     --run-unit-tests  run the lib unit tests under qemu-user (TEST-ARGS go to the harness)
 #     --run-tests       run the whole suite (unit and integration) under qemu-user: the test
-#                       harnesses and the daemon they spawn are ARM code, the peers native
+#                       harnesses and the daemon they spawn are ARM code, the peers native;
+#                       --select "--lib --test NAME ..." runs only those test targets
 #     --install-only    only install the missing packages
 #
 # Honours CARGO_TARGET_DIR (default: target/). Debian's compiler is named explicitly
@@ -25,15 +26,16 @@ CARGO=/usr/bin/cargo
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc # doc tests too: rustup's rustdoc has no ARM std
 MAX_BYTES=10000000 # aarch64 size budget: 10 MB, stripped
 
-usage() { sed -n '8,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '8,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-target="" do_release=0 do_tests=0 do_run=0 do_run_all=0 install_only=0 test_args=()
+target="" do_release=0 do_tests=0 do_run=0 do_run_all=0 install_only=0 test_args=() select=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) do_release=1 ;;
     --tests) do_tests=1 ;;
     --run-unit-tests) do_run=1 ;;
     --run-tests) do_run_all=1 ;;
+    --select) shift; read -r -a select <<<"${1:-}" ;;
     --install-only) install_only=1 ;;
     --) shift; test_args=("$@"); break ;;
     -h|--help) usage ;;
@@ -166,7 +168,7 @@ run_all_tests() {
   cd "$ROOT"
   # qemu-user does not follow an execve into another ARM binary (no binfmt_misc needed or
   # touched): tests/support spawns the daemon through $EDGEREC_TEST_RUNNER instead.
-  EDGEREC_TEST_RUNNER="$QEMU" "$CARGO" test --locked --target "$T" "${cfg[@]}" \
+  EDGEREC_TEST_RUNNER="$QEMU" "$CARGO" test --locked --target "$T" "${cfg[@]}" "${select[@]}" \
     --config "target.$T.runner=\"$QEMU\"" -- "${test_args[@]}"
 }
 

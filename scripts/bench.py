@@ -149,7 +149,8 @@ def http_json(addr, path):
         return json.load(r)
 
 
-def bench_edgerec(binary, clip, n, window, flush_ms):
+def bench_edgerec(binary, clip, n, window, flush_ms, extra=""):
+    """One run; `extra` is appended to the config (e.g. `[[template]]` sections)."""
     work = tempfile.mkdtemp(prefix="edgerec-bench-")
     cfg = os.path.join(work, "edgerec.toml")
     with open(cfg, "w") as f:
@@ -158,7 +159,8 @@ def bench_edgerec(binary, clip, n, window, flush_ms):
                 f'flush_interval_ms = {flush_ms}\n'
                 # Only a really full disk may refuse the bench's publishes, not a shared
                 # disk that happens to be past the default 90 % watermark.
-                f'[storage]\nhigh_watermark_percent = 100\nlow_watermark_percent = 99\n')
+                f'[storage]\nhigh_watermark_percent = 100\nlow_watermark_percent = 99\n'
+                f'{extra}\n')
     daemon = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.PIPE,
                               stderr=open(os.path.join(work, "log"), "w"), text=True)
     line = daemon.stdout.readline()
