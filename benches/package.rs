@@ -98,7 +98,9 @@ fn parent(minutes: u64, keep: bool) {
         "  measures: DerivedFile::plan + read_range of the whole file in {} MiB steps,",
         READ_STEP >> 20
     );
-    println!("            per format, each in its own child process (CPU = user+sys, RSS = ru_maxrss)");
+    println!(
+        "            per format, each in its own child process (CPU = user+sys, RSS = ru_maxrss)"
+    );
     println!(
         "  capture:  {minutes} min synthetic, 25 fps H.264 (IDR ~40 KB every 25 frames, ~8 KB others)"
     );
@@ -205,7 +207,11 @@ impl Rng {
 
 fn video_frame(rng: &mut Rng, n: u64) -> Frame {
     let keyframe = n.is_multiple_of(GOP);
-    let size = rng.around(if keyframe { KEYFRAME_BYTES } else { FRAME_BYTES });
+    let size = rng.around(if keyframe {
+        KEYFRAME_BYTES
+    } else {
+        FRAME_BYTES
+    });
     let mut data = Vec::with_capacity(size + 4);
     data.extend_from_slice(&(size as u32).to_be_bytes());
     data.push(if keyframe { 0x65 } else { 0x41 });
@@ -261,28 +267,31 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
     let mut out = Vec::with_capacity(4 << 20);
     let mut seg_start: Option<Ticks> = None;
 
-    let mut close = |out: &mut Vec<u8>, muxer: &mut TsMuxer, seq: u32, start: Ticks, next: Ticks| {
-        muxer.flush(out);
-        let file = SegmentRow::file_name(seq);
-        std::fs::write(dir.join(&file), &out[..]).expect("write segment");
-        let seg = SegmentRow {
-            seq,
-            file,
-            duration_ticks: next - start,
-            bytes: out.len() as u64,
-            media_start: start,
-            wall_start_ms: START_MS + start / 90,
-            keyframe: true,
-            discontinuity: false,
-            gap: false,
-            recovered: false,
-            codec_change: false,
+    let mut close =
+        |out: &mut Vec<u8>, muxer: &mut TsMuxer, seq: u32, start: Ticks, next: Ticks| {
+            muxer.flush(out);
+            let file = SegmentRow::file_name(seq);
+            std::fs::write(dir.join(&file), &out[..]).expect("write segment");
+            let seg = SegmentRow {
+                seq,
+                file,
+                duration_ticks: next - start,
+                bytes: out.len() as u64,
+                media_start: start,
+                wall_start_ms: START_MS + start / 90,
+                keyframe: true,
+                discontinuity: false,
+                gap: false,
+                recovered: false,
+                codec_change: false,
+            };
+            index
+                .commit_segment(CAPTURE_ID, &seg)
+                .expect("commit segment");
+            let n = out.len() as u64;
+            out.clear();
+            n
         };
-        index.commit_segment(CAPTURE_ID, &seg).expect("commit segment");
-        let n = out.len() as u64;
-        out.clear();
-        n
-    };
 
     // Frames in dts order; at equal dts video first, so a segment opens on its keyframe.
     loop {
@@ -350,11 +359,8 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
             .expect("put file");
     }
     // What the children need to count samples.
-    std::fs::write(
-        base.join("frames"),
-        format!("{v} {a} {ts_bytes} {seq}\n"),
-    )
-    .expect("write frame counts");
+    std::fs::write(base.join("frames"), format!("{v} {a} {ts_bytes} {seq}\n"))
+        .expect("write frame counts");
     Capture {
         segments: seq,
         ts_bytes,

@@ -725,3 +725,29 @@ fn a_segment_lost_to_recovery_is_skipped_and_said() {
         "everything but the lost segment"
     );
 }
+
+#[test]
+fn record_audio_only_keeps_only_the_audio_track_in_every_format() {
+    let config = template_config("mp4", 1800)
+        .replace(
+            "flow_continue_duration_s = 3",
+            "flow_continue_duration_s = 0",
+        )
+        .replace("[[rule]]", "record_audio_only = true\n\n[[rule]]");
+    let d = Daemon::start_with_sections(&config);
+    media::publish_and_wait(
+        &d.rtmp_url("live", "podcast"),
+        &media::clip(Clip::AudioVideo, 6),
+        false,
+    );
+    let (hls, files) = wait_closed(&d, "podcast", 1);
+    assert!(hls["video_codec"].is_null(), "{hls}");
+    assert_eq!(hls["audio_codec"], "aac");
+    let hls_probe = media::probe(&d.http_url(hls["playlist"].as_str().unwrap()));
+    assert_eq!(hls_probe.video_frames, 0);
+    assert!(hls_probe.audio_frames > 250, "{hls_probe:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = download(&d, &files[0], dir.path());
+    assert_clean(&path);
+    assert_eq!(streams(&path).codecs, ["aac/mp4a"]);
+}

@@ -830,3 +830,26 @@ fn finish_expired(recorders: &Recorders) -> Result<Option<i64>, IndexError> {
     }
     Ok(next_due)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::query_value;
+
+    #[test]
+    fn query_values_are_read_and_checked() {
+        assert_eq!(
+            query_value("record_id=match42&txTime=5", "record_id").as_deref(),
+            Some("match42")
+        );
+        assert_eq!(
+            query_value("a=1&record_id=x", "record_id").as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            query_value("record_id=../etc", "record_id"),
+            None,
+            "not a valid name"
+        );
+        assert_eq!(query_value("", "record_id"), None);
+    }
+}
