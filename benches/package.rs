@@ -267,31 +267,30 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
     let mut out = Vec::with_capacity(4 << 20);
     let mut seg_start: Option<Ticks> = None;
 
-    let mut close =
-        |out: &mut Vec<u8>, muxer: &mut TsMuxer, seq: u32, start: Ticks, next: Ticks| {
-            muxer.flush(out);
-            let file = SegmentRow::file_name(seq);
-            std::fs::write(dir.join(&file), &out[..]).expect("write segment");
-            let seg = SegmentRow {
-                seq,
-                file,
-                duration_ticks: next - start,
-                bytes: out.len() as u64,
-                media_start: start,
-                wall_start_ms: START_MS + start / 90,
-                keyframe: true,
-                discontinuity: false,
-                gap: false,
-                recovered: false,
-                codec_change: false,
-            };
-            index
-                .commit_segment(CAPTURE_ID, &seg)
-                .expect("commit segment");
-            let n = out.len() as u64;
-            out.clear();
-            n
+    let close = |out: &mut Vec<u8>, muxer: &mut TsMuxer, seq: u32, start: Ticks, next: Ticks| {
+        muxer.flush(out);
+        let file = SegmentRow::file_name(seq);
+        std::fs::write(dir.join(&file), &out[..]).expect("write segment");
+        let seg = SegmentRow {
+            seq,
+            file,
+            duration_ticks: next - start,
+            bytes: out.len() as u64,
+            media_start: start,
+            wall_start_ms: START_MS + start / 90,
+            keyframe: true,
+            discontinuity: false,
+            gap: false,
+            recovered: false,
+            codec_change: false,
         };
+        index
+            .commit_segment(CAPTURE_ID, &seg)
+            .expect("commit segment");
+        let n = out.len() as u64;
+        out.clear();
+        n
+    };
 
     // Frames in dts order; at equal dts video first, so a segment opens on its keyframe.
     loop {
@@ -424,6 +423,23 @@ fn print_table(results: &[HashMap<String, String>]) {
     println!();
     println!("  (TS rd MB: bytes the process read from files during plan + read, from /proc/self/io rchar)");
     println!(
+        "  (samples: demuxed frames minus the plan's dropped_frames; dropped: {}; MP4/M4A stsz: {})",
+        results
+            .iter()
+            .map(|r| format!(
+                "{} {}",
+                r.get("format").map_or("?", |s| s.as_str()),
+                r.get("dropped").map_or("?", |s| s.as_str())
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        results
+            .iter()
+            .filter_map(|r| Some(format!("{} {}", r.get("format")?, r.get("stsz")?)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
         "  (RSS at start, before plan: {})",
         results
             .iter()
@@ -494,6 +510,31 @@ fn rchar() -> u64 {
         .unwrap_or(0)
 }
 
+/// The samples the `stsz` boxes of an MP4 header list (the header must be in `bytes`).
+fn mp4_sample_count(bytes: &[u8]) -> Option<u64> {
+    let u32_at = |i: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(bytes.get(i..i + 4)?.try_into().ok()?))
+    };
+    // Top-level boxes up to `mdat`: the header.
+    let mut at = 0usize;
+    let mut header_end = None;
+    while let Some(size) = u32_at(at) {
+        if bytes.get(at + 4..at + 8)? == b"mdat" {
+            header_end = Some(at);
+            break;
+        }
+        at += size.max(8) as usize;
+    }
+    let header = &bytes[..header_end?];
+    let mut total = 0u64;
+    for i in 0..header.len().saturating_sub(16) {
+        if &header[i..i + 4] == b"stsz" {
+            total += u64::from(u32_at(i + 12)?);
+        }
+    }
+    Some(total)
+}
+
 fn child(format: Format, base: &Path) {
     let counts = std::fs::read_to_string(base.join("frames")).expect("read frame counts");
     let counts: Vec<u64> = counts
@@ -515,10 +556,14 @@ fn child(format: Format, base: &Path) {
     let len = file.len();
     let mut read = 0u64;
     let mut offset = 0u64;
+    let mut stsz_samples = None;
     while offset < len {
         let end = (offset + READ_STEP).min(len);
         let bytes = file.read_range(offset, end).expect("read_range");
         assert_eq!(bytes.len() as u64, end - offset, "short read at {offset}");
+        if offset == 0 && format != Format::Flv {
+            stsz_samples = mp4_sample_count(&bytes);
+        }
         read += bytes.len() as u64;
         // Keep the optimiser from eliding the copy.
         std::hint::black_box(&bytes);
@@ -527,21 +572,23 @@ fn child(format: Format, base: &Path) {
     let done = usage();
     assert_eq!(read, len, "bytes read != file length");
 
-    let frames = match format {
-        Format::Aac => audio_frames,
-        _ => video_frames + audio_frames,
-    };
-    let samples = frames.saturating_sub(file.dropped_frames);
+    // The plan counts every demuxed frame it does not take as dropped, including the
+    // video frames of an AAC file.
+    let samples = (video_frames + audio_frames).saturating_sub(file.dropped_frames);
+    if let Some(n) = stsz_samples {
+        assert_eq!(n, samples, "stsz sample count != frames - dropped");
+    }
     let plan_cpu = planned.cpu_s - start.cpu_s;
     let read_cpu = done.cpu_s - planned.cpu_s;
     let total_cpu = plan_cpu + read_cpu;
     println!(
-        "format={} ts_bytes={ts_bytes} file_bytes={read} samples={samples} dropped={} \
+        "format={} ts_bytes={ts_bytes} file_bytes={read} samples={samples} dropped={} stsz={} \
          plan_cpu_s={plan_cpu:.3} read_cpu_s={read_cpu:.3} \
          plan_wall_s={:.3} read_wall_s={:.3} mb_per_cpu_s={:.1} \
          plan_rchar={} read_rchar={} start_rss_kib={} maxrss_kib={}",
         format.as_str(),
         file.dropped_frames,
+        stsz_samples.map_or("-".to_owned(), |n| n.to_string()),
         (planned.at - start.at).as_secs_f64(),
         (done.at - planned.at).as_secs_f64(),
         ts_bytes as f64 / 1e6 / total_cpu,

@@ -154,17 +154,7 @@ fn sigkill_while_an_mp4_uploads_resumes_without_resending_confirmed_parts() {
     let mut d = Daemon::configure_with("", "", &sections);
     d.spawn();
     media::publish_and_wait(&d.rtmp_url("live", "big"), &media::noise_clip(6), true);
-    wait_for("the MP4 mid-multipart", Duration::from_secs(120), || {
-        let uploads = d.json("/api/v1/uploads");
-        uploads["objects"]
-            .as_array()?
-            .iter()
-            .find(|o| {
-                o["multipart_upload_id"].is_string()
-                    && o["bytes_sent"].as_u64().unwrap_or(0) >= 2 * 5 * 1024 * 1024
-            })
-            .cloned()
-    });
+    d.wait_mid_multipart(2);
     d.kill9();
     d.spawn();
     let recs = wait_all_uploaded(&d, 1, Duration::from_secs(300));

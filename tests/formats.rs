@@ -449,34 +449,12 @@ enabled = false
 
 #[test]
 fn hevc_over_enhanced_rtmp_gives_a_playable_hvc1_mp4() {
-    use support::rtmp_client::RawClient;
     let d = Daemon::start_with_sections(&template_config("mp4", 1800).replace(
         "flow_continue_duration_s = 3",
         "flow_continue_duration_s = 0",
     ));
     let (aus, hvcc) = support::hevc::encode_clip(6);
-    let mut c = RawClient::connect(&d.rtmp);
-    let (id, codes) = c.publish("live", "hevc", true);
-    assert!(
-        codes.iter().any(|c| c == "NetStream.Publish.Start"),
-        "{codes:?}"
-    );
-    let mut seq = vec![0x80 | (1 << 4)];
-    seq.extend_from_slice(b"hvc1");
-    seq.extend_from_slice(&hvcc);
-    c.session.video(id, 0, &seq);
-    for (i, au) in aus.iter().enumerate() {
-        let frame_type = if au.keyframe { 1 } else { 2 };
-        let mut body = vec![0x80 | (frame_type << 4) | 3];
-        body.extend_from_slice(b"hvc1");
-        body.extend_from_slice(&au.data);
-        c.session.video(id, i as u32 * 40, &body);
-        if i % 16 == 0 {
-            c.flush().unwrap();
-        }
-    }
-    c.session.delete_stream(id);
-    c.flush().unwrap();
+    support::hevc::publish(&d.rtmp, "hevc", &aus, &hvcc);
     let (_, files) = wait_closed(&d, "hevc", 1);
     let dir = tempfile::tempdir().unwrap();
     let path = download(&d, &files[0], dir.path());
@@ -575,41 +553,6 @@ fn templates_and_rules_made_over_the_api_survive_a_restart() {
     assert_eq!(r.status, 204);
 }
 
-/// A 6 s 320x240 clip, to change the resolution mid-publish.
-fn small_clip() -> PathBuf {
-    let args: Vec<String> = [
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240:rate=25:duration=6",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=500:sample_rate=48000:duration=6",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-pix_fmt",
-        "yuv420p",
-        "-g",
-        "25",
-        "-keyint_min",
-        "25",
-        "-sc_threshold",
-        "0",
-        "-c:a",
-        "aac",
-        "-ar",
-        "48000",
-        "-f",
-        "flv",
-    ]
-    .map(String::from)
-    .to_vec();
-    media::generated("small-6s", "flv", &args)
-}
-
 #[test]
 fn a_codec_change_mid_file_starts_a_new_file_and_loses_nothing() {
     use support::rtmp_client::RawClient;
@@ -618,7 +561,10 @@ fn a_codec_change_mid_file_starts_a_new_file_and_loses_nothing() {
         "flow_continue_duration_s = 0",
     );
     let d = Daemon::start_with_sections(&config);
-    let (big, small) = (media::clip(Clip::AudioVideo, 6), small_clip());
+    let (big, small) = (
+        media::clip(Clip::AudioVideo, 6),
+        media::clip_sized(Clip::AudioVideo, 6, "320x240"),
+    );
     let mut c = RawClient::connect(&d.rtmp);
     let (id, codes) = c.publish("live", "switch", false);
     assert!(

@@ -408,28 +408,7 @@ fn a_full_disk_fails_the_recording_cleanly_and_the_daemon_keeps_serving() {
 fn enhanced_rtmp_hevc_is_recorded() {
     let d = Daemon::start("flow_continue_duration_s = 0", "");
     let (aus, hvcc) = support::hevc::encode_clip(6);
-    let mut c = RawClient::connect(&d.rtmp);
-    let (id, codes) = c.publish("live", "hevc", true);
-    assert!(
-        codes.iter().any(|c| c == "NetStream.Publish.Start"),
-        "{codes:?}"
-    );
-    let mut seq = vec![0x80 | (1 << 4)];
-    seq.extend_from_slice(b"hvc1");
-    seq.extend_from_slice(&hvcc);
-    c.session.video(id, 0, &seq);
-    for (i, au) in aus.iter().enumerate() {
-        let frame_type = if au.keyframe { 1 } else { 2 };
-        let mut body = vec![0x80 | (frame_type << 4) | 3];
-        body.extend_from_slice(b"hvc1");
-        body.extend_from_slice(&au.data);
-        c.session.video(id, i as u32 * 40, &body);
-        if i % 16 == 0 {
-            c.flush().unwrap();
-        }
-    }
-    c.session.delete_stream(id);
-    c.flush().unwrap();
+    support::hevc::publish(&d.rtmp, "hevc", &aus, &hvcc);
     let recs = d.wait_recordings(1, "finished", Duration::from_secs(20));
     assert_eq!(recs[0]["video_codec"], "h265");
     assert_eq!(recs[0]["resolution"], "640x360");

@@ -179,22 +179,6 @@ fn uploads_a_recording_and_delivers_a_signed_callback() {
     );
 }
 
-/// Starts a noisy (multipart-sized) publish and returns once an object is mid-multipart
-/// with at least `parts` parts committed.
-fn wait_mid_multipart(d: &Daemon, parts: u64) -> Value {
-    wait_for("an object mid-multipart", Duration::from_secs(90), || {
-        let uploads = d.json("/api/v1/uploads");
-        uploads["objects"]
-            .as_array()?
-            .iter()
-            .find(|o| {
-                o["multipart_upload_id"].is_string()
-                    && o["bytes_sent"].as_u64().unwrap_or(0) >= parts * 5 * 1024 * 1024
-            })
-            .cloned()
-    })
-}
-
 const MULTIPART: &str = "part_size_mb = 5\nconcurrency = 1\nbandwidth_limit_kbps = 40000";
 
 #[test]
@@ -207,7 +191,7 @@ fn store_killed_mid_multipart_then_restarted() {
     );
     d.spawn();
     media::publish_and_wait(&d.rtmp_url("live", "big"), &media::noise_clip(6), true);
-    let object = wait_mid_multipart(&d, 1);
+    let object = d.wait_mid_multipart(1);
     store.kill();
     wait_for(
         "the API to report the store down",
@@ -244,7 +228,7 @@ fn daemon_sigkilled_mid_part_resends_no_completed_part() {
     );
     d.spawn();
     media::publish_and_wait(&d.rtmp_url("live", "big"), &media::noise_clip(6), true);
-    wait_mid_multipart(&d, 2);
+    d.wait_mid_multipart(2);
     d.kill9();
     d.spawn();
     let rec = one_recording(&d, "finished", Duration::from_secs(30));

@@ -123,17 +123,17 @@ impl RecordingView {
 }
 
 impl RecordingView {
-    /// A file recording, shown with its capture's codecs.
-    pub fn file(row: &FileRow, capture: Option<&RecordingRow>) -> RecordingView {
+    /// A file recording: its own span, name and state, with its capture's stream, codecs
+    /// and sessions.
+    pub fn file(row: &FileRow, capture: &RecordingRow) -> RecordingView {
+        let audio_only = row.format == Format::Aac;
+        let base = RecordingView::new(capture);
         RecordingView {
             id: row.id.clone(),
             format: row.format,
             template: row.template.clone(),
             record_id: row.record_id.clone(),
             file_name: (row.state == FileState::Finished).then(|| row.download_name()),
-            capture_id: row.capture_id.clone(),
-            app: row.app.clone(),
-            stream: row.stream.clone(),
             state: row.state.as_str(),
             start_time: rfc3339(row.start_ms),
             end_time: rfc3339(row.end_ms),
@@ -145,15 +145,8 @@ impl RecordingView {
             download: (row.state != FileState::Skipped)
                 .then(|| format!("/api/v1/recordings/{}/file", row.id)),
             note: row.note.clone(),
-            sessions: capture.map_or(1, |c| c.sessions),
-            video_codec: capture
-                .and_then(|c| c.video_codec.clone())
-                .filter(|_| row.format != Format::Aac),
-            audio_codec: capture.and_then(|c| c.audio_codec.clone()),
-            resolution: capture
-                .and_then(|c| c.resolution)
-                .filter(|_| row.format != Format::Aac)
-                .map(|(w, h)| format!("{w}x{h}")),
+            video_codec: base.video_codec.filter(|_| !audio_only),
+            resolution: base.resolution.filter(|_| !audio_only),
             resumable_until: None,
             failure: None,
             upload_state: if row.uploaded_ms.is_some() {
@@ -161,11 +154,8 @@ impl RecordingView {
             } else {
                 "local_only"
             },
-            store_url: None,
             uploaded_at: row.uploaded_ms.map(rfc3339),
-            callback_state: None,
-            local_files: capture.is_some_and(|c| c.evicted_ms.is_none()),
-            segment_list: None,
+            ..base
         }
     }
 }
@@ -282,7 +272,7 @@ pub async fn list(
                 out.push(with_file_upload(
                     &s,
                     &file,
-                    RecordingView::file(&file, Some(&row)),
+                    RecordingView::file(&file, &row),
                 )?);
             }
         }
@@ -306,7 +296,7 @@ pub async fn get_one(
         let Some(capture) = capture else {
             return Err(ApiError::not_found(format!("recording {id}")));
         };
-        let mut view = with_file_upload(&s, &file, RecordingView::file(&file, Some(&capture)))?;
+        let mut view = with_file_upload(&s, &file, RecordingView::file(&file, &capture))?;
         let segments = s.index.segments(&file.capture_id)?;
         view.segment_list = Some(
             segments

@@ -172,6 +172,23 @@ pub struct CallbackRow {
     pub delivered_ms: Option<i64>,
 }
 
+impl CallbackRow {
+    /// A callback to deliver from `now_ms` on.
+    pub fn pending(id: &str, url: &str, body: serde_json::Value, now_ms: i64) -> CallbackRow {
+        CallbackRow {
+            id: id.to_owned(),
+            url: url.to_owned(),
+            body,
+            state: CallbackState::Pending,
+            attempts: 0,
+            last_error: None,
+            next_attempt_ms: now_ms,
+            created_ms: now_ms,
+            delivered_ms: None,
+        }
+    }
+}
+
 impl Index {
     /// Recordings that still have objects to upload, with their planner progress.
     pub fn upload_pending(&self) -> Result<Vec<(String, PendingRow)>, IndexError> {

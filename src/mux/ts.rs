@@ -359,6 +359,30 @@ fn pes_header(stream_id: u8, pts: Ticks, dts: Ticks, payload_len: usize, out: &m
 }
 
 /// The 33-bit timestamp field written for media time `t`.
+/// Reads a 33-bit PTS/DTS from its 5-byte PES header field (marker bits ignored).
+pub fn read_timestamp(b: &[u8]) -> Option<i64> {
+    let &[b0, b1, b2, b3, b4] = b else {
+        return None;
+    };
+    Some(
+        (i64::from(b0 & 0x0e) << 29)
+            | (i64::from(b1) << 22)
+            | (i64::from(b2 & 0xfe) << 14)
+            | (i64::from(b3) << 7)
+            | (i64::from(b4) >> 1),
+    )
+}
+
+/// `a - b` for two 33-bit timestamps, taking the short way around the wrap.
+pub fn timestamp_delta(a: i64, b: i64) -> i64 {
+    let d = (a - b).rem_euclid(TIMESTAMP_MODULUS);
+    if d >= TIMESTAMP_MODULUS / 2 {
+        d - TIMESTAMP_MODULUS
+    } else {
+        d
+    }
+}
+
 pub fn ts_timestamp(t: Ticks) -> u64 {
     (t + TS_TIMESTAMP_OFFSET).rem_euclid(TIMESTAMP_MODULUS) as u64
 }

@@ -34,8 +34,8 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::ts::{
-    crc32_mpeg2, PACKET_SIZE, PAT_PID, STREAM_TYPE_AAC_ADTS, STREAM_TYPE_H264, STREAM_TYPE_H265,
-    TS_TIMESTAMP_OFFSET,
+    crc32_mpeg2, read_timestamp, timestamp_delta, PACKET_SIZE, PAT_PID, STREAM_TYPE_AAC_ADTS,
+    STREAM_TYPE_H264, STREAM_TYPE_H265, TS_TIMESTAMP_OFFSET,
 };
 use crate::media::aac::AacConfig;
 use crate::media::avc::{self, AvcConfig};
@@ -52,7 +52,6 @@ pub const MAX_HELD_FRAMES: usize = 1024;
 const MAX_HELD_BYTES: usize = 32 << 20;
 
 const SYNC_BYTE: u8 = 0x47;
-const TIMESTAMP_MODULUS: i64 = 1 << 33;
 const AVC_RECORD: &str = "rebuilt avc decoder configuration record";
 const HEVC_RECORD: &str = "rebuilt hevc decoder configuration record";
 const HEVC_SPS: &str = "h265 sps";
@@ -555,7 +554,7 @@ impl TsDemuxer {
         st.last_ts = Some((header.dts, dts));
         self.last_ts = Some((header.dts, dts));
         let pts = dts
-            .saturating_add(signed_delta(header.pts, header.dts))
+            .saturating_add(timestamp_delta(header.pts, header.dts))
             .max(dts);
         let end = header.end.unwrap_or(pes.data.len()).min(pes.data.len());
         let complete = header.end.is_none_or(|e| pes.data.len() >= e);
@@ -900,34 +899,11 @@ fn parse_pes_header(d: &[u8]) -> Result<PesHeader, &'static str> {
     })
 }
 
-fn read_timestamp(b: &[u8]) -> Option<i64> {
-    let &[b0, b1, b2, b3, b4] = b else {
-        return None;
-    };
-    Some(
-        (i64::from(b0 & 0x0e) << 29)
-            | (i64::from(b1) << 22)
-            | (i64::from(b2 & 0xfe) << 14)
-            | (i64::from(b3) << 7)
-            | (i64::from(b4) >> 1),
-    )
-}
-
-/// `a - b` for two 33-bit timestamps, taking the short way around the wrap.
-fn signed_delta(a: i64, b: i64) -> i64 {
-    let d = (a - b).rem_euclid(TIMESTAMP_MODULUS);
-    if d >= TIMESTAMP_MODULUS / 2 {
-        d - TIMESTAMP_MODULUS
-    } else {
-        d
-    }
-}
-
 /// Media time of the raw 33-bit timestamp `raw`: relative to the previous (raw,
 /// unwrapped) pair when there is one, else `raw - TS_TIMESTAMP_OFFSET`.
 fn unwrap_timestamp(raw: i64, reference: Option<(i64, Ticks)>) -> Ticks {
     match reference {
-        Some((prev_raw, prev)) => prev.saturating_add(signed_delta(raw, prev_raw)),
+        Some((prev_raw, prev)) => prev.saturating_add(timestamp_delta(raw, prev_raw)),
         None => raw - TS_TIMESTAMP_OFFSET,
     }
 }
@@ -1043,15 +1019,7 @@ fn avc_chroma_and_depth(sps: &[u8]) -> Result<(u8, u8, u8), MediaError> {
     if chroma == 3 {
         r.skip(1)?; // separate_colour_plane_flag
     }
-    let (luma, chroma_depth) = (r.ue()?, r.ue()?);
-    match (
-        u8::try_from(chroma),
-        u8::try_from(luma),
-        u8::try_from(chroma_depth),
-    ) {
-        (Ok(c @ 0..=3), Ok(l @ 0..=7), Ok(d @ 0..=7)) => Ok((c, l, d)),
-        _ => Err(r.invalid("chroma format or bit depth out of range")),
-    }
+    chroma_and_depths(&mut r, chroma)
 }
 
 /// What the HEVCDecoderConfigurationRecord copies from an SPS.
@@ -1120,15 +1088,7 @@ fn hevc_chroma_and_depth(
             r.ue()?; // conf_win offsets
         }
     }
-    let (luma, chroma_depth) = (r.ue()?, r.ue()?);
-    match (
-        u8::try_from(chroma),
-        u8::try_from(luma),
-        u8::try_from(chroma_depth),
-    ) {
-        (Ok(c @ 0..=3), Ok(l @ 0..=7), Ok(d @ 0..=7)) => Ok((c, l, d)),
-        _ => Err(r.invalid("chroma format or bit depth out of range")),
-    }
+    chroma_and_depths(r, chroma)
 }
 
 /// The HEVCDecoderConfigurationRecord for in-band VPS/SPS/PPS, parsed; `Ok(None)` while
@@ -1181,3 +1141,17 @@ fn build_hevc(
 #[cfg(test)]
 #[path = "ts_demux_tests.rs"]
 mod tests;
+
+/// `bit_depth_luma_minus8` and `bit_depth_chroma_minus8` (read next from `r`, the same
+/// Exp-Golomb pair in H.264 and H.265 SPSs) with `chroma_format_idc`, range-checked.
+fn chroma_and_depths(r: &mut BitReader, chroma: u32) -> Result<(u8, u8, u8), MediaError> {
+    let (luma, chroma_depth) = (r.ue()?, r.ue()?);
+    match (
+        u8::try_from(chroma),
+        u8::try_from(luma),
+        u8::try_from(chroma_depth),
+    ) {
+        (Ok(c @ 0..=3), Ok(l @ 0..=7), Ok(d @ 0..=7)) => Ok((c, l, d)),
+        _ => Err(r.invalid("chroma format or bit depth out of range")),
+    }
+}

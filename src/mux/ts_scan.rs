@@ -7,11 +7,12 @@
 //! truncates to [`TsScan::keep_len`]), never panics on arbitrary bytes. Only the fixed PIDs
 //! the muxer uses ([`VIDEO_PID`], [`AUDIO_PID`]) are read; the PMT is not consulted.
 
-use super::ts::{AUDIO_PID, PACKET_SIZE, TS_TIMESTAMP_OFFSET, VIDEO_PID};
+use super::ts::{
+    read_timestamp, timestamp_delta, AUDIO_PID, PACKET_SIZE, TS_TIMESTAMP_OFFSET, VIDEO_PID,
+};
 use crate::media::Ticks;
 
 const SYNC_BYTE: u8 = 0x47;
-const TIMESTAMP_MODULUS: i64 = 1 << 33;
 /// ADTS sampling frequencies by index.
 const ADTS_RATES: [i64; 13] = [
     96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
@@ -195,27 +196,10 @@ fn pes_dts(payload: &[u8]) -> Option<i64> {
     }
 }
 
-fn read_timestamp(b: &[u8]) -> Option<i64> {
-    let &[b0, b1, b2, b3, b4] = b else {
-        return None;
-    };
-    Some(
-        (i64::from(b0 & 0x0e) << 29)
-            | (i64::from(b1) << 22)
-            | (i64::from(b2 & 0xfe) << 14)
-            | (i64::from(b3) << 7)
-            | (i64::from(b4) >> 1),
-    )
-}
-
 /// Media time of `raw` (a 33-bit DTS), unwrapped relative to `first_raw` (which maps to
 /// `first_raw - TS_TIMESTAMP_OFFSET`).
 fn unwrap(raw: i64, first_raw: i64) -> Ticks {
-    let mut delta = (raw - first_raw).rem_euclid(TIMESTAMP_MODULUS);
-    if delta >= TIMESTAMP_MODULUS / 2 {
-        delta -= TIMESTAMP_MODULUS;
-    }
-    first_raw - TS_TIMESTAMP_OFFSET + delta
+    first_raw - TS_TIMESTAMP_OFFSET + timestamp_delta(raw, first_raw)
 }
 
 fn summarize_video(pes: &[Pes]) -> Option<PidSummary> {

@@ -451,13 +451,7 @@ fn demux_segment_with_tracks(
 /// MPEG-TS timestamps are 33 bits: the value congruent to `t` modulo 2^33 nearest to
 /// `reference`.
 pub fn unwrap_near(t: Ticks, reference: Ticks) -> Ticks {
-    const MODULUS: i64 = 1 << 33;
-    let diff = (t - reference).rem_euclid(MODULUS);
-    if diff >= MODULUS / 2 {
-        reference + diff - MODULUS
-    } else {
-        reference + diff
-    }
+    reference + crate::mux::ts::timestamp_delta(t, reference)
 }
 
 #[cfg(test)]

@@ -296,17 +296,7 @@ impl Shared {
             &self.public_url(&playlist_key),
             file_size,
         );
-        Some(CallbackRow {
-            id: rec.id.clone(),
-            url: self.callback.url.clone(),
-            body,
-            state: crate::index::CallbackState::Pending,
-            attempts: 0,
-            last_error: None,
-            next_attempt_ms: now,
-            created_ms: now,
-            delivered_ms: None,
-        })
+        Some(CallbackRow::pending(&rec.id, &self.callback.url, body, now))
     }
 }
 
@@ -328,17 +318,12 @@ impl Shared {
             &self.public_url(&object.key),
             object.size,
         );
-        Some(CallbackRow {
-            id: file.id.clone(),
-            url: self.callback.url.clone(),
+        Some(CallbackRow::pending(
+            &file.id,
+            &self.callback.url,
             body,
-            state: crate::index::CallbackState::Pending,
-            attempts: 0,
-            last_error: None,
-            next_attempt_ms: now,
-            created_ms: now,
-            delivered_ms: None,
-        })
+            now,
+        ))
     }
 }
 

@@ -96,7 +96,7 @@ fn plan_recording(
             if !seg.gap {
                 rows.push(new_row(
                     UploadRow::segment_id(&rec.id, seg.seq),
-                    rec,
+                    &rec.id,
                     ObjectKind::Segment {
                         seq: seg.seq,
                         file: seg.file.clone(),
@@ -114,7 +114,7 @@ fn plan_recording(
         if objects.iter().all(|o| o.state == UploadState::Uploaded) {
             rows.push(new_row(
                 UploadRow::playlist_id(&rec.id),
-                rec,
+                &rec.id,
                 ObjectKind::Playlist,
                 format!("{base}/index.m3u8"),
                 0,
@@ -187,25 +187,12 @@ fn plan_file(
     let object_id = UploadRow::file_id(&file.id);
     match index.get_upload(&object_id)? {
         None => {
-            let row = UploadRow {
-                id: object_id,
-                recording_id: file.id.clone(),
-                kind: ObjectKind::File {
-                    format: file.format,
-                    muxer_version: crate::package::MUXER_VERSION,
-                },
-                key: file.store_key.clone().unwrap_or_default(),
-                size: 0,
-                state: UploadState::Queued,
-                multipart: None,
-                attempts: 0,
-                last_error: None,
-                next_attempt_ms: 0,
-                created_ms: now_ms,
-                uploaded_ms: None,
-                skipped: false,
-                failures: 0,
+            let kind = ObjectKind::File {
+                format: file.format,
+                muxer_version: crate::package::MUXER_VERSION,
             };
+            let key = file.store_key.clone().unwrap_or_default();
+            let row = new_row(object_id, &file.id, kind, key, 0, now_ms);
             index.queue_uploads(&file.id, &[row], &PendingRow::default())?;
             Ok(1)
         }
@@ -240,7 +227,7 @@ pub fn file_key(config: &UploadConfig, capture: &RecordingRow, file: &FileRow) -
 
 fn new_row(
     id: String,
-    rec: &RecordingRow,
+    recording_id: &str,
     kind: ObjectKind,
     key: String,
     size: u64,
@@ -248,7 +235,7 @@ fn new_row(
 ) -> UploadRow {
     UploadRow {
         id,
-        recording_id: rec.id.clone(),
+        recording_id: recording_id.to_owned(),
         kind,
         key,
         size,

@@ -86,3 +86,30 @@ pub fn encode_clip(seconds: u32) -> (Vec<AccessUnit>, Vec<u8>) {
     }
     (aus, rec)
 }
+
+/// Publishes `aus` over Enhanced RTMP (`hvc1` tags, 25 fps) on a fresh connection to
+/// `rtmp_addr` as `live/STREAM`, then deletes the stream. Panics unless the publish starts.
+pub fn publish(rtmp_addr: &str, stream: &str, aus: &[AccessUnit], hvcc: &[u8]) {
+    let mut c = super::rtmp_client::RawClient::connect(rtmp_addr);
+    let (id, codes) = c.publish("live", stream, true);
+    assert!(
+        codes.iter().any(|c| c == "NetStream.Publish.Start"),
+        "{codes:?}"
+    );
+    let mut seq = vec![0x80 | (1 << 4)];
+    seq.extend_from_slice(b"hvc1");
+    seq.extend_from_slice(hvcc);
+    c.session.video(id, 0, &seq);
+    for (i, au) in aus.iter().enumerate() {
+        let frame_type = if au.keyframe { 1 } else { 2 };
+        let mut body = vec![0x80 | (frame_type << 4) | 3];
+        body.extend_from_slice(b"hvc1");
+        body.extend_from_slice(&au.data);
+        c.session.video(id, i as u32 * 40, &body);
+        if i % 16 == 0 {
+            c.flush().unwrap();
+        }
+    }
+    c.session.delete_stream(id);
+    c.flush().unwrap();
+}

@@ -68,13 +68,18 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
-/// An FLV clip of `seconds`.
+/// An FLV clip of `seconds` (video 640x360).
 pub fn clip(kind: Clip, seconds: u32) -> PathBuf {
+    clip_sized(kind, seconds, "640x360")
+}
+
+/// An FLV clip of `seconds` with video of `size` (`WxH`).
+pub fn clip_sized(kind: Clip, seconds: u32, size: &str) -> PathBuf {
     let d = seconds.to_string();
     let mut args = Vec::new();
     if kind != Clip::AudioOnly {
         args.extend(strings(&["-f", "lavfi", "-i"]));
-        args.push(format!("testsrc2=size=640x360:rate=25:duration={d}"));
+        args.push(format!("testsrc2=size={size}:rate=25:duration={d}"));
     }
     if kind != Clip::VideoOnly {
         args.extend(strings(&["-f", "lavfi", "-i"]));
@@ -104,7 +109,11 @@ pub fn clip(kind: Clip, seconds: u32) -> PathBuf {
         args.extend(strings(&["-c:a", "aac", "-b:a", "128k", "-ar", "48000"]));
     }
     args.extend(strings(&["-f", "flv"]));
-    generated(&format!("{kind:?}-{seconds}s"), "flv", &args)
+    let stem = match size {
+        "640x360" => format!("{kind:?}-{seconds}s"),
+        _ => format!("{kind:?}-{seconds}s-{size}"),
+    };
+    generated(&stem, "flv", &args)
 }
 
 /// A clip of incompressible video (lossless noise, ~9 MB/s) with audio: makes segments

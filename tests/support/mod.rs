@@ -212,6 +212,22 @@ impl Daemon {
         })
     }
 
+    /// Returns once an object is mid-multipart (5 MiB parts) with at least `parts` parts
+    /// sent.
+    pub fn wait_mid_multipart(&self, parts: u64) -> Value {
+        wait_for("an object mid-multipart", Duration::from_secs(120), || {
+            let uploads = self.json("/api/v1/uploads");
+            uploads["objects"]
+                .as_array()?
+                .iter()
+                .find(|o| {
+                    o["multipart_upload_id"].is_string()
+                        && o["bytes_sent"].as_u64().unwrap_or(0) >= parts * 5 * 1024 * 1024
+                })
+                .cloned()
+        })
+    }
+
     pub fn recording(&self, id: &str) -> Value {
         self.json(&format!("/api/v1/recordings/{id}"))
     }
