@@ -354,6 +354,7 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
                 record_id: None,
                 note: None,
                 uploaded_ms: None,
+                before: None,
             })
             .expect("put file");
     }

@@ -122,6 +122,13 @@ pub async fn download(
         .index
         .get_file(&id)?
         .ok_or_else(|| ApiError::not_found(format!("file recording {id}")))?;
+    let capture = s
+        .index
+        .get_recording(&row.capture_id)?
+        .filter(|c| !c.deleting)
+        .ok_or_else(|| ApiError::not_found(format!("file recording {id}")))?;
+    // An open file is served as far as its capture has recorded.
+    let row = row.live(&capture);
     if row.state == FileState::Skipped {
         return Err(ApiError::gone(
             row.note.unwrap_or_else(|| "nothing to make".into()),

@@ -272,7 +272,7 @@ pub async fn list(
                 out.push(with_file_upload(
                     &s,
                     &file,
-                    RecordingView::file(&file, &row),
+                    RecordingView::file(&file.live(&row), &row),
                 )?);
             }
         }
@@ -296,6 +296,7 @@ pub async fn get_one(
         let Some(capture) = capture else {
             return Err(ApiError::not_found(format!("recording {id}")));
         };
+        let file = file.live(&capture);
         let mut view = with_file_upload(&s, &file, RecordingView::file(&file, &capture))?;
         let segments = s.index.segments(&file.capture_id)?;
         view.segment_list = Some(

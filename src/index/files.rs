@@ -72,6 +72,31 @@ pub struct FileRow {
     pub note: Option<String>,
     #[serde(default)]
     pub uploaded_ms: Option<i64>,
+    /// While `recording`: the capture's totals just before this file's first segment.
+    /// The open row is written once; its live span is the capture's totals minus these
+    /// ([`FileRow::live`]), so a growing file costs no index write per segment.
+    #[serde(default)]
+    pub before: Option<CaptureTotals>,
+}
+
+/// A capture's running totals at some segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureTotals {
+    pub duration_ticks: Ticks,
+    pub bytes: u64,
+    pub segments: u32,
+    pub codec_changes: u32,
+}
+
+impl CaptureTotals {
+    pub fn of(capture: &super::RecordingRow) -> CaptureTotals {
+        CaptureTotals {
+            duration_ticks: capture.duration_ticks,
+            bytes: capture.bytes,
+            segments: capture.segments,
+            codec_changes: capture.codec_changes,
+        }
+    }
 }
 
 impl FileRow {
@@ -90,6 +115,20 @@ impl FileRow {
 
     pub fn duration_s(&self) -> f64 {
         ticks_to_seconds(self.duration_ticks)
+    }
+
+    /// The row with its span brought up to `capture`'s latest segment, for an open file
+    /// (a closed one is returned as it is).
+    pub fn live(&self, capture: &super::RecordingRow) -> FileRow {
+        let mut row = self.clone();
+        if let (FileState::Recording, Some(before)) = (self.state, self.before) {
+            row.duration_ticks = (capture.duration_ticks - before.duration_ticks).max(0);
+            row.ts_bytes = capture.bytes.saturating_sub(before.bytes);
+            row.segments = capture.segments.saturating_sub(before.segments);
+            row.last_seq = capture.next_seq.saturating_sub(1).max(self.first_seq);
+            row.end_ms = self.end_ms.max(capture.end_ms);
+        }
+        row
     }
 
     /// The file name with its extension (what a download is saved as).

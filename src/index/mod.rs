@@ -37,7 +37,7 @@ mod files;
 mod rows;
 mod uploads;
 
-pub use files::{FileRow, FileState};
+pub use files::{CaptureTotals, FileRow, FileState};
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
 pub use uploads::{
     CallbackRow, CallbackState, DonePart, Multipart, ObjectKind, PendingRow, UploadRow, UploadState,

@@ -106,6 +106,10 @@ pub struct RecordingRow {
     /// The publish URL's query string as the first publisher sent it (for callbacks).
     #[serde(default)]
     pub stream_param: Option<String>,
+    /// Segments flagged `codec_change` so far (a file planner that sees this unchanged
+    /// knows no file must close for a codec change without reading segments).
+    #[serde(default)]
+    pub codec_changes: u32,
 }
 
 impl RecordingRow {
@@ -137,6 +141,7 @@ impl RecordingRow {
             template: None,
             record_id: None,
             stream_param: None,
+            codec_changes: 0,
         }
     }
 
@@ -188,6 +193,9 @@ impl RecordingRow {
         self.duration_ticks += seg.duration_ticks;
         if seg.discontinuity {
             self.discontinuities += 1;
+        }
+        if seg.codec_change {
+            self.codec_changes += 1;
         }
         self.next_seq = self.next_seq.max(seg.seq + 1);
         self.end_ms = self.end_ms.max(seg.wall_end_ms());

@@ -232,6 +232,12 @@ fn plan_segments(
         let Some(file_tracks) = tracks.as_ref() else {
             continue; // nothing usable yet
         };
+        if samples.capacity() == 0 && !frames.is_empty() {
+            // Size the list from the first segment (plus 10 %) instead of letting it
+            // double: peak memory per sample is what bounds packaging a long file.
+            let estimate = frames.len() * segments.len() / 10 * 11;
+            samples.reserve_exact(estimate.max(frames.len()));
+        }
         let mut chooser = Chooser::new(file_tracks, row.format, last_dts);
         for m in frames {
             if chooser.take_meta(&m) {

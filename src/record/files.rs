@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::naming::{render, NameValues};
 use crate::config::{FileOutput, Format};
 use crate::index::{
-    FileRow, FileState, Index, IndexError, RecordingRow, RecordingState, SegmentRow,
+    CaptureTotals, FileRow, FileState, Index, IndexError, RecordingRow, RecordingState, SegmentRow,
 };
 use crate::media::{Ticks, TICKS_PER_SECOND};
 
@@ -99,14 +99,34 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
         // files are recomputed from the first segment (the same spans, since they are a
         // function of the segment rows), so gaps recovery marked later show in their rows.
         let last = mine.last();
+        let interval = i64::from(output.record_interval_s) * TICKS_PER_SECOND;
+        if let Some(before) = last
+            .filter(|f| f.state == FileState::Recording && !terminal)
+            .and_then(|f| f.before)
+        {
+            // The open file closes only when it reaches the interval or a codec change
+            // comes: both show in the capture's totals, so most passes read no segment.
+            let grown = capture.duration_ticks - before.duration_ticks;
+            if grown < interval && capture.codec_changes == before.codec_changes {
+                all_final = false;
+                continue;
+            }
+        }
+        // While the capture grows, only the open file is looked at; once it is final, its
+        // files are recomputed from the first segment (the same spans, since they are a
+        // function of the segment rows), so gaps recovery marked later show in their rows.
         let (start_seq, number) = match last {
             _ if terminal => (1, 1),
             Some(f) if f.state == FileState::Recording => (f.first_seq, f.number),
             Some(f) => (f.last_seq + 1, f.number + 1),
             None => (1, 1),
         };
-        let segments = index.segments_after(&capture.id, start_seq.saturating_sub(1))?;
-        let interval = i64::from(output.record_interval_s) * TICKS_PER_SECOND;
+        // Only what the capture row counts, so the open file's totals agree with it.
+        let segments: Vec<SegmentRow> = index
+            .segments_after(&capture.id, start_seq.saturating_sub(1))?
+            .into_iter()
+            .filter(|s| s.seq < capture.next_seq)
+            .collect();
         for (i, span) in split(&segments, interval, terminal).into_iter().enumerate() {
             let in_span: Vec<&SegmentRow> = segments
                 .iter()
@@ -114,6 +134,7 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
                 .collect();
             let mut row = new_row(capture, format, &template.name, output, number + i as u32);
             fill(&mut row, &span, &in_span);
+            let stored = index.get_file(&row.id)?;
             if span.closed {
                 row.state = FileState::Finished;
                 row.file_name = Some(render(
@@ -130,8 +151,17 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
                 ));
             } else {
                 all_final = false;
+                if stored.as_ref().is_some_and(|s| {
+                    s.state == FileState::Recording && s.first_seq == span.first_seq
+                }) {
+                    continue; // written when it opened; its live span comes from the capture
+                }
+                let mut before = CaptureTotals::of(capture);
+                before.duration_ticks -= in_span.iter().map(|s| s.duration_ticks).sum::<Ticks>();
+                before.bytes -= row.ts_bytes;
+                before.segments -= row.segments;
+                row.before = Some(before);
             }
-            let stored = index.get_file(&row.id)?;
             if let Some(old) = &stored {
                 // Keep what the uploader fixed (the object key and upload time).
                 row.store_key = old.store_key.clone();
@@ -178,6 +208,7 @@ fn new_row(
         record_id: capture.record_id.clone(),
         note: None,
         uploaded_ms: None,
+        before: None,
     }
 }
 
@@ -346,7 +377,16 @@ mod tests {
         let aac: Vec<_> = files.iter().filter(|f| f.format == Format::Aac).collect();
         assert_eq!(aac[0].state, FileState::Skipped, "no audio track");
 
-        index.commit_segment("c1", &seg(6, 10, false)).unwrap();
+        index.commit_segment("c1", &seg(6, 5, false)).unwrap();
+        // Growing below the interval writes nothing: the open row keeps its first span,
+        // and its live view follows the capture.
+        plan_pending(&index, &mut seen).unwrap();
+        let open = index.get_file(&mp4[1].id).unwrap().unwrap();
+        assert_eq!((open.last_seq, open.segments), (5, 2), "not rewritten per segment");
+        let capture = index.get_recording("c1").unwrap().unwrap();
+        let live = open.live(&capture);
+        assert_eq!((live.first_seq, live.last_seq, live.segments), (4, 6, 3));
+        assert_eq!(live.duration_ticks, 25 * TICKS_PER_SECOND);
         index
             .update_recording("c1", |r| {
                 r.state = RecordingState::Finished;
