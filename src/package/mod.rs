@@ -232,12 +232,6 @@ fn plan_segments(
         let Some(file_tracks) = tracks.as_ref() else {
             continue; // nothing usable yet
         };
-        if samples.capacity() == 0 && !frames.is_empty() {
-            // Size the list from the first segment (plus 10 %) instead of letting it
-            // double: peak memory per sample is what bounds packaging a long file.
-            let estimate = frames.len() * segments.len() / 10 * 11;
-            samples.reserve_exact(estimate.max(frames.len()));
-        }
         let mut chooser = Chooser::new(file_tracks, row.format, last_dts);
         for m in frames {
             if chooser.take_meta(&m) {
@@ -247,6 +241,11 @@ fn plan_segments(
             }
         }
         last_dts = chooser.last_dts;
+        if first_sample == 0 && !samples.is_empty() {
+            // Size the list from the first segment (plus 10 %) instead of letting it
+            // double: peak memory per sample is what bounds packaging a long file.
+            samples.reserve_exact(samples.len() * segments.len() / 10 * 11);
+        }
         parts.push(Part {
             path,
             media_start: seg.media_start,
