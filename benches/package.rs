@@ -283,6 +283,7 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
             gap: false,
             recovered: false,
             codec_change: false,
+            params: 0,
         };
         index
             .commit_segment(CAPTURE_ID, &seg)

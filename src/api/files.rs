@@ -104,7 +104,7 @@ fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> 
             if b < a {
                 return Err(());
             }
-            (a, (b + 1).min(len))
+            (a, b.saturating_add(1).min(len))
         }
     };
     if start >= len || start >= end {
@@ -127,6 +127,9 @@ pub async fn download(
         .get_recording(&row.capture_id)?
         .filter(|c| !c.deleting)
         .ok_or_else(|| ApiError::not_found(format!("file recording {id}")))?;
+    if capture.evicted_ms.is_some() {
+        return Err(PackageError::Evicted(id).into());
+    }
     // An open file is served as far as its capture has recorded.
     let row = row.live(&capture);
     if row.state == FileState::Skipped {

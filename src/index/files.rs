@@ -2,7 +2,7 @@
 //!
 //! A file is a view over a span of one capture's segments (`first_seq..=last_seq`); its
 //! bytes are derived from those segments when read (`package`), never stored. Trees:
-//! - `files`: file id (`<capture id>_<format><n:04>`, so a capture's files sort together
+//! - `files`: file id (`<capture id>_<format><n:08>`, so a capture's files sort together
 //!   by format and number; `_` because upload and callback rows of a capture are keyed
 //!   `<capture id>.`, which a file's must never match) -> JSON [`FileRow`].
 //! - `files_pending`: capture id -> empty: captures whose files are not all closed yet, so
@@ -101,7 +101,7 @@ impl CaptureTotals {
 
 impl FileRow {
     pub fn make_id(capture_id: &str, format: Format, number: u32) -> String {
-        format!("{capture_id}_{}{number:04}", format.as_str())
+        format!("{capture_id}_{}{number:08}", format.as_str())
     }
 
     /// The capture id part of a file id, or None for an id that is not a file's.
@@ -139,9 +139,40 @@ impl FileRow {
 }
 
 impl Index {
-    /// Writes (creates or replaces) a file row.
+    /// Writes (creates or replaces) a file row as the file planner computed it, keeping
+    /// what the uploader fixed in the stored row (its object key and upload time), in one
+    /// transaction so neither side's change is lost.
     pub fn put_file(&self, row: &FileRow) -> Result<(), IndexError> {
-        self.files.insert(row.id.as_bytes(), encode(row))?;
+        let id = row.id.as_bytes();
+        self.files
+            .transaction(|files| {
+                let mut row = row.clone();
+                if let Some(bytes) = files.get(id)? {
+                    let stored: FileRow = decode(id, &bytes).map_err(super::abort)?;
+                    row.store_key = row.store_key.or(stored.store_key);
+                    row.uploaded_ms = row.uploaded_ms.or(stored.uploaded_ms);
+                }
+                files.insert(id, encode(&row))?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<IndexError>| super::flatten(e))?;
+        self.flush()
+    }
+
+    /// Sets a file's object key (the uploader fixed where it goes), in one transaction.
+    pub fn set_file_store_key(&self, id: &str, key: &str) -> Result<(), IndexError> {
+        let kb = id.as_bytes();
+        self.files
+            .transaction(|files| {
+                let Some(bytes) = files.get(kb)? else {
+                    return Ok(());
+                };
+                let mut row: FileRow = decode(kb, &bytes).map_err(super::abort)?;
+                row.store_key = Some(key.to_owned());
+                files.insert(kb, encode(&row))?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<IndexError>| super::flatten(e))?;
         self.flush()
     }
 
@@ -174,12 +205,11 @@ impl Index {
     }
 
     /// Removes a capture's file rows and its pending mark (the capture is being deleted).
+    /// Their names stay claimed: the objects may still be in the store, and a new file
+    /// must never overwrite one.
     pub fn remove_files_of(&self, capture_id: &str) -> Result<(), IndexError> {
         for row in self.files_of(capture_id)? {
             self.files.remove(row.id.as_bytes())?;
-            if let Some(key) = &row.store_key {
-                self.names.remove(key.as_bytes())?;
-            }
         }
         self.files_pending.remove(capture_id.as_bytes())?;
         self.flush()
@@ -279,7 +309,7 @@ mod tests {
     #[test]
     fn ids_name_their_capture_and_names_never_collide() {
         let id = FileRow::make_id("20261204T210000000Z-ab12", Format::Mp4, 3);
-        assert_eq!(id, "20261204T210000000Z-ab12_mp40003");
+        assert_eq!(id, "20261204T210000000Z-ab12_mp400000003");
         assert_eq!(FileRow::capture_of(&id), Some("20261204T210000000Z-ab12"));
         assert_eq!(FileRow::capture_of("20261204T210000000Z-ab12"), None);
         assert_eq!(FileRow::capture_of("x_hls0001"), None);

@@ -260,17 +260,27 @@ impl Index {
         self.db.get("__probe").is_ok()
     }
 
-    /// Creates an open recording; fails if its stream already has one.
+    /// Creates an open recording; fails if its stream already has one. A capture whose
+    /// template makes files is marked for the file planner in the same transaction.
     pub fn create_recording(&self, row: &RecordingRow) -> Result<(), IndexError> {
         let stream_key = row.stream_key();
-        (&self.recordings, &self.open, &self.upload_pending)
-            .transaction(|(recordings, open, pending)| {
+        let has_files = row.has_files();
+        (
+            &self.recordings,
+            &self.open,
+            &self.upload_pending,
+            &self.files_pending,
+        )
+            .transaction(|(recordings, open, pending, files_pending)| {
                 if let Some(existing) = open.get(stream_key.as_bytes())? {
                     let existing = String::from_utf8_lossy(&existing).into_owned();
                     return Err(abort(IndexError::AlreadyOpen(stream_key.clone(), existing)));
                 }
                 recordings.insert(row.id.as_bytes(), encode(row))?;
                 pending.insert(row.id.as_bytes(), encode(&PendingRow::default()))?;
+                if has_files {
+                    files_pending.insert(row.id.as_bytes(), &[])?;
+                }
                 if row.state.is_open() {
                     open.insert(stream_key.as_bytes(), row.id.as_bytes())?;
                 }
@@ -495,6 +505,7 @@ mod tests {
             gap: false,
             recovered: false,
             codec_change: false,
+            params: 0,
         }
     }
 

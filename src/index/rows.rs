@@ -106,10 +106,14 @@ pub struct RecordingRow {
     /// The publish URL's query string as the first publisher sent it (for callbacks).
     #[serde(default)]
     pub stream_param: Option<String>,
-    /// Segments flagged `codec_change` so far (a file planner that sees this unchanged
-    /// knows no file must close for a codec change without reading segments).
+    /// Segments so far that start a new file for a codec change
+    /// ([`SegmentRow::changes_codec`]): a file planner that sees this unchanged knows no
+    /// file must close for one without reading segments.
     #[serde(default)]
     pub codec_changes: u32,
+    /// The last known segment parameters' fingerprint (0 = none yet).
+    #[serde(default)]
+    pub last_params: u64,
 }
 
 impl RecordingRow {
@@ -142,6 +146,7 @@ impl RecordingRow {
             record_id: None,
             stream_param: None,
             codec_changes: 0,
+            last_params: 0,
         }
     }
 
@@ -194,8 +199,11 @@ impl RecordingRow {
         if seg.discontinuity {
             self.discontinuities += 1;
         }
-        if seg.codec_change {
+        if seg.changes_codec(self.last_params) {
             self.codec_changes += 1;
+        }
+        if seg.params != 0 {
+            self.last_params = seg.params;
         }
         self.next_seq = self.next_seq.max(seg.seq + 1);
         self.end_ms = self.end_ms.max(seg.wall_end_ms());
@@ -228,6 +236,20 @@ pub struct SegmentRow {
     /// start a new file here.
     #[serde(default)]
     pub codec_change: bool,
+    /// Fingerprint of the track set and codec parameters it was muxed with
+    /// ([`crate::media::Tracks::fingerprint`]); 0 = unknown (adopted by recovery, or
+    /// written before schema 2). A change also starts a new file, which catches a resumed
+    /// publisher that came back with other parameters.
+    #[serde(default)]
+    pub params: u64,
+}
+
+impl SegmentRow {
+    /// Whether this segment must start a new MP4/FLV/AAC file after segments muxed with
+    /// `previous` parameters (0 = unknown).
+    pub fn changes_codec(&self, previous: u64) -> bool {
+        self.codec_change || (self.params != 0 && previous != 0 && self.params != previous)
+    }
 }
 
 impl SegmentRow {

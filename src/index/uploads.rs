@@ -40,6 +40,10 @@ pub enum ObjectKind {
     File {
         format: crate::config::Format,
         muxer_version: u32,
+        /// Fingerprint of the derived bytes the upload began with (header and length);
+        /// 0 until the first part is sent.
+        #[serde(default)]
+        fingerprint: u64,
     },
 }
 

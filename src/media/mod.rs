@@ -126,6 +126,40 @@ impl Tracks {
     pub fn is_empty(&self) -> bool {
         self.video.is_none() && self.audio.is_none()
     }
+
+    /// A non-zero 64-bit FNV-1a fingerprint of the track set and its decoder
+    /// configuration records: equal for streams a container can carry under one set of
+    /// sample entries.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for params in [&self.video, &self.audio] {
+            match params {
+                None => eat(b"-"),
+                Some(CodecParams::H264(c)) => {
+                    eat(b"avc1");
+                    c.sps.iter().chain(&c.pps).for_each(|n| eat(n));
+                }
+                Some(CodecParams::H265(c)) => {
+                    eat(b"hvc1");
+                    c.vps
+                        .iter()
+                        .chain(&c.sps)
+                        .chain(&c.pps)
+                        .for_each(|n| eat(n));
+                }
+                Some(CodecParams::Aac(c)) => {
+                    eat(b"mp4a");
+                    eat(&c.asc);
+                }
+            }
+        }
+        h.max(1)
+    }
 }
 
 /// A malformed codec configuration or bitstream, with enough context to find the byte.

@@ -358,7 +358,6 @@ fn pes_header(stream_id: u8, pts: Ticks, dts: Ticks, payload_len: usize, out: &m
     }
 }
 
-/// The 33-bit timestamp field written for media time `t`.
 /// Reads a 33-bit PTS/DTS from its 5-byte PES header field (marker bits ignored).
 pub fn read_timestamp(b: &[u8]) -> Option<i64> {
     let &[b0, b1, b2, b3, b4] = b else {
@@ -383,6 +382,7 @@ pub fn timestamp_delta(a: i64, b: i64) -> i64 {
     }
 }
 
+/// The 33-bit timestamp field written for media time `t`.
 pub fn ts_timestamp(t: Ticks) -> u64 {
     (t + TS_TIMESTAMP_OFFSET).rem_euclid(TIMESTAMP_MODULUS) as u64
 }

@@ -121,6 +121,17 @@ impl DerivedFile {
         self.total_len == 0
     }
 
+    /// A fingerprint of the bytes: FNV-1a of the header (which holds every sample's size
+    /// and time, or for FLV the keyframe positions) and the length. A multipart upload
+    /// resumes only onto bytes with the same fingerprint.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in self.header().iter().chain(&self.total_len.to_be_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h.max(1)
+    }
+
     /// Media duration (90 kHz).
     pub fn duration(&self) -> Ticks {
         match &self.layout {
@@ -226,12 +237,21 @@ fn plan_segments(
             },
         )?;
         dropped += demuxer_dropped;
+        let seen_tracks = seen_tracks.map(|t| file_tracks(t, row.format));
         if tracks.is_none() {
-            tracks = seen_tracks.map(|t| file_tracks(t, row.format));
+            tracks = seen_tracks.clone();
         }
         let Some(file_tracks) = tracks.as_ref() else {
             continue; // nothing usable yet
         };
+        if seen_tracks.as_ref().is_some_and(|seen| seen != file_tracks) {
+            // Files split where parameters change; a segment that still differs (adopted
+            // by recovery without its parameters' fingerprint) cannot go under this file's
+            // sample entries: leave it out rather than write an undecodable file.
+            tracing::warn!(file = %row.id, segment = %seg.file, "segment has other codec parameters than the file; left out");
+            dropped += frames.len() as u64;
+            continue;
+        }
         let mut chooser = Chooser::new(file_tracks, row.format, last_dts);
         for m in frames {
             if chooser.take_meta(&m) {

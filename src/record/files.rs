@@ -39,10 +39,11 @@ pub struct Span {
 /// changes. The last span is open unless `terminal`.
 pub fn split(segments: &[SegmentRow], interval: Ticks, terminal: bool) -> Vec<Span> {
     let mut spans = Vec::new();
-    let mut current: Option<(u32, u32, Ticks)> = None;
+    // (first seq, last seq, media so far, parameters fingerprint) of the open span.
+    let mut current: Option<(u32, u32, Ticks, u64)> = None;
     for seg in segments {
-        if let Some((first, last, _)) = current {
-            if seg.codec_change {
+        if let Some((first, last, _, params)) = current {
+            if seg.changes_codec(params) {
                 spans.push(Span {
                     first_seq: first,
                     last_seq: last,
@@ -51,8 +52,9 @@ pub fn split(segments: &[SegmentRow], interval: Ticks, terminal: bool) -> Vec<Sp
                 current = None;
             }
         }
-        let (first, _, acc) = current.unwrap_or((seg.seq, seg.seq, 0));
+        let (first, _, acc, params) = current.unwrap_or((seg.seq, seg.seq, 0, 0));
         let acc = acc + seg.duration_ticks;
+        let params = if params == 0 { seg.params } else { params };
         if acc >= interval {
             spans.push(Span {
                 first_seq: first,
@@ -61,10 +63,10 @@ pub fn split(segments: &[SegmentRow], interval: Ticks, terminal: bool) -> Vec<Sp
             });
             current = None;
         } else {
-            current = Some((first, seg.seq, acc));
+            current = Some((first, seg.seq, acc, params));
         }
     }
-    if let Some((first, last, _)) = current {
+    if let Some((first, last, _, _)) = current {
         spans.push(Span {
             first_seq: first,
             last_seq: last,
@@ -88,16 +90,18 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
         if mine.iter().any(|f| f.state == FileState::Skipped) {
             continue;
         }
-        if format == Format::Aac && capture.segments > 0 && capture.audio_codec.is_none() {
+        // Decided once, before any AAC file exists: a stream that starts without audio.
+        if format == Format::Aac
+            && mine.is_empty()
+            && capture.segments > 0
+            && capture.audio_codec.is_none()
+        {
             let mut row = new_row(capture, format, template.name.as_str(), output, 1);
             row.state = FileState::Skipped;
             row.note = Some("the stream has no audio track: no AAC file is made".into());
             index.put_file(&row)?;
             continue;
         }
-        // While the capture grows, only the open file is looked at; once it is final, its
-        // files are recomputed from the first segment (the same spans, since they are a
-        // function of the segment rows), so gaps recovery marked later show in their rows.
         let last = mine.last();
         let interval = i64::from(output.record_interval_s) * TICKS_PER_SECOND;
         if let Some(before) = last
@@ -169,9 +173,12 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
             }
             if stored.as_ref() != Some(&row) {
                 index.put_file(&row)?;
-                if row.state == FileState::Finished {
-                    index.ensure_upload_pending(&row.id)?;
-                }
+            }
+            // Every pass (not only when the row changed): a crash between the row and its
+            // queue entry must not leave a finished file that is never uploaded. Cheap: a
+            // compare-and-swap that writes only when the entry is missing.
+            if row.state == FileState::Finished && row.uploaded_ms.is_none() {
+                index.ensure_upload_pending(&row.id)?;
             }
         }
     }
@@ -310,6 +317,7 @@ mod tests {
             gap: false,
             recovered: false,
             codec_change,
+            params: 0,
         }
     }
 
@@ -332,6 +340,27 @@ mod tests {
         let spans = split(&segs, 60 * TICKS_PER_SECOND, true);
         let pairs: Vec<_> = spans.iter().map(|s| (s.first_seq, s.last_seq)).collect();
         assert_eq!(pairs, [(1, 15), (16, 30), (31, 38)]);
+    }
+
+    #[test]
+    fn a_resume_with_other_parameters_starts_a_new_file() {
+        let mut segs: Vec<_> = (1..=5).map(|n| seg(n, 4, false)).collect();
+        for s in &mut segs[..3] {
+            s.params = 0xa;
+        }
+        segs[3].params = 0xb; // the publisher came back with another SPS
+        segs[4].params = 0; // adopted by recovery: unknown, stays with its span
+        let spans = split(&segs, 600 * TICKS_PER_SECOND, true);
+        let pairs: Vec<_> = spans.iter().map(|s| (s.first_seq, s.last_seq)).collect();
+        assert_eq!(pairs, [(1, 3), (4, 5)]);
+        let mut capture = RecordingRow::new("c".into(), "a".into(), "s".into(), 0);
+        for s in &segs {
+            capture.add_segment(s);
+        }
+        assert_eq!(
+            capture.codec_changes, 1,
+            "the planner's trigger counts it too"
+        );
     }
 
     #[test]
@@ -382,7 +411,11 @@ mod tests {
         // and its live view follows the capture.
         plan_pending(&index, &mut seen).unwrap();
         let open = index.get_file(&mp4[1].id).unwrap().unwrap();
-        assert_eq!((open.last_seq, open.segments), (5, 2), "not rewritten per segment");
+        assert_eq!(
+            (open.last_seq, open.segments),
+            (5, 2),
+            "not rewritten per segment"
+        );
         let capture = index.get_recording("c1").unwrap().unwrap();
         let live = open.live(&capture);
         assert_eq!((live.first_seq, live.last_seq, live.segments), (4, 6, 3));

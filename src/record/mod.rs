@@ -753,9 +753,6 @@ fn begin_recording(
         .create_recording_dir(app, stream, &row.id)
         .map_err(|e| RecordError::io("create recording folder", inner.storage.media_dir(), e))?;
     inner.index.create_recording(&row)?;
-    if row.has_files() {
-        inner.index.mark_files_pending(&row.id)?;
-    }
     tracing::info!(recording = %row.id, stream = %key, template = row.template_name(), "new recording");
     Ok((row, false, 0))
 }

@@ -44,6 +44,8 @@ struct OpenSegment {
     wall_start_ms: i64,
     discontinuity: bool,
     codec_change: bool,
+    /// Fingerprint of the tracks its muxer was made for.
+    params: u64,
 }
 
 /// The state of one publish session's recording.
@@ -325,6 +327,7 @@ impl RecordingSession {
             wall_start_ms: now_ms(),
             discontinuity: std::mem::take(&mut self.discontinuity_next),
             codec_change: std::mem::take(&mut self.codec_change_next),
+            params: self.tracks.fingerprint(),
         })
     }
 
@@ -368,6 +371,7 @@ impl RecordingSession {
             gap: false,
             recovered: false,
             codec_change: segment.codec_change,
+            params: segment.params,
         };
         self.recording = self.index.commit_segment(&self.recording.id, &row)?;
         self.stats.segments_written.fetch_add(1, Ordering::Relaxed);

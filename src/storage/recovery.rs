@@ -258,6 +258,7 @@ pub fn reconcile_files(
             gap: false,
             recovered: true,
             codec_change: false,
+            params: 0,
         };
         tracing::info!(recording = %row.id, file = %seg.file, bytes = seg.bytes,
             duration_s = seg.duration_s(), from_part = part, "adopted segment after a crash");
@@ -288,6 +289,7 @@ mod tests {
             gap: false,
             recovered: false,
             codec_change: false,
+            params: 0,
         }
     }
 

@@ -181,8 +181,8 @@ fn plan_file(
     }
     if file.store_key.is_none() {
         let key = index.claim_name(&file_key(ctx.config, &capture, &file), &file.id)?;
+        index.set_file_store_key(&file.id, &key)?;
         file.store_key = Some(key);
-        index.put_file(&file)?;
     }
     let object_id = UploadRow::file_id(&file.id);
     match index.get_upload(&object_id)? {
@@ -190,6 +190,7 @@ fn plan_file(
             let kind = ObjectKind::File {
                 format: file.format,
                 muxer_version: crate::package::MUXER_VERSION,
+                fingerprint: 0,
             };
             let key = file.store_key.clone().unwrap_or_default();
             let row = new_row(object_id, &file.id, kind, key, 0, now_ms);
@@ -307,6 +308,7 @@ mod tests {
             gap,
             recovered: false,
             codec_change: false,
+            params: 0,
         }
     }
 

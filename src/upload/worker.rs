@@ -65,9 +65,11 @@ pub async fn send(
     match row.kind.clone() {
         ObjectKind::Playlist => send_playlist(shared, row, progress).await,
         ObjectKind::Segment { seq, file } => send_segment(shared, row, seq, &file, progress).await,
-        ObjectKind::File { muxer_version, .. } => {
-            send_file(shared, row, muxer_version, progress).await
-        }
+        ObjectKind::File {
+            muxer_version,
+            fingerprint,
+            ..
+        } => send_file(shared, row, muxer_version, fingerprint, progress).await,
     }
 }
 
@@ -102,6 +104,7 @@ async fn send_file(
     shared: &Shared,
     row: &mut UploadRow,
     muxer_version: u32,
+    fingerprint: u64,
     progress: &Arc<AtomicU64>,
 ) -> Result<(), Failure> {
     let (index, storage, file_id) = (
@@ -118,15 +121,18 @@ async fn send_file(
     .await
     .map_err(|e| Failure::Local(format!("packaging task: {e}")))??;
     let size = plan.len();
-    let stale = muxer_version != MUXER_VERSION || (row.multipart.is_some() && row.size != size);
+    let now = plan.fingerprint();
+    let stale = row.multipart.is_some()
+        && (muxer_version != MUXER_VERSION || row.size != size || fingerprint != now);
     if stale {
         tracing::warn!(object = %row.key, "the file's bytes differ from the interrupted upload's (another muxer version or changed segments); starting it over");
         row.multipart = None;
-        row.kind = ObjectKind::File {
-            format: plan.format,
-            muxer_version: MUXER_VERSION,
-        };
     }
+    row.kind = ObjectKind::File {
+        format: plan.format,
+        muxer_version: MUXER_VERSION,
+        fingerprint: now,
+    };
     row.size = size;
     let part_size = row
         .multipart
