@@ -244,9 +244,9 @@ impl CallbackView {
             attempts: row.attempts,
             last_error: row.last_error.clone(),
             next_attempt: (row.state == CallbackState::Pending)
-                .then(|| crate::api::rfc3339(row.next_attempt_ms)),
-            created_at: crate::api::rfc3339(row.created_ms),
-            delivered_at: row.delivered_ms.map(crate::api::rfc3339),
+                .then(|| crate::clock::rfc3339(row.next_attempt_ms)),
+            created_at: crate::clock::rfc3339(row.created_ms),
+            delivered_at: row.delivered_ms.map(crate::clock::rfc3339),
             body: row.body.clone(),
         }
     }

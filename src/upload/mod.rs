@@ -136,7 +136,7 @@ impl Uploader {
             let h = lock(&self.shared.health);
             h.retry_at
                 .filter(|t| h.kind.is_some() && *t > Instant::now())
-                .map(|_| crate::api::rfc3339(h.retry_at_ms))
+                .map(|_| crate::clock::rfc3339(h.retry_at_ms))
         };
         let mut objects = Vec::new();
         let mut counts = HashMap::<&'static str, usize>::new();
@@ -168,7 +168,7 @@ impl Uploader {
                 retry_at: health
                     .retry_at
                     .filter(|_| health.kind.is_some())
-                    .map(|_| crate::api::rfc3339(health.retry_at_ms)),
+                    .map(|_| crate::clock::rfc3339(health.retry_at_ms)),
             },
             counts: counts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             objects,
@@ -517,7 +517,7 @@ impl ObjectView {
             failures: row.failures,
             last_error: row.last_error.clone(),
             next_attempt: (row.next_attempt_ms > now_ms() && row.state != UploadState::Failed)
-                .then(|| crate::api::rfc3339(row.next_attempt_ms)),
+                .then(|| crate::clock::rfc3339(row.next_attempt_ms)),
             multipart_upload_id: row.multipart.as_ref().map(|m| m.upload_id.clone()),
         }
     }
