@@ -288,7 +288,7 @@ fn one_publish_makes_four_playable_formats() {
 fn files_split_at_the_interval_cover_every_frame_once() {
     let d = Daemon::start_with_sections(&template_config("mp4", 60));
     let clip = media::clip(Clip::AudioVideo, 150);
-    media::publish_and_wait(&d.rtmp_url("live", "long"), &clip, false);
+    media::publish_paced_and_wait(&d.rtmp_url("live", "long"), &clip, 10);
     let (hls, files) = wait_closed(&d, "long", 3);
     let hls_probe = media::probe(&d.http_url(hls["playlist"].as_str().unwrap()));
     let dir = tempfile::tempdir().unwrap();

@@ -171,6 +171,25 @@ pub fn publish_and_wait(url: &str, clip: &Path, realtime: bool) {
     );
 }
 
+/// Publishes at `speed` times real time (`-readrate`) and waits. A long clip pushed
+/// unpaced outruns the flash writer's queue on a busy machine, and the recorder then
+/// drops frames by design; a test that counts frames paces its publisher.
+pub fn publish_paced_and_wait(url: &str, clip: &Path, speed: u32) {
+    let out = tool("ffmpeg")
+        .args(["-v", "error", "-readrate", &speed.to_string(), "-i"])
+        .arg(clip)
+        .args(["-c", "copy", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg publish to {url} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Frame counts and duration as ffprobe decodes them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
