@@ -100,6 +100,7 @@ secret_key = "{SK}"
 [callback]
 url = "http://127.0.0.1:{CB_PORT}/cb"
 key = "k"
+allow_insecure = true
 """)
     p = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.PIPE,
                          stderr=open(os.path.join(work, "daemon.log"), "a"), text=True)

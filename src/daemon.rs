@@ -27,6 +27,9 @@ pub fn open_index(config: &Config) -> anyhow::Result<Index> {
 /// Runs the recorder until `cancel`. Prints one `edgerec: listening rtmp=ADDR http=ADDR`
 /// line on stdout once it accepts publishes (tools and tests read the bound ports there).
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    for w in config.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
     let media_dir = config.media_dir();
     std::fs::create_dir_all(&media_dir)
         .with_context(|| format!("cannot create the media folder {}", media_dir.display()))?;
@@ -102,6 +105,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         config: config.clone(),
         uploader: uploader.clone(),
         plans: api::PlanCache::default(),
+        access: api::Access::new(&config.http),
     };
     // Background work that stops with the daemon; in-flight uploads resume at next start.
     let background = CancellationToken::new();
@@ -132,6 +136,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let ingest = tokio::spawn(crate::ingest::rtmp::run(
         rtmp,
         config.rtmp.clone(),
+        crate::ingest::admission::PublishGate::new(config.publish_auth.clone()),
         recorders.clone(),
         ingest_cancel.clone(),
     ));

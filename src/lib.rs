@@ -2,14 +2,15 @@
 //! recorded to crash-safe, keyframe-aligned MPEG-TS segments on flash, indexed in sled,
 //! and served back as HLS.
 //!
-//! Layout (see `../shared/DESIGN.md`): pure code without IO in [`media`], [`proto`] and
-//! [`mux`]; IO in [`ingest`], [`record`], [`storage`], [`index`] and [`api`]; [`daemon`]
+//! Layout (see `../shared/DESIGN.md`): pure code without IO in [`media`], [`proto`], [`mux`]
+//! and [`auth`] (access checks); IO in [`ingest`], [`record`], [`storage`], [`index`] and [`api`]; [`daemon`]
 //! wires them; `main.rs` is the CLI.
 
 // One reviewed exception, `ingest::lowat` (a setsockopt no safe crate offers).
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod daemon;

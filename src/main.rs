@@ -1,5 +1,5 @@
-//! The `edgerec` command line: `run` (the daemon), `check-config` and `fsck`. Only parses
-//! arguments, sets up logging and calls into the library.
+//! The `edgerec` command line: `run` (the daemon), `check-config`, `fsck` and `sign-url`.
+//! Only parses arguments, sets up logging and calls into the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,25 @@ enum Command {
     },
     /// Check a config file and list every problem with its key and allowed range.
     CheckConfig { file: PathBuf },
+    /// Print a signed publish URL (txSecret/txTime) for an encoder, from [publish_auth].
+    SignUrl {
+        /// The app (e.g. live).
+        #[arg(long)]
+        app: String,
+        /// The stream name.
+        #[arg(long)]
+        stream: String,
+        /// How long the URL may start publishes: 90s, 30m, 24h, 7d (default 24h).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// Config file (default /etc/edgerec/edgerec.toml).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Host[:port] encoders reach the box at (default: this machine's name and the
+        /// configured RTMP port).
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Check the index against the media files (stop the daemon first).
     Fsck {
         /// Data dir (default: the config's, or ./edgerec-data).
@@ -73,7 +92,10 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config, data_dir } => with_config(config, data_dir, run_daemon),
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
+            Ok(c) => {
+                for w in c.warnings() {
+                    println!("warning: {w}");
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -87,7 +109,94 @@ fn main() -> ExitCode {
             config,
             repair,
         } => with_config(config, data_dir, |c| run_fsck(&c, repair)),
+        Command::SignUrl {
+            app,
+            stream,
+            expires,
+            config,
+            host,
+        } => sign_url(&app, &stream, &expires, config, host),
     }
+}
+
+/// `edgerec sign-url`: the URL on stdout (for scripts), its expiry on stderr.
+fn sign_url(
+    app: &str,
+    stream: &str,
+    expires: &str,
+    config: Option<PathBuf>,
+    host: Option<String>,
+) -> ExitCode {
+    let path = config.unwrap_or_else(|| PathBuf::from("/etc/edgerec/edgerec.toml"));
+    let c = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edgerec sign-url: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for (what, name) in [("app", app), ("stream", stream)] {
+        if let Err(e) = edgerec::storage::validate_name(name) {
+            eprintln!("edgerec sign-url: bad {what} name {name:?}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let Some(auth) = c.publish_auth.for_app(app) else {
+        eprintln!(
+            "edgerec sign-url: {} has no [publish_auth] covering app {app:?}: publishing there \
+             needs no signature",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let Some(valid_s) = parse_duration_s(expires) else {
+        eprintln!(
+            "edgerec sign-url: --expires {expires:?}: give a number with s, m, h or d (e.g. 24h)"
+        );
+        return ExitCode::from(2);
+    };
+    let now_s = edgerec::clock::now_ms() / 1000;
+    let until = now_s as u64 + valid_s;
+    let host = host.unwrap_or_else(|| {
+        let ip = c.rtmp.listen.ip();
+        let name = if ip.is_unspecified() {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        } else {
+            ip.to_string()
+        };
+        match c.rtmp.listen.port() {
+            1935 => name,
+            port => format!("{name}:{port}"),
+        }
+    });
+    let query = edgerec::auth::publish::signed_query(&auth.key.0, stream, until);
+    println!("rtmp://{host}/{app}/{stream}?{query}");
+    eprintln!(
+        "valid until {} (txTime is the expiry; publishes must start before it)",
+        edgerec::clock::rfc3339(until as i64 * 1000)
+    );
+    ExitCode::SUCCESS
+}
+
+/// `90s`, `30m`, `24h`, `7d` or plain seconds; at most ten years.
+fn parse_duration_s(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 's'),
+    };
+    let n: u64 = number.trim().parse().ok()?;
+    let s = n.checked_mul(match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    })?;
+    (1..=10 * 365 * 86_400).contains(&s).then_some(s)
 }
 
 /// Sets up logging, loads the config (exit 2 when it is invalid) and runs `f` with it.

@@ -57,7 +57,7 @@ fn files_are_uploaded_as_objects_with_one_signed_callback_each() {
     let store = S3sFs::start();
     let receiver = CallbackReceiver::start("abc123");
     let callback = format!(
-        "[callback]\nurl = {:?}\nkey = \"abc123\"\nretry_interval_s = 5\nmax_attempts = 1000\n",
+        "[callback]\nurl = {:?}\nkey = \"abc123\"\nallow_insecure = true\nretry_interval_s = 5\nmax_attempts = 1000\n",
         receiver.url()
     );
     let sections = upload_sections(

@@ -6,8 +6,9 @@
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, PlaybackGrant};
 use crate::index::RecordingRow;
 use crate::mux::hls::{render_media_playlist, PlaylistKind};
 use crate::record::playlist::{self, playlist_segments};
@@ -33,13 +34,19 @@ fn recording(s: &ApiState, id: &str) -> Result<RecordingRow, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("recording {id}")))
 }
 
+/// Fetched under a playback signature (`grant`), the segment URIs carry it too.
 pub async fn recording_playlist(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    grant: Option<Extension<PlaybackGrant>>,
 ) -> Result<Response, ApiError> {
     let row = recording(&s, &id)?;
     let segments = s.index.segments(&id)?;
-    let text = playlist::recording_playlist(&row, &segments, s.config.record.segment_duration_s);
+    let query = s
+        .access
+        .segment_query(grant.map(|g| g.0), &format!("/hls/recordings/{}/", row.id));
+    let text =
+        playlist::recording_playlist(&row, &segments, s.config.record.segment_duration_s, &query);
     Ok(playlist_response(text))
 }
 
@@ -61,9 +68,12 @@ pub async fn recording_segment(
     Ok(([(header::CONTENT_TYPE, "video/mp2t")], bytes).into_response())
 }
 
+/// Its segments live under the open recording's path, which a signed live URL does not
+/// cover: under a grant they are signed for that path with the same expiry.
 pub async fn live_playlist(
     State(s): State<ApiState>,
     Path((app, stream)): Path<(String, String)>,
+    grant: Option<Extension<PlaybackGrant>>,
 ) -> Result<Response, ApiError> {
     let key = crate::stream_key::StreamKey::new(&app, &stream).to_string();
     let row = s
@@ -88,13 +98,18 @@ pub async fn live_playlist(
     // as gone.
     let discontinuity_sequence =
         u64::from(row.discontinuities).saturating_sub(in_window_discontinuities);
+    let segment_dir = format!("/hls/recordings/{}/", row.id);
     let text = render_media_playlist(
         PlaylistKind::Live {
             media_sequence,
             discontinuity_sequence,
         },
         s.config.record.segment_duration_s,
-        &playlist_segments(&window, &format!("/hls/recordings/{}/", row.id)),
+        &playlist_segments(
+            &window,
+            &segment_dir,
+            &s.access.segment_query(grant.map(|g| g.0), &segment_dir),
+        ),
         false,
     );
     Ok(playlist_response(text))

@@ -1,7 +1,9 @@
 //! The local HTTP API (axum): health, live streams, recordings, and HLS playback of
 //! recordings and live streams. Handlers read the index and the live registry; they never
-//! write media. Errors map to HTTP statuses with a JSON `{"error": ...}` body.
+//! write media. Errors map to HTTP statuses with a JSON `{"error": ...}` body. Every route
+//! but `/healthz` sits behind `access::guard` (bearer tokens, signed playback URLs).
 
+mod access;
 mod catalog;
 mod files;
 mod hls;
@@ -16,6 +18,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+pub use access::{Access, PlaybackGrant};
 pub use files::PlanCache;
 
 use crate::config::Config;
@@ -35,6 +38,8 @@ pub struct ApiState {
     pub uploader: Option<Uploader>,
     /// Recently planned MP4/FLV/AAC files (range requests plan once).
     pub plans: PlanCache,
+    /// Tokens and the playback key (`[http]`).
+    pub access: Access,
 }
 
 /// The whole route table.
@@ -77,6 +82,10 @@ pub fn router(state: ApiState) -> Router {
             "/hls/live/{app}/{stream}/index.m3u8",
             get(hls::live_playlist),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::guard,
+        ))
         .with_state(state)
 }
 

@@ -258,7 +258,7 @@ pub async fn list(
             && state.is_none_or(|st| st == row.state)
             && format.is_none_or(|f| f == Format::Hls)
         {
-            out.push(with_upload(&s, &row, RecordingView::new(&row))?);
+            out.push(signed(&s, with_upload(&s, &row, RecordingView::new(&row))?));
         }
         if row.has_files() && format != Some(Format::Hls) {
             for file in s.index.files_of(&row.id)? {
@@ -269,11 +269,8 @@ pub async fn list(
                 {
                     continue;
                 }
-                out.push(with_file_upload(
-                    &s,
-                    &file,
-                    RecordingView::file(&file.live(&row), &row),
-                )?);
+                let view = RecordingView::file(&file.live(&row), &row);
+                out.push(signed(&s, with_file_upload(&s, &file, view)?));
             }
         }
     }
@@ -306,7 +303,7 @@ pub async fn get_one(
                 .map(|seg| SegmentView::new(&file.capture_id, seg))
                 .collect(),
         );
-        return Ok(Json(view));
+        return Ok(Json(signed(&s, view)));
     }
     let row = s
         .index
@@ -321,5 +318,20 @@ pub async fn get_one(
             .map(|seg| SegmentView::new(&id, seg))
             .collect(),
     );
-    Ok(Json(view))
+    Ok(Json(signed(&s, view)))
+}
+
+/// The view with its playlist, download and segment URLs signed for players when a
+/// playback key is configured (see `access::Access::playback_url`).
+fn signed(s: &ApiState, mut view: RecordingView) -> RecordingView {
+    for url in [&mut view.playlist, &mut view.download]
+        .into_iter()
+        .flatten()
+    {
+        *url = s.access.playback_url(url);
+    }
+    for seg in view.segment_list.iter_mut().flatten() {
+        seg.uri = s.access.playback_url(&seg.uri);
+    }
+    view
 }

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod access;
 pub mod naming;
 pub mod templates;
 mod upload;
 
+pub use access::{parse_cidr, ApiToken, PublishAuth, PublishAuthSection, Scope};
 pub use templates::{Decision, FileOutput, Format, HlsOutput, Rule, Template};
 pub use upload::{
     CallbackConfig, OnFull, S3Config, S3Credentials, Secret, StorageConfig, UploadConfig,
@@ -33,6 +35,9 @@ pub struct Config {
     pub upload: UploadConfig,
     pub callback: CallbackConfig,
     pub storage: StorageConfig,
+    /// `[publish_auth]` or `[[publish_auth]]`: signed publish URLs. Absent: open.
+    #[serde(skip_serializing_if = "PublishAuthSection::is_off")]
+    pub publish_auth: PublishAuthSection,
     /// `[[template]]`: recording templates (see `templates`). None: the built-in
     /// `default` (HLS only) records every stream.
     #[serde(rename = "template", skip_serializing_if = "Vec::is_empty")]
@@ -67,6 +72,18 @@ pub struct RtmpConfig {
 pub struct HttpConfig {
     /// Listen address. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
+    /// Bearer tokens (`Authorization: Bearer ...`). None: the API is open, which is only
+    /// allowed on loopback unless `allow_unauthenticated` says otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<ApiToken>,
+    /// Signs playback URLs (`?exp=...&sig=...`), so players that cannot send headers play
+    /// recordings. None: playback needs a token like the rest of the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playback_key: Option<Secret>,
+    /// How long the playback URLs the API hands out stay valid. Default 86400 (60-2592000).
+    pub playback_url_ttl_s: u64,
+    /// Listen beyond loopback with no tokens, on purpose (a trusted, private network).
+    pub allow_unauthenticated: bool,
 }
 
 /// `[record]`: how streams become recordings.
@@ -100,6 +117,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             callback: CallbackConfig::default(),
             storage: StorageConfig::default(),
+            publish_auth: PublishAuthSection::Off,
             templates: Vec::new(),
             rules: Vec::new(),
         }
@@ -123,6 +141,10 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+            playback_key: None,
+            playback_url_ttl_s: 86_400,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -254,7 +276,33 @@ impl Config {
             256,
             1_048_576,
         );
+        range(
+            "http.playback_url_ttl_s",
+            self.http.playback_url_ttl_s,
+            60,
+            2_592_000,
+        );
         upload::validate(&self.upload, &self.callback, &self.storage, &mut problems);
+        access::validate(
+            &self.publish_auth,
+            &self.http.tokens,
+            &self.http.playback_key,
+            &mut problems,
+        );
+        if !self.http.listen.ip().is_loopback()
+            && self.http.tokens.is_empty()
+            && !self.http.allow_unauthenticated
+        {
+            problems.push(ConfigProblem {
+                key: "http.listen".into(),
+                message: format!(
+                    "{} is reachable beyond this box and no http.tokens are configured; add \
+                     tokens, listen on 127.0.0.1, or set http.allow_unauthenticated = true \
+                     on purpose",
+                    self.http.listen
+                ),
+            });
+        }
         templates::validate(&self.templates, &self.rules, &mut problems);
         if self.data_dir.as_os_str().is_empty() {
             problems.push(ConfigProblem {
@@ -269,6 +317,35 @@ impl Config {
             });
         }
         problems
+    }
+
+    /// What is allowed but probably a mistake: said by `check-config` and logged at start.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        let mut warnings = Vec::new();
+        if !self.rtmp.listen.ip().is_loopback() && self.publish_auth.is_off() {
+            warnings.push(ConfigProblem {
+                key: "publish_auth".into(),
+                message: format!(
+                    "RTMP listens on {} with publish authentication off: anyone who reaches \
+                     it can publish to any stream name (see [publish_auth])",
+                    self.rtmp.listen
+                ),
+            });
+        }
+        if self.http.listen.ip().is_loopback() || !self.http.allow_unauthenticated {
+            return warnings;
+        }
+        if self.http.tokens.is_empty() {
+            warnings.push(ConfigProblem {
+                key: "http.allow_unauthenticated".into(),
+                message: format!(
+                    "the API on {} has no tokens: anyone who reaches it can delete and change \
+                     recordings",
+                    self.http.listen
+                ),
+            });
+        }
+        warnings
     }
 
     /// The media folder: `DATA_DIR/media`.

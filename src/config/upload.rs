@@ -90,6 +90,9 @@ pub struct CallbackConfig {
     pub appid: u64,
     /// Body field `app` (the push domain). Default "".
     pub domain: String,
+    /// Allow an `http://` URL (the body and its signature then cross the network in
+    /// clear). Default false: only `https://`.
+    pub allow_insecure: bool,
 }
 
 /// What to do when the disk stays above the high watermark with nothing evictable.
@@ -161,6 +164,7 @@ impl Default for CallbackConfig {
             max_attempts: 12,
             appid: 0,
             domain: String::new(),
+            allow_insecure: false,
         }
     }
 }
@@ -374,6 +378,16 @@ pub(super) fn validate(
         bad(
             "callback.url",
             format!("{:?} is not an http:// or https:// URL", callback.url),
+        );
+    }
+    if callback.url.starts_with("http://") && !callback.allow_insecure {
+        bad(
+            "callback.url",
+            format!(
+                "{:?} is plain http: the body would cross the network in clear; use https:// \
+                 or set callback.allow_insecure = true on purpose",
+                callback.url
+            ),
         );
     }
     if !callback.url.is_empty() && callback.key.0.is_empty() {

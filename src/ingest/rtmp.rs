@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::PublishGate;
 use super::lowat::{self, PUBLISH_DRAIN, PUBLISH_LOW_WATER};
 use crate::config::RtmpConfig;
 use crate::proto::rtmp::amf0;
@@ -31,6 +32,7 @@ use crate::stream_key::StreamKey;
 pub async fn run(
     listener: TcpListener,
     config: RtmpConfig,
+    gate: PublishGate,
     recorders: Recorders,
     cancel: CancellationToken,
 ) {
@@ -57,8 +59,9 @@ pub async fn run(
         };
         let _ = socket.set_nodelay(true);
         let (config, recorders, cancel) = (config.clone(), recorders.clone(), cancel.clone());
+        let gate = gate.clone();
         tracker.spawn(async move {
-            let mut conn = Connection::new(peer, &config, recorders);
+            let mut conn = Connection::new(peer, &config, gate, recorders);
             match conn.serve(socket, cancel).await {
                 Ok(()) => tracing::debug!(%peer, "rtmp connection closed"),
                 Err(reason) => tracing::warn!(%peer, stream = conn.stream_label(), %reason, "rtmp connection dropped"),
@@ -74,6 +77,7 @@ pub async fn run(
 struct Connection<'a> {
     peer: SocketAddr,
     config: &'a RtmpConfig,
+    gate: PublishGate,
     recorders: Recorders,
     session: ServerSession,
     demux: FlvDemuxer,
@@ -83,7 +87,12 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(peer: SocketAddr, config: &'a RtmpConfig, recorders: Recorders) -> Connection<'a> {
+    fn new(
+        peer: SocketAddr,
+        config: &'a RtmpConfig,
+        gate: PublishGate,
+        recorders: Recorders,
+    ) -> Connection<'a> {
         let limits = Limits {
             max_message_size: config.max_message_kb.saturating_mul(1024),
             ..Limits::default()
@@ -91,6 +100,7 @@ impl<'a> Connection<'a> {
         Connection {
             peer,
             config,
+            gate,
             recorders,
             session: ServerSession::new(limits),
             demux: FlvDemuxer::default(),
@@ -290,14 +300,21 @@ impl<'a> Connection<'a> {
                 return;
             }
         }
+        let query = stream_key.split_once('?').map_or("", |(_, q)| q);
+        // Before any recording is looked up: a refused publisher neither starts nor
+        // resumes one. The log names the reason, never a key or the received secret.
+        if let Err(refusal) = self.gate.admit(&app, &stream, query, self.peer.ip()) {
+            tracing::warn!(peer = %self.peer, stream = %StreamKey::new(&app, &stream), reason = %refusal, "publish refused: not authorized");
+            self.session.reject_publish(
+                stream_id,
+                "NetStream.Publish.Unauthorized",
+                &format!("publish refused: {refusal}"),
+            );
+            return;
+        }
         match self
             .recorders
-            .start_publish(
-                &app,
-                &stream,
-                stream_key.split_once('?').map_or("", |(_, q)| q),
-                self.peer.to_string(),
-            )
+            .start_publish(&app, &stream, query, self.peer.to_string())
             .await
         {
             Ok(handle) => {

@@ -1,5 +1,6 @@
-//! Completion callbacks: the `event_type` 100 body (SPECS.md), its signature
-//! (`sign` = MD5(key + t)), and the sender that delivers the durable outbox at least once,
+//! Completion callbacks: the `event_type` 100 body (SPECS.md), its signatures
+//! (`sign` = MD5(key + t) in the body, and `X-Edgerec-Signature: t=T, v1=HMAC-SHA256(key,
+//! T + "." + body)`, which covers the body, where `T` is the body's `t`), and the sender that delivers the durable outbox at least once,
 //! with the recording id as a stable `Idempotency-Key`, retrying every
 //! `retry_interval_s` until a 200 or `max_attempts`, after which the callback is kept as
 //! failed and shown in the API.
@@ -23,7 +24,7 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
 /// Lower-case hex MD5 of `key` followed by the decimal `t`.
 pub fn sign(key: &str, t: i64) -> String {
-    crate::upload::s3::hex_md5(format!("{key}{t}").as_bytes())
+    crate::auth::hex_md5(format!("{key}{t}").as_bytes())
 }
 
 /// The `event_type` 100 body of a finished HLS recording, without `t` and `sign`.
@@ -174,11 +175,16 @@ async fn deliver(
         obj.insert("sign".into(), json!(sign(&config.key.0, t)));
     }
     row.attempts += 1;
+    let body = body.to_string();
     let result = http
         .post(&row.url)
         .header("Idempotency-Key", &row.id)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
+        .header(
+            "X-Edgerec-Signature",
+            crate::auth::body_signature(&config.key.0, t, body.as_bytes()),
+        )
+        .body(body)
         .send()
         .await;
     let now = now_ms();

@@ -178,7 +178,7 @@ async fn send_playlist(
             .get_recording(&id)?
             .ok_or_else(|| Failure::Local("the recording was deleted".into()))?;
         let segments = index.segments(&id)?;
-        Ok(recording_playlist(&rec, &segments, target))
+        Ok(recording_playlist(&rec, &segments, target, ""))
     })
     .await
     .map_err(|e| Failure::Local(format!("playlist task: {e}")))??;

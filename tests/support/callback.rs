@@ -26,6 +26,9 @@ pub struct Delivery {
     pub body: Value,
     pub idempotency_key: Option<String>,
     pub sign_ok: bool,
+    /// The `X-Edgerec-Signature` header, and the body exactly as received (it signs it).
+    pub signature: Option<String>,
+    pub raw_body: Vec<u8>,
     /// The status this delivery was answered with.
     pub status: u16,
     pub at: Instant,
@@ -43,6 +46,47 @@ pub struct CallbackReceiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     running: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+/// Whether `X-Edgerec-Signature: t=T, v1=HEX` is HMAC-SHA256(key, T + "." + body), checked
+/// with the `openssl` CLI (an implementation other than the daemon's), and T is the body's
+/// `t`.
+pub fn body_signature_ok(key: &str, d: &Delivery) -> bool {
+    let Some(header) = &d.signature else {
+        return false;
+    };
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = Some(v.to_owned()),
+            Some(("v1", v)) => v1 = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else {
+        return false;
+    };
+    if d.body["t"].as_i64().map(|n| n.to_string()).as_deref() != Some(t.as_str()) {
+        return false;
+    }
+    let mut message = format!("{t}.").into_bytes();
+    message.extend_from_slice(&d.raw_body);
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&message)
+        .expect("openssl stdin");
+    let out = child.wait_with_output().expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().next() == Some(v1.as_str())
 }
 
 /// Lowercase hex MD5 of `key` followed by decimal `t`.
@@ -214,9 +258,12 @@ fn handle_conn(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
             405
         };
         if method == "POST" {
-            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let raw_body = body;
+            let body: Value = serde_json::from_slice(&raw_body).unwrap_or(Value::Null);
             shared.deliveries.lock().unwrap().push(Delivery {
                 sign_ok: sign_ok(&shared.key, &body),
+                signature: header("x-edgerec-signature").cloned(),
+                raw_body,
                 path,
                 body,
                 idempotency_key: header("idempotency-key").cloned(),

@@ -49,7 +49,8 @@ pub fn send_json(method: &str, addr: &str, path: &str, body: &str) -> std::io::R
     )
 }
 
-fn request(
+/// Any method, any headers, any body.
+pub fn request(
     method: &str,
     addr: &str,
     path: &str,

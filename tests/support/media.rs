@@ -199,6 +199,15 @@ pub struct Probe {
 }
 
 pub fn probe(input: &str) -> Probe {
+    try_probe_inner(input, true).expect("probe")
+}
+
+/// None when ffprobe cannot read `input` (refused, unplayable) or finds no frames.
+pub fn try_probe(input: &str) -> Option<Probe> {
+    try_probe_inner(input, false).filter(|p| p.video_frames + p.audio_frames > 0)
+}
+
+fn try_probe_inner(input: &str, must: bool) -> Option<Probe> {
     let out = tool("ffprobe")
         .args([
             "-v",
@@ -212,6 +221,9 @@ pub fn probe(input: &str) -> Probe {
         ])
         .output()
         .expect("ffprobe");
+    if !must && !out.status.success() {
+        return None;
+    }
     assert!(
         out.status.success(),
         "ffprobe {input}: {}",
@@ -238,7 +250,7 @@ pub fn probe(input: &str) -> Probe {
         .as_str()
         .and_then(|d| d.parse().ok())
         .unwrap_or(0.0);
-    p
+    Some(p)
 }
 
 /// Decoder complaints (empty = clean) from `ffmpeg -v error -i INPUT -f null -`.

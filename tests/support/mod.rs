@@ -106,8 +106,28 @@ impl Daemon {
         d
     }
 
+    /// Starts a daemon with `extra_http` lines in `[http]` (tokens, keys) and whole extra
+    /// sections.
+    pub fn start_with_http(extra_http: &str, sections: &str) -> Daemon {
+        let mut d = Daemon::configure_with("", "", sections);
+        d.write_config_with_http("", "", extra_http, sections);
+        d.spawn();
+        d
+    }
+
     /// Rewrites the config file (takes effect at the next [`Daemon::spawn`]).
     pub fn write_config(&self, extra_record: &str, extra_rtmp: &str, sections: &str) {
+        self.write_config_with_http(extra_record, extra_rtmp, "", sections);
+    }
+
+    /// [`Daemon::write_config`] with `extra_http` lines in `[http]`.
+    pub fn write_config_with_http(
+        &self,
+        extra_record: &str,
+        extra_rtmp: &str,
+        extra_http: &str,
+        sections: &str,
+    ) {
         let data = self.data_dir();
         // The default watermarks are shares of the disk the temp dir is on, which these
         // tests share with whatever else the machine holds: unless a test is about the
@@ -118,7 +138,7 @@ impl Daemon {
             "[storage]\nhigh_watermark_percent = 100\nlow_watermark_percent = 99\n"
         };
         let text = format!(
-            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{sections}\n{storage}",
+            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra_http}\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{sections}\n{storage}",
         );
         std::fs::write(&self.config_path, text).expect("write config");
     }
