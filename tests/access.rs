@@ -412,6 +412,34 @@ fn a_signed_playlist_url_plays_and_a_tampered_or_expired_one_does_not() {
     // A signature opens playback paths only, never the rest of the API.
     let api = format!("/api/v1/recordings?{query}");
     assert_eq!(http::get(&d.http, &api).unwrap().status, 401);
+
+    // A live stream's signed playlist hands out segments signed for the recording's path.
+    let mut publisher = media::publish(&d.rtmp_url("live", "stage"), &clip, true);
+    let live = wait_for("live with segments", Duration::from_secs(30), || {
+        let r = request(&d, "GET", "/api/v1/streams", Some(READER));
+        let list: Vec<Value> = serde_json::from_slice(&r.body).unwrap();
+        list.into_iter()
+            .find(|s| s["stream"] == "stage" && s["segments_written"].as_u64() >= Some(1))
+    });
+    let live_url = live["playlist"].as_str().unwrap();
+    assert!(
+        live_url.starts_with("/hls/live/live/stage/index.m3u8?exp="),
+        "{live_url}"
+    );
+    let text = http::get(&d.http, live_url).unwrap().text();
+    let segment = text
+        .lines()
+        .find(|l| l.starts_with("/hls/recordings/"))
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_owned();
+    assert!(segment.contains(".ts?exp="), "{segment}");
+    let r = http::get(&d.http, &segment).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body[0], 0x47, "an MPEG-TS segment");
+    let bare = segment.split('?').next().unwrap();
+    assert_eq!(http::get(&d.http, bare).unwrap().status, 401);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
 }
 
 #[test]

@@ -195,7 +195,24 @@ async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Res
     (status, Json(body)).into_response()
 }
 
+/// Live publishers, each with its live playlist URL (signed when a playback key is set).
 async fn streams(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {
-    let views: Vec<_> = s.recorders.live().iter().map(|st| st.view()).collect();
+    let views: Vec<serde_json::Value> = s
+        .recorders
+        .live()
+        .iter()
+        .map(|st| {
+            let view = st.view();
+            let playlist = s.access.playback_url(&format!(
+                "/hls/live/{}/{}/index.m3u8",
+                view.app, view.stream
+            ));
+            let mut v = serde_json::to_value(view).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("playlist".into(), playlist.into());
+            }
+            v
+        })
+        .collect();
     Json(views).into_response()
 }
