@@ -4,7 +4,7 @@
 //!
 //! Layout (see `../shared/DESIGN.md`): pure code without IO in [`media`], [`proto`] and
 //! [`mux`]; IO in [`ingest`], [`record`], [`storage`], [`index`] and [`api`]; [`daemon`]
-//! wires them; `main.rs` is the CLI.
+//! wires them; [`tls`] holds the RTMPS/HTTPS certificates; `main.rs` is the CLI.
 
 // One reviewed exception, `ingest::lowat` (a setsockopt no safe crate offers).
 #![deny(unsafe_code)]
@@ -24,4 +24,5 @@ pub mod record;
 pub mod storage;
 pub mod stream_key;
 pub mod system;
+pub mod tls;
 pub mod upload;
