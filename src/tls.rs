@@ -57,6 +57,7 @@ pub enum TlsError {
 }
 
 /// A loaded certificate: the rustls config serving it and the leaf's SHA-256 fingerprint.
+#[derive(Debug)]
 pub struct Loaded {
     pub config: Arc<ServerConfig>,
     /// SHA-256 of the leaf certificate's DER, as `AA:BB:...` (what `openssl x509
@@ -96,7 +97,12 @@ pub fn load(cert_file: &Path, key_file: &Path, alpn: &[&[u8]]) -> Result<Loaded,
     let rejected = |e: rustls::Error| TlsError::Rejected {
         cert: cert_file.to_owned(),
         key: key_file.to_owned(),
-        reason: e.to_string(),
+        reason: match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the private key does not match the certificate".into()
+            }
+            e => e.to_string(),
+        },
     };
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
