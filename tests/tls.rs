@@ -415,3 +415,48 @@ fn curl_reaches_the_api_over_https_and_sighup_swaps_its_certificate() {
     assert_eq!((code, status.as_str()), (0, "200"), "{body}");
     assert_eq!(d.stop(), Some(0), "graceful shutdown with HTTPS on");
 }
+
+/// True once the server closes `socket` (EOF or reset) within `limit`.
+fn closed_within(socket: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    socket.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_silent_tls_client_holds_a_connection_slot_only_until_the_handshake_timeout() {
+    let mut d = Daemon::configure_with(
+        "",
+        "max_connections = 1\nhandshake_timeout_s = 2",
+        &rtmps_section(None),
+    );
+    d.spawn();
+    let mut silent = std::net::TcpStream::connect(&d.rtmps).unwrap();
+    // The one slot is shared by both ports: once the silent TLS client holds it, a plain
+    // RTMP client is refused at accept (the daemon accepts asynchronously, hence the wait).
+    let mut refused = wait_for("a second client refused", Duration::from_secs(10), || {
+        let mut other = std::net::TcpStream::connect(&d.rtmp).ok()?;
+        closed_within(&mut other, Duration::from_millis(500)).then_some(other)
+    });
+    assert!(closed_within(&mut refused, Duration::from_secs(1)));
+    d.wait_log("too many connections", 1, Duration::from_secs(5));
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)),
+        "a silent TLS client was not dropped"
+    );
+    d.wait_log(
+        "no TLS handshake within the handshake timeout",
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(d.is_running());
+}
