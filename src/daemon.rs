@@ -1,6 +1,8 @@
 //! Wiring of the running daemon: open the index, run startup recovery, bind the
 //! listeners, start ingest, the API and the resume-window reaper, and on shutdown seal
 //! every open segment before exiting. `main.rs` only parses the CLI and calls [`run`].
+//! Also loads the RTMPS and HTTPS certificates (a bad one stops the start) and reloads
+//! them on SIGHUP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use crate::record::catalog::Catalog;
 use crate::record::{self, Recorders};
 use crate::storage::{recovery, retention, Storage};
 use crate::system;
+use crate::tls::{self, ServerTls};
 use crate::upload::Uploader;
 
 /// Opens the index (a lock held by another edgerec is reported as such by [`Index::open`]).
@@ -24,8 +27,56 @@ pub fn open_index(config: &Config) -> anyhow::Result<Index> {
     Index::open(&dir).with_context(|| format!("cannot open the index in {}", dir.display()))
 }
 
+/// The certificates of the listeners that speak TLS.
+struct Certificates {
+    rtmps: Option<Arc<ServerTls>>,
+    https: Option<Arc<ServerTls>>,
+}
+
+/// Loads the configured certificates, generating the self-signed RTMPS one in
+/// `DATA_DIR/tls` when `[rtmps]` names none. Any problem stops the start.
+fn load_certificates(config: &Config) -> anyhow::Result<Certificates> {
+    let https = match (&config.http.cert_file, &config.http.key_file) {
+        (Some(cert), Some(key)) => {
+            let (tls, sha256) =
+                ServerTls::load("https", cert.clone(), key.clone(), vec![b"http/1.1"])
+                    .context("cannot use the HTTPS certificate")?;
+            tracing::info!(file = %cert.display(), %sha256, "https certificate loaded");
+            Some(Arc::new(tls))
+        }
+        _ => None,
+    };
+    let rtmps = match &config.rtmps {
+        Some(r) => {
+            let (cert, key, self_signed) = match (&r.cert_file, &r.key_file) {
+                (Some(cert), Some(key)) => (cert.clone(), key.clone(), false),
+                _ => {
+                    let (cert, key, made) = tls::self_signed(&config.tls_dir())
+                        .context("cannot make the self-signed RTMPS certificate")?;
+                    if made {
+                        tracing::warn!(file = %cert.display(), "generated a self-signed RTMPS certificate (no [rtmps] cert_file)");
+                    }
+                    (cert, key, true)
+                }
+            };
+            let (tls, sha256) = ServerTls::load("rtmps", cert.clone(), key, Vec::new())
+                .context("cannot use the RTMPS certificate")?;
+            if self_signed {
+                tracing::info!(file = %cert.display(), %sha256, "rtmps uses a self-signed certificate: pin this SHA-256 fingerprint in the encoder");
+            } else {
+                tracing::info!(file = %cert.display(), %sha256, "rtmps certificate loaded");
+            }
+            Some(Arc::new(tls))
+        }
+        None => None,
+    };
+    Ok(Certificates { rtmps, https })
+}
+
 /// Runs the recorder until `cancel`. Prints one `edgerec: listening rtmp=ADDR http=ADDR`
-/// line on stdout once it accepts publishes (tools and tests read the bound ports there).
+/// line (with ` rtmps=ADDR` appended when RTMPS is on; `http=` is the API's address over
+/// HTTP or HTTPS) on stdout once it accepts publishes (tools and tests read the bound
+/// ports there).
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     for w in config.warnings() {
         tracing::warn!(key = %w.key, "{}", w.message);
@@ -33,6 +84,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let media_dir = config.media_dir();
     std::fs::create_dir_all(&media_dir)
         .with_context(|| format!("cannot create the media folder {}", media_dir.display()))?;
+    let certificates = load_certificates(&config)?;
     let index = open_index(&config)?;
     let storage = Storage::new(media_dir);
 
@@ -69,6 +121,22 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
+    let rtmps = match (&config.rtmps, &certificates.rtmps) {
+        (Some(r), Some(tls)) => {
+            let listener = tokio::net::TcpListener::bind(r.listen)
+                .await
+                .with_context(|| format!("cannot listen for RTMPS on {}", r.listen))?;
+            Some(crate::ingest::rtmp::RtmpsListener {
+                listener,
+                tls: tls.clone(),
+            })
+        }
+        _ => None,
+    };
+    let rtmps_addr = match &rtmps {
+        Some(r) => Some(r.listener.local_addr()?),
+        None => None,
+    };
 
     let catalog = Catalog::load(
         &index,
@@ -135,6 +203,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let ingest_cancel = cancel.child_token();
     let ingest = tokio::spawn(crate::ingest::rtmp::run(
         rtmp,
+        rtmps,
         config.rtmp.clone(),
         crate::ingest::admission::PublishGate::new(config.publish_auth.clone()),
         recorders.clone(),
@@ -142,15 +211,30 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     ));
     let api_cancel = CancellationToken::new();
     let uploader_for_health = api_state.uploader.clone();
-    let api = tokio::spawn(api::serve(http, api_state, api_cancel.clone()));
+    let api = tokio::spawn(api::serve(
+        http,
+        certificates.https.clone(),
+        api_state,
+        api_cancel.clone(),
+    ));
+    // Always installed, so a stray SIGHUP never kills the recorder (its default action).
+    let reloads = [certificates.rtmps, certificates.https];
+    workers.push(tokio::spawn(tls::reload_on_sighup(
+        reloads.into_iter().flatten().collect(),
+        background.clone(),
+    )));
     let reaper = tokio::spawn(record::run_resume_reaper(
         recorders.clone(),
         cancel.child_token(),
     ));
 
-    tracing::info!(rtmp = %rtmp_addr, http = %http_addr, data_dir = %config.data_dir.display(), "edgerec ready");
-    println!("edgerec: listening rtmp={rtmp_addr} http={http_addr}");
-    system::ready(&format!("listening rtmp={rtmp_addr} http={http_addr}"));
+    let mut listening = format!("rtmp={rtmp_addr} http={http_addr}");
+    if let Some(a) = rtmps_addr {
+        listening.push_str(&format!(" rtmps={a}"));
+    }
+    tracing::info!(rtmp = %rtmp_addr, http = %http_addr, rtmps = ?rtmps_addr, https = config.http.cert_file.is_some(), data_dir = %config.data_dir.display(), "edgerec ready");
+    println!("edgerec: listening {listening}");
+    system::ready(&format!("listening {listening}"));
     workers.push(tokio::spawn(record::files::run_file_planner(
         index.clone(),
         background.clone(),

@@ -3,8 +3,9 @@
 //! and served back as HLS.
 //!
 //! Layout (see `../shared/DESIGN.md`): pure code without IO in [`media`], [`proto`], [`mux`]
-//! and [`auth`] (access checks); IO in [`ingest`], [`record`], [`storage`], [`index`] and [`api`]; [`daemon`]
-//! wires them; `main.rs` is the CLI.
+//! and [`auth`] (access checks); IO in [`ingest`], [`record`], [`storage`], [`index`] and
+//! [`api`]; [`daemon`] wires them; [`tls`] holds the RTMPS/HTTPS certificates; `main.rs`
+//! is the CLI.
 
 // One reviewed exception, `ingest::lowat` (a setsockopt no safe crate offers).
 #![deny(unsafe_code)]
@@ -25,4 +26,5 @@ pub mod record;
 pub mod storage;
 pub mod stream_key;
 pub mod system;
+pub mod tls;
 pub mod upload;

@@ -2,11 +2,13 @@
 //! recordings and live streams. Handlers read the index and the live registry; they never
 //! write media. Errors map to HTTP statuses with a JSON `{"error": ...}` body. Every route
 //! but `/healthz` sits behind `access::guard` (bearer tokens, signed playback URLs).
+//! Served over plain HTTP, or HTTPS when `[http] cert_file` is set (see `https`).
 
 mod access;
 mod catalog;
 mod files;
 mod hls;
+mod https;
 mod recordings;
 mod uploads;
 
@@ -89,11 +91,30 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API until `cancel`.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, cancel: CancellationToken) {
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
+/// Serves the API until `cancel`: over HTTPS with `tls`, else plain HTTP.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    state: ApiState,
+    cancel: CancellationToken,
+) {
+    let shutdown = cancel.clone();
+    let shutdown = async move { shutdown.cancelled().await };
+    let result = match tls {
+        None => {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => match https::TlsListener::new(listener, tls, cancel) {
+            Ok(listener) => {
+                axum::serve(listener, router(state))
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "http server stopped");
     }

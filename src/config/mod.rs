@@ -30,6 +30,9 @@ pub struct Config {
     /// Where the index and the media live. Default `./edgerec-data`.
     pub data_dir: PathBuf,
     pub rtmp: RtmpConfig,
+    /// `[rtmps]`: RTMP over TLS. Absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtmps: Option<RtmpsConfig>,
     pub http: HttpConfig,
     pub record: RecordConfig,
     pub upload: UploadConfig,
@@ -66,6 +69,24 @@ pub struct RtmpConfig {
     pub max_message_kb: u32,
 }
 
+/// `[rtmps]`: the RTMPS (RTMP over TLS) publish listener. It shares `[rtmp]`'s limits and
+/// timeouts (`max_connections` counts both listeners; the TLS handshake counts against
+/// `handshake_timeout_s`). Certificates are read again on SIGHUP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpsConfig {
+    /// Listen address. Default `0.0.0.0:1936`.
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first. Default none: with `key_file` also unset, a
+    /// self-signed certificate is generated once in `DATA_DIR/tls/` and reused (its SHA-256
+    /// fingerprint is logged at start, for pinning in the encoder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1). Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
 /// `[http]`: the local control API and HLS playback.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +105,13 @@ pub struct HttpConfig {
     pub playback_url_ttl_s: u64,
     /// Listen beyond loopback with no tokens, on purpose (a trusted, private network).
     pub allow_unauthenticated: bool,
+    /// PEM certificate chain for HTTPS, leaf first. Default none (plain HTTP). Set with
+    /// `key_file`; reloaded on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[record]`: how streams become recordings.
@@ -112,6 +140,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./edgerec-data"),
             rtmp: RtmpConfig::default(),
+            rtmps: None,
             http: HttpConfig::default(),
             record: RecordConfig::default(),
             upload: UploadConfig::default(),
@@ -137,6 +166,16 @@ impl Default for RtmpConfig {
     }
 }
 
+impl Default for RtmpsConfig {
+    fn default() -> Self {
+        RtmpsConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1936)),
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
@@ -145,6 +184,8 @@ impl Default for HttpConfig {
             playback_key: None,
             playback_url_ttl_s: 86_400,
             allow_unauthenticated: false,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -316,6 +357,7 @@ impl Config {
                 message: format!("{} is also rtmp.listen", self.http.listen),
             });
         }
+        tls_problems(self, &mut problems);
         problems
     }
 
@@ -356,6 +398,43 @@ impl Config {
     /// The sled index folder: `DATA_DIR/index`.
     pub fn index_dir(&self) -> PathBuf {
         self.data_dir.join("index")
+    }
+
+    /// Where the self-signed RTMPS certificate lives: `DATA_DIR/tls`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+}
+
+/// `cert_file` and `key_file` come in pairs, and `[rtmps]` needs a port of its own.
+fn tls_problems(config: &Config, problems: &mut Vec<ConfigProblem>) {
+    let mut pair = |section: &str, cert: &Option<PathBuf>, key: &Option<PathBuf>| {
+        let missing = match (cert, key) {
+            (Some(_), None) => "key_file",
+            (None, Some(_)) => "cert_file",
+            _ => return,
+        };
+        let set = if missing == "key_file" {
+            "cert_file"
+        } else {
+            "key_file"
+        };
+        problems.push(ConfigProblem {
+            key: format!("{section}.{missing}"),
+            message: format!("must be set with {section}.{set} (both or neither)"),
+        });
+    };
+    pair("http", &config.http.cert_file, &config.http.key_file);
+    if let Some(r) = &config.rtmps {
+        pair("rtmps", &r.cert_file, &r.key_file);
+        for (other, addr) in [("rtmp", config.rtmp.listen), ("http", config.http.listen)] {
+            if r.listen == addr && addr.port() != 0 {
+                problems.push(ConfigProblem {
+                    key: "rtmps.listen".into(),
+                    message: format!("{} is also {other}.listen", r.listen),
+                });
+            }
+        }
     }
 }
 
@@ -431,6 +510,61 @@ mod tests {
     fn unknown_key_is_an_error_naming_it() {
         let err = Config::parse("[record]\nsegment_duration = 4\n").unwrap_err();
         assert!(err.contains("segment_duration"), "{err}");
+    }
+
+    #[test]
+    fn tls_contract_keys_parse() {
+        let c = Config::parse(
+            r#"
+            [http]
+            cert_file = "/etc/edgerec/tls/api.pem"
+            key_file = "/etc/edgerec/tls/api.key"
+            [rtmps]
+            listen = "0.0.0.0:1936"
+            cert_file = "/etc/edgerec/tls/rtmps.pem"
+            key_file = "/etc/edgerec/tls/rtmps.key"
+            "#,
+        )
+        .unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let r = c.rtmps.as_ref().unwrap();
+        assert_eq!(r.listen.port(), 1936);
+        assert_eq!(
+            r.key_file.as_deref(),
+            Some(Path::new("/etc/edgerec/tls/rtmps.key"))
+        );
+        assert_eq!(
+            c.http.cert_file.as_deref(),
+            Some(Path::new("/etc/edgerec/tls/api.pem"))
+        );
+        assert!(Config::default().rtmps.is_none(), "RTMPS is off by default");
+        let bare = Config::parse("[rtmps]\n").unwrap();
+        assert_eq!(
+            bare.rtmps.unwrap(),
+            RtmpsConfig::default(),
+            "self-signed on 1936"
+        );
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let c = Config::parse(
+            "[http]\ncert_file = \"a.pem\"\n[rtmps]\nlisten = \"0.0.0.0:1935\"\nkey_file = \"b.key\"\n",
+        )
+        .unwrap();
+        let problems = c.validate();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["http.key_file", "rtmps.cert_file", "rtmps.listen"]);
+        assert!(
+            problems[0].message.contains("both or neither"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[2].message.contains("rtmp.listen"),
+            "{}",
+            problems[2]
+        );
     }
 
     #[test]

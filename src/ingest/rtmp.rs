@@ -1,6 +1,13 @@
-//! The RTMP publish listener: accepts connections, drives a `proto::rtmp::ServerSession`
-//! per connection, admits publishes (name checks, one publisher per stream) and forwards
-//! demuxed frames to the stream's recorder.
+//! The RTMP and RTMPS publish listeners: accepts connections, drives a
+//! `proto::rtmp::ServerSession` per connection, admits publishes (name checks, one publisher
+//! per stream) and forwards demuxed frames to the stream's recorder.
+//!
+//! RTMPS is the same code over a rustls stream (see [`Transport`]): the TLS handshake is
+//! bounded by `handshake_timeout_s`, both listeners share `max_connections`, and each
+//! connection takes the certificate current when it was accepted (`tls::ServerTls`), so a
+//! SIGHUP reload never touches a live publish. A failed TLS handshake is a warning and a
+//! closed socket. The receive low-water mark (`lowat`) applies to plain TCP only: under TLS
+//! every byte must go through rustls.
 //!
 //! A bad peer costs only its own connection: protocol errors, timeouts (handshake and
 //! publish, idle, a peer that stops reading our replies) and refused names close that
@@ -12,10 +19,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,10 +35,19 @@ use crate::proto::rtmp::{DemuxEvent, FlvDemuxer, Limits, ServerSession, SessionE
 use crate::record::{PublishHandle, PublishRefused, Recorders};
 use crate::storage::validate_name;
 use crate::stream_key::StreamKey;
+use crate::tls::ServerTls;
 
-/// Accepts RTMP connections until `cancel`, then waits for the connections to close.
+/// The RTMPS listener and the certificate it serves.
+pub struct RtmpsListener {
+    pub listener: TcpListener,
+    pub tls: Arc<ServerTls>,
+}
+
+/// Accepts RTMP (and, with `rtmps`, RTMPS) connections until `cancel`, then waits for the
+/// connections to close.
 pub async fn run(
     listener: TcpListener,
+    rtmps: Option<RtmpsListener>,
     config: RtmpConfig,
     gate: PublishGate,
     recorders: Recorders,
@@ -40,37 +57,100 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let config = Arc::new(config);
     loop {
-        let accepted = tokio::select! {
+        let (accepted, tls) = tokio::select! {
             _ = cancel.cancelled() => break,
-            a = listener.accept() => a,
+            a = listener.accept() => (a, None),
+            a = accept_rtmps(rtmps.as_ref()) => (a, rtmps.as_ref().map(|r| r.tls.clone())),
         };
+        let scheme = if tls.is_some() { "rtmps" } else { "rtmp" };
         let (socket, peer) = match accepted {
             Ok(v) => v,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "rtmp accept failed");
+                tracing::warn!(error = %e, "{scheme} accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = config.max_connections, "rtmp connection refused: too many connections");
+            tracing::warn!(%peer, limit = config.max_connections, "{scheme} connection refused: too many connections");
             continue;
         };
         let _ = socket.set_nodelay(true);
         let (config, recorders, cancel) = (config.clone(), recorders.clone(), cancel.clone());
         let gate = gate.clone();
         tracker.spawn(async move {
+            let started = Instant::now();
             let mut conn = Connection::new(peer, &config, gate, recorders);
-            match conn.serve(socket, cancel).await {
-                Ok(()) => tracing::debug!(%peer, "rtmp connection closed"),
-                Err(reason) => tracing::warn!(%peer, stream = conn.stream_label(), %reason, "rtmp connection dropped"),
+            let served = match tls {
+                None => conn.serve(socket, started, cancel).await,
+                Some(tls) => {
+                    let deadline = started + Duration::from_secs(config.handshake_timeout_s);
+                    match tls_handshake(socket, &tls, deadline, &cancel).await {
+                        Ok(Some(stream)) => conn.serve(stream, started, cancel).await,
+                        Ok(None) => Ok(()),
+                        Err(reason) => {
+                            tracing::warn!(%peer, %reason, "rtmps TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+            };
+            match served {
+                Ok(()) => tracing::debug!(%peer, "{scheme} connection closed"),
+                Err(reason) => tracing::warn!(%peer, stream = conn.stream_label(), %reason, "{scheme} connection dropped"),
             }
             drop(permit);
         });
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// The next RTMPS connection; never ready when RTMPS is off.
+async fn accept_rtmps(rtmps: Option<&RtmpsListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match rtmps {
+        Some(r) => r.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The server side of a TLS handshake with the certificate current now, by `deadline`.
+/// `Ok(None)`: the daemon is stopping.
+async fn tls_handshake(
+    socket: TcpStream,
+    tls: &ServerTls,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<Option<TlsStream<TcpStream>>, String> {
+    let accept = tokio_rustls::TlsAcceptor::from(tls.current()).accept(socket);
+    tokio::select! {
+        _ = cancel.cancelled() => Ok(None),
+        r = tokio::time::timeout_at(deadline, accept) => match r {
+            Ok(Ok(stream)) => Ok(Some(stream)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no TLS handshake within the handshake timeout".into()),
+        },
+    }
+}
+
+/// A publisher's byte stream: plain TCP, or TLS over TCP.
+trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// The socket `lowat` may tune and read directly: None under TLS, whose records
+    /// must all go through rustls.
+    fn raw_tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Transport for TcpStream {
+    fn raw_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    fn raw_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 /// One publisher's connection.
@@ -117,13 +197,16 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// Runs the connection accepted at `started` (the handshake timeout counts from then,
+    /// TLS handshake included).
     async fn serve(
         &mut self,
-        mut socket: TcpStream,
+        mut socket: impl Transport,
+        started: Instant,
         cancel: CancellationToken,
     ) -> Result<(), String> {
         let handshake_timeout = Duration::from_secs(self.config.handshake_timeout_s);
-        let mut publish_deadline = Instant::now() + handshake_timeout;
+        let mut publish_deadline = started + handshake_timeout;
         let idle = Duration::from_secs(self.config.idle_timeout_s);
         let write_timeout = Duration::from_secs(self.config.write_timeout_s);
         let mut buf = vec![0u8; 16 * 1024];
@@ -131,18 +214,19 @@ impl<'a> Connection<'a> {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         let mut last_data = Instant::now();
-        // While publishing, media is read in ~64 KB gulps (see `lowat`); commands before
-        // and between publishes are answered at once.
+        // While publishing over plain TCP, media is read in ~64 KB gulps (see `lowat`);
+        // commands before and between publishes are answered at once.
         let mut low_water = 1;
         loop {
-            let want = if self.publishing.is_some() {
-                PUBLISH_LOW_WATER
-            } else {
-                1
+            let want = match socket.raw_tcp() {
+                Some(_) if self.publishing.is_some() => PUBLISH_LOW_WATER,
+                _ => 1,
             };
             if want != low_water {
-                if let Err(e) = lowat::set_recv_low_water(&socket, want) {
-                    tracing::debug!(peer = %self.peer, error = %e, "SO_RCVLOWAT not set");
+                if let Some(tcp) = socket.raw_tcp() {
+                    if let Err(e) = lowat::set_recv_low_water(tcp, want) {
+                        tracing::debug!(peer = %self.peer, error = %e, "SO_RCVLOWAT not set");
+                    }
                 }
                 low_water = want;
             }
@@ -167,7 +251,11 @@ impl<'a> Connection<'a> {
             let n = match read {
                 // The drain timer (or the idle deadline) while publishing: read what sits
                 // below the low-water mark before calling the publisher idle.
-                Err(_) if low_water > 1 => match lowat::recv_queued(&socket, &mut buf) {
+                Err(_) if low_water > 1 => match socket
+                    .raw_tcp()
+                    .map_or(Err(std::io::ErrorKind::WouldBlock.into()), |tcp| {
+                        lowat::recv_queued(tcp, &mut buf)
+                    }) {
                     Ok(0) => return Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -205,7 +293,12 @@ impl<'a> Connection<'a> {
             }
             let out = self.session.take_output();
             if !out.is_empty() {
-                match tokio::time::timeout(write_timeout, socket.write_all(&out)).await {
+                // Flushed: under TLS, `write_all` may leave records buffered in rustls.
+                let write = async {
+                    socket.write_all(&out).await?;
+                    socket.flush().await
+                };
+                match tokio::time::timeout(write_timeout, write).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(format!("write: {e}")),
                     Err(_) => {

@@ -45,6 +45,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub rtmp: String,
     pub http: String,
+    /// The RTMPS listener's address; empty when `[rtmps]` is off.
+    pub rtmps: String,
     log_path: PathBuf,
     runs: u32,
 }
@@ -99,6 +101,7 @@ impl Daemon {
             child: None,
             rtmp: String::new(),
             http: String::new(),
+            rtmps: String::new(),
             runs: 0,
         };
         d.write_config(extra_record, extra_rtmp, sections);
@@ -141,6 +144,32 @@ impl Daemon {
             "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra_http}\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{sections}\n{storage}",
         );
         std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// Adds `lines` at the top of the config's `[section]` table (e.g. `cert_file` in
+    /// `[http]`, which [`Daemon::configure_with`]'s arguments cannot reach).
+    pub fn add_to_section(&self, section: &str, lines: &str) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let header = format!("[{section}]\n");
+        assert!(text.contains(&header), "no {header:?} in the config");
+        let text = text.replacen(&header, &format!("{header}{lines}\n"), 1);
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// Sends SIGHUP (the daemon reloads its TLS certificates).
+    pub fn sighup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -HUP failed");
+    }
+
+    /// Waits until the daemon's log holds `text` at least `n` times.
+    pub fn wait_log(&self, text: &str, n: usize, limit: Duration) {
+        wait_for(&format!("{n} x {text:?} in the log"), limit, || {
+            (self.log().matches(text).count() >= n).then_some(())
+        });
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -190,6 +219,9 @@ impl Daemon {
             }
             if let Some(a) = part.strip_prefix("http=") {
                 self.http = a.to_owned();
+            }
+            if let Some(a) = part.strip_prefix("rtmps=") {
+                self.rtmps = a.to_owned();
             }
         }
     }
