@@ -49,9 +49,12 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// Host[:port] encoders reach the box at (default: this machine's name and the
-        /// configured RTMP port).
+        /// configured RTMP or RTMPS port).
         #[arg(long)]
         host: Option<String>,
+        /// An rtmps:// URL (needs [rtmps]).
+        #[arg(long)]
+        rtmps: bool,
     },
     /// Check the index against the media files (stop the daemon first).
     Fsck {
@@ -115,7 +118,8 @@ fn main() -> ExitCode {
             expires,
             config,
             host,
-        } => sign_url(&app, &stream, &expires, config, host),
+            rtmps,
+        } => sign_url(&app, &stream, &expires, config, host, rtmps),
     }
 }
 
@@ -126,6 +130,7 @@ fn sign_url(
     expires: &str,
     config: Option<PathBuf>,
     host: Option<String>,
+    rtmps: bool,
 ) -> ExitCode {
     let path = config.unwrap_or_else(|| PathBuf::from("/etc/edgerec/edgerec.toml"));
     let c = match Config::load(&path) {
@@ -157,8 +162,19 @@ fn sign_url(
     };
     let now_s = edgerec::clock::now_ms() / 1000;
     let until = now_s as u64 + valid_s;
+    let (scheme, listen, default_port) = match (&c.rtmps, rtmps) {
+        (_, false) => ("rtmp", c.rtmp.listen, 1935),
+        (Some(r), true) => ("rtmps", r.listen, 443),
+        (None, true) => {
+            eprintln!(
+                "edgerec sign-url: --rtmps: {} has no [rtmps] section",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let host = host.unwrap_or_else(|| {
-        let ip = c.rtmp.listen.ip();
+        let ip = listen.ip();
         let name = if ip.is_unspecified() {
             nix::unistd::gethostname()
                 .ok()
@@ -167,13 +183,13 @@ fn sign_url(
         } else {
             ip.to_string()
         };
-        match c.rtmp.listen.port() {
-            1935 => name,
+        match listen.port() {
+            port if port == default_port => name,
             port => format!("{name}:{port}"),
         }
     });
     let query = edgerec::auth::publish::signed_query(&auth.key.0, stream, until);
-    println!("rtmp://{host}/{app}/{stream}?{query}");
+    println!("{scheme}://{host}/{app}/{stream}?{query}");
     eprintln!(
         "valid until {} (txTime is the expiry; publishes must start before it)",
         edgerec::clock::rfc3339(until as i64 * 1000)

@@ -460,3 +460,116 @@ fn a_silent_tls_client_holds_a_connection_slot_only_until_the_handshake_timeout(
     );
     assert!(d.is_running());
 }
+
+/// `curl --cacert CA [-H Authorization] https://ADDR/PATH`: (HTTP status, body).
+fn curl_as(addr: &str, path: &str, ca_file: &Path, token: Option<&str>) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(ca_file);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = c
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+#[test]
+fn signed_publishes_over_rtmps_and_tokens_over_https() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    make_certificates(dir);
+    let ca = dir.join("ca.pem");
+    let (cert, key) = pair(dir, "server");
+    let token = "ops-token-0123456789abcdef";
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 1",
+        "",
+        &format!(
+            "{}[publish_auth]\nkey = \"venue-key\"\n",
+            rtmps_section(Some((&cert, &key)))
+        ),
+    );
+    d.add_to_section(
+        "http",
+        &format!(
+            "cert_file = {cert:?}\nkey_file = {key:?}\n\
+             tokens = [ {{ name = \"ops\", token = \"{token}\", scope = \"admin\" }} ]"
+        ),
+    );
+    d.spawn();
+
+    // curl without a token, with a wrong one, and with the right one, all over HTTPS.
+    assert_eq!(curl_as(&d.http, "/api/v1/recordings", &ca, None).0, "401");
+    assert_eq!(
+        curl_as(
+            &d.http,
+            "/api/v1/recordings",
+            &ca,
+            Some("wrong-token-0123456789")
+        )
+        .0,
+        "401"
+    );
+    let (status, body) = curl_as(&d.http, "/api/v1/recordings", &ca, Some(token));
+    assert_eq!((status.as_str(), body.as_str()), ("200", "[]"));
+
+    // An unsigned RTMPS publish is refused; the URL `edgerec sign-url` prints works.
+    let clip = media::clip(Clip::AudioVideo, 6);
+    let (ok, _) = finish(
+        publish_rtmps(
+            &format!("rtmps://{}/live/stage", d.rtmps),
+            &clip,
+            &ca,
+            false,
+        ),
+        "unsigned ffmpeg over rtmps",
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "an unsigned publish over RTMPS was accepted");
+    let out = support::edgerec()
+        .args([
+            "sign-url", "--app", "live", "--stream", "stage", "--rtmps", "-c",
+        ])
+        .arg(&d.config_path)
+        .args(["--host", &d.rtmps])
+        .output()
+        .unwrap();
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        url.starts_with("rtmps://"),
+        "{url} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, err) = finish(
+        publish_rtmps(&url, &clip, &ca, false),
+        "signed ffmpeg over rtmps",
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    let rec = wait_for("finished over https", Duration::from_secs(30), || {
+        let (_, body) = curl_as(
+            &d.http,
+            "/api/v1/recordings?state=finished",
+            &ca,
+            Some(token),
+        );
+        let list: serde_json::Value = serde_json::from_str(&body).ok()?;
+        list.as_array()?.first().cloned()
+    });
+    assert_eq!(rec["stream"], "stage");
+    assert_eq!(rec["sessions"], 1, "{rec}");
+    assert!(rec["segments"].as_u64().unwrap() >= 1, "{rec}");
+    assert!(d.log().contains("publish refused: not authorized"));
+}
