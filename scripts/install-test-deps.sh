@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the integration tests drive, only where missing:
 # ffmpeg/ffprobe (publish RTMP, decode recordings), socat and openssl (a TLS front with a
-# private CA for a store) from apt (Debian/Ubuntu, as root or via sudo), and the
+# private CA for a store; RTMPS/HTTPS certificates), curl (HTTPS) from apt (Debian/Ubuntu, as root or via sudo), and the
 # S3-compatible stores from crates.io with `cargo install`: s3s-fs 0.14.1 (~4 min to
 # build) and Garage 2.5.0 (~5 min, see below; cache ~/.cargo/bin).
 # The tests find them via $EDGEREC_S3S_FS / $EDGEREC_GARAGE, else ~/.cargo/bin, else PATH.
@@ -16,7 +16,9 @@ command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
 command -v mount >/dev/null 2>&1 || need+=(mount)
 command -v socat >/dev/null 2>&1 || need+=(socat)      # TLS in front of a test store
-command -v openssl >/dev/null 2>&1 || need+=(openssl)  # its throwaway CA
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # its throwaway CA, TLS and HMAC checks
+command -v curl >/dev/null 2>&1 || need+=(curl)        # the API over HTTPS
+command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)  # token hashes
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "test peers: apt packages present ($(ffmpeg -version | head -n1))"
