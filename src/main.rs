@@ -99,6 +99,22 @@ fn main() -> ExitCode {
                 for w in c.warnings() {
                     println!("warning: {w}");
                 }
+                // The certificates too, as the daemon will load them at start.
+                let mut pairs = vec![];
+                if let (Some(cert), Some(key)) = (&c.http.cert_file, &c.http.key_file) {
+                    pairs.push((cert, key));
+                }
+                if let Some(r) = &c.rtmps {
+                    if let (Some(cert), Some(key)) = (&r.cert_file, &r.key_file) {
+                        pairs.push((cert, key));
+                    }
+                }
+                for (cert, key) in pairs {
+                    if let Err(e) = edgerec::tls::load(cert, key, &[]) {
+                        eprintln!("{}: {e}", file.display());
+                        return ExitCode::from(2);
+                    }
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }

@@ -280,6 +280,15 @@ fn a_bad_or_expired_certificate_stops_the_start_naming_the_file() {
             "{problem}: {stderr}"
         );
         assert!(stderr.contains(&cert.display().to_string()), "{stderr}");
+        // check-config says the same before anything is started.
+        let out = support::edgerec()
+            .arg("check-config")
+            .arg(&d.config_path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{problem}: {said}");
+        assert!(said.contains(problem), "{problem}: {said}");
     }
 
     let d = Daemon::configure("", "");
