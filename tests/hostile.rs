@@ -419,3 +419,103 @@ fn enhanced_rtmp_hevc_is_recorded() {
     assert_eq!(got.video_frames, aus.len() as u64);
     assert!(recs[0]["segments"].as_u64().unwrap() >= 2);
 }
+
+/// The daemon's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mib(d: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+#[test]
+fn huge_amf_commands_before_connect_are_refused_at_their_header() {
+    let d = Daemon::start("", "");
+    let before = peak_rss_mib(&d);
+    // 16 peers, each announcing an 8 MiB AMF0 command (type 20) and streaming AMF nulls:
+    // parsed whole, each would cost the daemon hundreds of MiB.
+    const LEN: usize = 8 * 1024 * 1024;
+    let mut peers: Vec<RawClient> = (0..16)
+        .map(|_| {
+            let mut c = RawClient::connect(&d.rtmp);
+            c.handshake();
+            let len = (LEN as u32).to_be_bytes();
+            c.sock
+                .write_all(&[3, 0, 0, 0, len[1], len[2], len[3], 20, 0, 0, 0, 0])
+                .unwrap();
+            c
+        })
+        .collect();
+    let chunk: Vec<u8> = std::iter::once(0xC3).chain([0x05; 128]).collect();
+    for c in peers.iter_mut() {
+        // The server closes on the header; writes after that fail, which is the point.
+        for _ in 0..(LEN / 128).min(8192) {
+            if c.sock.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    }
+    for c in peers.iter_mut() {
+        assert!(c.closed_by_server(Duration::from_secs(10)), "not closed");
+    }
+    let log = d.log();
+    assert!(
+        log.matches("exceeds the limit of 65536").count() >= 16,
+        "{log}"
+    );
+    let peak = peak_rss_mib(&d);
+    assert!(
+        peak <= before + 16,
+        "peak RSS grew from {before} to {peak} MiB"
+    );
+    assert_still_records(&d, "after-amf-flood");
+}
+
+#[test]
+fn an_oversized_decoder_configuration_is_dropped_and_the_stream_goes_on() {
+    let d = Daemon::start("", "");
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, codes) = c.publish("live", "bigcfg", false);
+    assert!(
+        codes.iter().any(|s| s == "NetStream.Publish.Start"),
+        "{codes:?}"
+    );
+    // An AVC sequence header whose record is 1 MiB: refused by the demuxer with a
+    // reason instead of being copied in front of every keyframe.
+    let mut body = vec![0x17, 0, 0, 0, 0];
+    body.extend_from_slice(&[1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1]);
+    body.resize(1024 * 1024, 0);
+    c.session.video(id, 0, &body);
+    c.flush().unwrap();
+    d.wait_log("over the 8192-byte cap", 1, Duration::from_secs(10));
+    assert!(
+        !c.closed_by_server(Duration::from_millis(500)),
+        "the publisher stays"
+    );
+}
+
+#[test]
+fn a_name_with_a_newline_cannot_forge_a_log_line() {
+    let d = Daemon::start("", "");
+    let mut c = RawClient::connect(&d.rtmp);
+    let (_, codes) = c.publish("live", "cam\n2026-01-01T00:00:00Z ERROR forged", false);
+    assert!(
+        codes.iter().any(|s| s == "NetStream.Publish.BadName"),
+        "{codes:?}"
+    );
+    d.wait_log(
+        "publish refused: bad stream name",
+        1,
+        Duration::from_secs(10),
+    );
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "{log}"
+    );
+    assert!(log.contains(r"cam\n2026"), "escaped in the line: {log}");
+}

@@ -384,7 +384,8 @@ impl<'a> Connection<'a> {
         let stream = strip_query(stream_key).to_owned();
         for (what, name) in [("app", &app), ("stream", &stream)] {
             if let Err(e) = validate_name(name) {
-                tracing::warn!(peer = %self.peer, %app, %stream, "publish refused: bad {what} name: {e}");
+                // Debug-escaped: a name from the network must not forge a journal line.
+                tracing::warn!(peer = %self.peer, ?app, ?stream, "publish refused: bad {what} name: {e}");
                 self.session.reject_publish(
                     stream_id,
                     "NetStream.Publish.BadName",

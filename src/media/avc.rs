@@ -41,6 +41,7 @@ impl AvcConfig {
     /// Parses an AVCDecoderConfigurationRecord. Requires at least one SPS; trailing
     /// bytes (the high-profile extension) are kept in `record` but not interpreted.
     pub fn parse(record: &[u8]) -> Result<AvcConfig, MediaError> {
+        super::check_config_size(RECORD, record)?;
         let mut r = ByteCursor::new(record, RECORD);
         let version = r.u8()?;
         if version != 1 {
@@ -289,6 +290,24 @@ pub(crate) mod tests {
         assert_eq!(c.pps, vec![Bytes::from(hex("68ebe3cb22c0"))]);
         assert_eq!(c.resolution, Some((1920, 1080)));
         assert_eq!(&c.record[..], &rec[..]);
+    }
+
+    #[test]
+    fn an_oversized_record_is_refused_before_it_is_read() {
+        // A valid record padded to 8 MiB with an 8 MiB "PPS": what a hostile peer sends to
+        // have it copied in front of every keyframe.
+        let mut rec = hex(AVCC_1080);
+        rec.resize(crate::media::MAX_DECODER_CONFIG + 1, 0);
+        let err = AvcConfig::parse(&rec).unwrap_err();
+        assert!(
+            matches!(err, MediaError::TooLarge { size, .. } if size == rec.len()),
+            "{err}"
+        );
+        rec.truncate(crate::media::MAX_DECODER_CONFIG);
+        assert!(
+            AvcConfig::parse(&rec).is_ok(),
+            "trailing bytes at the cap are kept"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl HevcConfig {
     /// Parses an HEVCDecoderConfigurationRecord. Requires at least one SPS; arrays of other
     /// NAL types (SEI) are skipped.
     pub fn parse(record: &[u8]) -> Result<HevcConfig, MediaError> {
+        super::check_config_size(RECORD, record)?;
         let mut r = ByteCursor::new(record, RECORD);
         let version = r.u8()?;
         if version != 1 {

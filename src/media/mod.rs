@@ -165,6 +165,12 @@ impl Tracks {
 /// A malformed codec configuration or bitstream, with enough context to find the byte.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MediaError {
+    #[error("{what}: {size} bytes is over the {limit}-byte cap for decoder configuration")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("{what}: truncated at byte {offset} (need {need} more)")]
     Truncated {
         what: &'static str,
@@ -179,6 +185,23 @@ pub enum MediaError {
     },
     #[error("{what}: unsupported: {detail}")]
     Unsupported { what: &'static str, detail: String },
+}
+
+/// Largest decoder configuration record (avcC, hvcC) accepted. Real ones are a few hundred
+/// bytes; the parameter sets are copied in front of every keyframe that lacks them, so an
+/// uncapped record lets a peer turn one small message into megabytes on flash per keyframe.
+pub const MAX_DECODER_CONFIG: usize = 8 * 1024;
+
+/// [`MediaError::TooLarge`] when `record` is over [`MAX_DECODER_CONFIG`].
+pub(crate) fn check_config_size(what: &'static str, record: &[u8]) -> Result<(), MediaError> {
+    if record.len() > MAX_DECODER_CONFIG {
+        return Err(MediaError::TooLarge {
+            what,
+            size: record.len(),
+            limit: MAX_DECODER_CONFIG,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ pub struct ChunkDecoder {
     chunk_size: u32,
     max_chunk_size: u32,
     max_message_size: u32,
+    max_command_size: u32,
     max_chunk_streams: usize,
     streams: HashMap<u32, InStream>,
     /// Bytes held across all partial messages.
@@ -123,6 +124,7 @@ impl ChunkDecoder {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_chunk_size: limits.max_chunk_size,
             max_message_size: limits.max_message_size,
+            max_command_size: limits.max_command_size,
             max_chunk_streams: limits.max_chunk_streams,
             streams: HashMap::new(),
             buffered: 0,
@@ -366,13 +368,20 @@ impl ChunkDecoder {
         }))
     }
 
+    /// Refused at the header, before any of the payload is buffered. Audio (8), video (9)
+    /// and aggregate (22) messages carry media and may be large; everything else is parsed
+    /// into AMF values or control fields and gets the small command limit.
     fn check_length(&self, csid: u32, type_id: u8, length: u32) -> Result<(), ChunkError> {
-        if length > self.max_message_size {
+        let limit = match type_id {
+            8 | 9 | 22 => self.max_message_size,
+            _ => self.max_command_size.min(self.max_message_size),
+        };
+        if length > limit {
             return Err(ChunkError::MessageTooLarge {
                 csid,
                 type_id,
                 length,
-                limit: self.max_message_size,
+                limit,
             });
         }
         Ok(())
@@ -615,6 +624,37 @@ mod tests {
         let mut out = BytesMut::new();
         enc.write(3, 1, 20, 0, b"tiny chunks", &mut out);
         assert_eq!(&decode_all(&mut dec, &out)[0].payload[..], b"tiny chunks");
+    }
+
+    #[test]
+    fn commands_get_the_small_limit_and_media_the_large_one() {
+        let limits = Limits::default();
+        // An 8 MiB AMF0 command (type 20) is refused at its header, nothing buffered.
+        let mut dec = ChunkDecoder::new(&limits);
+        let mut input = BytesMut::from(&[3, 0, 0, 0, 0x80, 0, 0, 20, 0, 0, 0, 0][..]);
+        assert!(matches!(
+            dec.decode(&mut input),
+            Err(ChunkError::MessageTooLarge {
+                type_id: 20,
+                length: 0x80_0000,
+                limit: 65_536,
+                ..
+            })
+        ));
+        // So is a data message (18) just over 64 KiB; one at the limit is fine.
+        let mut dec = ChunkDecoder::new(&limits);
+        let mut input = BytesMut::from(&[3, 0, 0, 0, 0x01, 0, 1, 18, 1, 0, 0, 0][..]);
+        assert!(matches!(
+            dec.decode(&mut input),
+            Err(ChunkError::MessageTooLarge { type_id: 18, .. })
+        ));
+        let mut dec = ChunkDecoder::new(&limits);
+        let mut input = BytesMut::from(&[3, 0, 0, 0, 0x01, 0, 0, 18, 1, 0, 0, 0][..]);
+        assert!(dec.decode(&mut input).is_ok());
+        // A 4 MiB video frame passes the header check.
+        let mut dec = ChunkDecoder::new(&limits);
+        let mut input = BytesMut::from(&[4, 0, 0, 0, 0x40, 0, 0, 9, 1, 0, 0, 0][..]);
+        assert!(dec.decode(&mut input).is_ok());
     }
 
     #[test]

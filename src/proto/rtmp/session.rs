@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_chunk_size: u32,
     /// Largest message (e.g. one video frame). Default 8 MiB.
     pub max_message_size: u32,
+    /// Largest message that is not audio or video (commands, metadata, control): they
+    /// are parsed into AMF values, tens of bytes of memory per input byte. Default 64 KiB.
+    pub max_command_size: u32,
     /// Deepest AMF0 nesting accepted in commands and metadata. Default 32.
     pub max_amf_depth: usize,
     /// Distinct chunk stream ids the peer may use on one connection. Default 64.
@@ -37,6 +40,7 @@ impl Default for Limits {
         Limits {
             max_chunk_size: 16 * 1024 * 1024,
             max_message_size: 8 * 1024 * 1024,
+            max_command_size: 64 * 1024,
             max_amf_depth: 32,
             max_chunk_streams: 64,
         }
