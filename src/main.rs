@@ -72,7 +72,13 @@ enum Command {
 
 fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Config, String> {
     let mut c = match config {
-        Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
+        Some(path) => {
+            let c = Config::load(&path).map_err(|e| e.to_string())?;
+            if let Some(w) = readable_secrets(&path, &c) {
+                tracing::warn!("{w}");
+            }
+            c
+        }
         None => Config::default(),
     };
     if let Some(d) = data_dir {
@@ -97,6 +103,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 for w in c.warnings() {
+                    println!("warning: {w}");
+                }
+                if let Some(w) = readable_secrets(&file, &c) {
                     println!("warning: {w}");
                 }
                 // The certificates too, as the daemon will load them at start.
@@ -137,6 +146,20 @@ fn main() -> ExitCode {
             rtmps,
         } => sign_url(&app, &stream, &expires, config, host, rtmps),
     }
+}
+
+/// A warning when `path` holds secrets and every user of the box may read it.
+fn readable_secrets(path: &std::path::Path, c: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (c.holds_secrets() && mode & 0o004 != 0).then(|| {
+        format!(
+            "{} holds keys or credentials and is readable by every user (mode {:o}): \
+             chmod 640 and chgrp edgerec",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }
 
 /// `edgerec sign-url`: the URL on stdout (for scripts), its expiry on stderr.

@@ -448,6 +448,9 @@ fn the_config_refuses_an_open_api_beyond_loopback_and_plain_http_callbacks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("edgerec.toml");
         std::fs::write(&path, text).unwrap();
+        // As a default umask leaves it (set here: the runner's umask may differ).
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
         let out = edgerec().arg("check-config").arg(&path).output().unwrap();
         (
             out.status.code(),
@@ -471,8 +474,25 @@ fn the_config_refuses_an_open_api_beyond_loopback_and_plain_http_callbacks() {
     let (code, text) = check("");
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("warning: publish_auth"), "{text}");
+    // Keys in a file every user can read: a warning; readable by its owner only: none.
     let (code, text) = check(AUTH);
     assert_eq!(code, Some(0));
+    assert!(text.contains("readable by every user (mode 644)"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("edgerec.toml");
+    std::fs::write(&private, AUTH).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let out = edgerec()
+        .arg("check-config")
+        .arg(&private)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
     assert!(!text.contains("warning"), "{text}");
     let (code, text) = check("[callback]\nurl = \"http://10.0.0.9/cb\"\nkey = \"k\"\n");
     assert_eq!(code, Some(2));

@@ -361,6 +361,24 @@ impl Config {
         problems
     }
 
+    /// Whether the file holds a usable secret (keys, clear-text tokens, store credentials),
+    /// so that it must not be readable by every user of the box.
+    pub fn holds_secrets(&self) -> bool {
+        let set = |s: &Secret| !s.0.is_empty();
+        let s3 = &self.upload.s3;
+        self.publish_auth.entries().iter().any(|e| set(&e.key))
+            || self
+                .http
+                .tokens
+                .iter()
+                .any(|t| t.token.as_ref().is_some_and(set))
+            || self.http.playback_key.as_ref().is_some_and(set)
+            || set(&self.callback.key)
+            || set(&s3.access_key)
+            || set(&s3.secret_key)
+            || set(&s3.session_token)
+    }
+
     /// What is allowed but probably a mistake: said by `check-config` and logged at start.
     pub fn warnings(&self) -> Vec<ConfigProblem> {
         let mut warnings = Vec::new();
