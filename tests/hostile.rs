@@ -519,3 +519,79 @@ fn a_name_with_a_newline_cannot_forge_a_log_line() {
     );
     assert!(log.contains(r"cam\n2026"), "escaped in the line: {log}");
 }
+
+#[test]
+fn a_panicking_writer_fails_its_recording_only() {
+    let mut d = Daemon::configure("flow_continue_duration_s = 2", "");
+    d.spawn_with_env(&[("EDGEREC_TEST_WRITER_PANIC", "doomed")]);
+    let clip = media::clip(Clip::AudioVideo, 16);
+    let mut doomed = media::publish(&d.rtmp_url("live", "doomed"), &clip, true);
+    let healthy = media::publish(&d.rtmp_url("live", "healthy"), &clip, true);
+
+    // The hook panics as the third segment opens: two are durable and stay playable.
+    let failed = wait_for(
+        "the doomed recording failed",
+        Duration::from_secs(40),
+        || {
+            d.recordings()
+                .into_iter()
+                .find(|r| r["stream"] == "doomed" && r["state"] == "failed")
+        },
+    );
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("panicked") && f.contains("test fault hook")),
+        "{failed}"
+    );
+    assert!(failed["segments"].as_u64() >= Some(2), "{failed}");
+    let errors = media::decode_errors(&d.http_url(failed["playlist"].as_str().unwrap()));
+    assert!(errors.trim().is_empty(), "{errors}");
+    // Its publisher is dropped with the reason; the other stream records to the end.
+    wait_for(
+        "the doomed publisher dropped",
+        Duration::from_secs(20),
+        || doomed.try_wait().ok().flatten(),
+    );
+    let out = healthy.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = wait_for(
+        "the healthy recording finished",
+        Duration::from_secs(30),
+        || {
+            d.recordings()
+                .into_iter()
+                .find(|r| r["stream"] == "healthy" && r["state"] == "finished")
+        },
+    );
+    let sent = media::probe(clip.to_str().unwrap());
+    let got = media::probe(&d.http_url(rec["playlist"].as_str().unwrap()));
+    assert!(
+        got.video_frames + 25 >= sent.video_frames && got.video_frames <= sent.video_frames,
+        "{got:?} vs {sent:?}"
+    );
+    // The stream name is free again at once (a short publish stays under the hook's third
+    // segment), and shutdown does not wait on the dead writer.
+    media::publish_and_wait(
+        &d.rtmp_url("live", "doomed"),
+        &media::clip(Clip::AudioVideo, 4),
+        false,
+    );
+    wait_for(
+        "the doomed stream recorded again",
+        Duration::from_secs(30),
+        || {
+            d.recordings()
+                .into_iter()
+                .find(|r| r["stream"] == "doomed" && r["state"] == "finished")
+        },
+    );
+    assert_eq!(d.stop(), Some(0));
+    let log = d.log();
+    assert!(log.contains("the recorder thread panicked"), "{log}");
+    assert!(!log.contains("did not finish in 20 s"), "{log}");
+}

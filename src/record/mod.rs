@@ -15,6 +15,7 @@ mod session;
 pub mod timeline;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -63,6 +64,8 @@ pub enum RecordError {
     Mux(#[from] MuxError),
     #[error("recording {0} disappeared from the index")]
     Gone(String),
+    #[error("the recorder thread panicked: {0}")]
+    Panicked(String),
 }
 
 impl RecordError {
@@ -73,6 +76,15 @@ impl RecordError {
             source,
         }
     }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Why a publish was refused.
@@ -503,7 +515,21 @@ impl Recorders {
             // The writer needs little stack; keep per-stream memory small.
             .stack_size(256 * 1024)
             .spawn(move || {
-                session.run(rx);
+                // A panic ends this recording only: what is durable is kept, the row is
+                // marked failed with the message, and the bookkeeping below still runs, so
+                // the stream can publish again and shutdown does not wait for it.
+                let mut session = session;
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(rx)));
+                if let Err(panic) = ran {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(stream = %thread_key, %message, "the recorder thread panicked; this recording is marked failed, every other stream goes on");
+                    let failed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        session.fail_after_panic(&message)
+                    }));
+                    if failed.is_err() {
+                        tracing::error!(stream = %thread_key, "marking the recording failed panicked too; startup recovery will settle it");
+                    }
+                }
                 {
                     let mut live = lock(&inner.live);
                     if live

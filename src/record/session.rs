@@ -120,7 +120,7 @@ impl RecordingSession {
     }
 
     /// Runs until the publisher leaves (the sender side is dropped) or writing fails.
-    pub(super) fn run(mut self, rx: Receiver<Msg>) {
+    pub(super) fn run(&mut self, rx: Receiver<Msg>) {
         let interval = self.config.flush_interval();
         loop {
             self.stats
@@ -313,6 +313,8 @@ impl RecordingSession {
             self.record_tracks()?;
         }
         let seq = self.next_seq;
+        #[cfg(debug_assertions)]
+        test_fault_hook(&self.recording, seq);
         let mut writer = create(&self.dir, &SegmentRow::file_name(seq))
             .map_err(|e| RecordError::io("create segment", &self.dir, e))?;
         if let Some(muxer) = self.muxer.as_mut() {
@@ -452,6 +454,12 @@ impl RecordingSession {
         Ok(())
     }
 
+    /// After a panic in [`RecordingSession::run`]: the same as a failed write, so what is
+    /// durable is kept and the recording is marked failed with the panic's message.
+    pub(super) fn fail_after_panic(&mut self, message: &str) {
+        self.fail(RecordError::Panicked(message.to_owned()));
+    }
+
     /// A write failed (typically a full disk): keep what is durable, mark the recording
     /// failed with the reason, and stop. The ingest sees the channel close and drops the
     /// connection.
@@ -479,5 +487,15 @@ impl RecordingSession {
         if let Err(e) = marked {
             tracing::error!(recording = %self.recording.id, error = %e, "could not mark the recording failed");
         }
+    }
+}
+
+/// Debug builds only (the integration tests run them): `EDGEREC_TEST_WRITER_PANIC=STREAM`
+/// makes that stream's writer panic as it opens its third segment, after two are durable,
+/// so the containment of a writer panic can be tested against the real daemon.
+#[cfg(debug_assertions)]
+fn test_fault_hook(recording: &RecordingRow, seq: u32) {
+    if seq >= 3 && std::env::var("EDGEREC_TEST_WRITER_PANIC").is_ok_and(|s| s == recording.stream) {
+        panic!("test fault hook: writer of {} panics", recording.stream);
     }
 }
