@@ -595,3 +595,39 @@ fn a_panicking_writer_fails_its_recording_only() {
     assert!(log.contains("the recorder thread panicked"), "{log}");
     assert!(!log.contains("did not finish in 20 s"), "{log}");
 }
+
+#[test]
+fn an_unfinished_index_snapshot_from_a_power_cut_does_not_stop_the_start() {
+    let mut d = Daemon::start("flow_continue_duration_s = 0", "");
+    media::publish_and_wait(
+        &d.rtmp_url("live", "before"),
+        &media::clip(Clip::AudioVideo, 4),
+        false,
+    );
+    let rec = wait_for("recorded", Duration::from_secs(30), || {
+        d.recordings()
+            .into_iter()
+            .find(|r| r["state"] == "finished")
+    });
+    d.kill9();
+    // What a second power cut during sled's snapshot leaves behind: a partial file with a
+    // bad checksum, which sled refuses to open past ("Read corrupted data").
+    let index = d.data_dir().join("index");
+    std::fs::write(
+        index.join("snap.00000000000FFFFF.generating"),
+        [0xA5u8; 700],
+    )
+    .unwrap();
+    d.spawn();
+    d.wait_log(
+        "removed an unfinished index snapshot",
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(!index.join("snap.00000000000FFFFF.generating").exists());
+    let again = d.recording(rec["id"].as_str().unwrap());
+    assert_eq!(again["segments"], rec["segments"]);
+    let errors = media::decode_errors(&d.http_url(again["playlist"].as_str().unwrap()));
+    assert!(errors.trim().is_empty(), "{errors}");
+    assert_still_records(&d, "after");
+}

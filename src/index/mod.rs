@@ -99,6 +99,32 @@ impl IndexError {
         }
     }
 }
+/// Removes `snap.*.generating` files: a snapshot sled was still writing when the power
+/// went. Left in place, sled reads it, finds a bad checksum and refuses to open ("Read
+/// corrupted data") on every start, so `Restart=always` would loop forever. The finished
+/// snapshot and the log are untouched; sled rebuilds its state from them. Synced, so the
+/// removal itself survives the next power cut.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<(), IndexError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // No index yet.
+    };
+    let mut removed = 0;
+    for entry in entries.map_while(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(|e| IndexError::sync(&entry.path(), e))?;
+            tracing::warn!(file = %entry.path().display(), "removed an unfinished index snapshot left by a power cut");
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| IndexError::sync(dir, e))?;
+    }
+    Ok(())
+}
 
 fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
@@ -168,6 +194,7 @@ impl Index {
     }
 
     fn open_waiting(dir: &Path, lock_wait: Duration) -> Result<Index, IndexError> {
+        remove_unfinished_snapshots(dir)?;
         let deadline = Instant::now() + lock_wait;
         let db = loop {
             let opened = sled::Config::new()
@@ -191,6 +218,12 @@ impl Index {
         };
         let log_path = dir.join("db");
         let log = std::fs::File::open(&log_path).map_err(|e| IndexError::sync(&log_path, e))?;
+        // sled writes `conf` once, without a sync: make it durable, or a power cut soon
+        // after the first start leaves an index that does not open.
+        let conf_path = dir.join("conf");
+        std::fs::File::open(&conf_path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| IndexError::sync(&conf_path, e))?;
         // A new index's files must be reachable after a power cut too.
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
