@@ -433,19 +433,21 @@ fn peak_rss_mib(d: &Daemon) -> u64 {
 }
 
 #[test]
-fn huge_amf_commands_before_connect_are_refused_at_their_header() {
+fn huge_commands_and_media_before_a_publish_are_refused_at_their_header() {
     let d = Daemon::start("", "");
     let before = peak_rss_mib(&d);
     // 16 peers, each announcing an 8 MiB AMF0 command (type 20) and streaming AMF nulls:
     // parsed whole, each would cost the daemon hundreds of MiB.
     const LEN: usize = 8 * 1024 * 1024;
+    // Half of them send an 8 MiB video message instead, before any publish.
     let mut peers: Vec<RawClient> = (0..16)
-        .map(|_| {
+        .map(|i| {
             let mut c = RawClient::connect(&d.rtmp);
             c.handshake();
             let len = (LEN as u32).to_be_bytes();
+            let type_id = if i % 2 == 0 { 20 } else { 9 };
             c.sock
-                .write_all(&[3, 0, 0, 0, len[1], len[2], len[3], 20, 0, 0, 0, 0])
+                .write_all(&[3, 0, 0, 0, len[1], len[2], len[3], type_id, 1, 0, 0, 0])
                 .unwrap();
             c
         })

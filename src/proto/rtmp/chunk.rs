@@ -102,6 +102,10 @@ pub struct ChunkDecoder {
     max_chunk_size: u32,
     max_message_size: u32,
     max_command_size: u32,
+    /// Whether audio/video messages may use `max_message_size`: only once the peer has
+    /// asked to publish. Before that every message gets the command limit, so a peer that
+    /// never publishes holds at most a few hundred KiB however it frames its bytes.
+    media_allowed: bool,
     max_chunk_streams: usize,
     streams: HashMap<u32, InStream>,
     /// Bytes held across all partial messages.
@@ -125,9 +129,25 @@ impl ChunkDecoder {
             max_chunk_size: limits.max_chunk_size,
             max_message_size: limits.max_message_size,
             max_command_size: limits.max_command_size,
+            media_allowed: false,
             max_chunk_streams: limits.max_chunk_streams,
             streams: HashMap::new(),
             buffered: 0,
+        }
+    }
+
+    /// Lets audio and video messages be as large as `max_message_size` (a publish was
+    /// requested) or holds them to the command limit again (no publish is pending or on).
+    pub fn allow_media(&mut self, allowed: bool) {
+        self.media_allowed = allowed;
+    }
+
+    /// The largest message of `type_id` accepted now.
+    fn message_limit(&self, type_id: u8) -> u32 {
+        let command = self.max_command_size.min(self.max_message_size);
+        match type_id {
+            8 | 9 | 22 if self.media_allowed => self.max_message_size,
+            _ => command,
         }
     }
 
@@ -188,7 +208,7 @@ impl ChunkDecoder {
                     limit: self.max_chunk_streams,
                 });
             }
-            let limit = (self.max_message_size as usize).saturating_mul(2);
+            let limit = (self.message_limit(9) as usize).saturating_mul(2);
             if self.buffered + piece > limit {
                 return Err(ChunkError::TooMuchBuffered {
                     csid: h.csid,
@@ -369,13 +389,11 @@ impl ChunkDecoder {
     }
 
     /// Refused at the header, before any of the payload is buffered. Audio (8), video (9)
-    /// and aggregate (22) messages carry media and may be large; everything else is parsed
-    /// into AMF values or control fields and gets the small command limit.
+    /// and aggregate (22) messages carry media and may be large once a publish was
+    /// requested; everything else is parsed into AMF values or control fields and gets the
+    /// small command limit.
     fn check_length(&self, csid: u32, type_id: u8, length: u32) -> Result<(), ChunkError> {
-        let limit = match type_id {
-            8 | 9 | 22 => self.max_message_size,
-            _ => self.max_command_size.min(self.max_message_size),
-        };
+        let limit = self.message_limit(type_id);
         if length > limit {
             return Err(ChunkError::MessageTooLarge {
                 csid,
@@ -651,8 +669,19 @@ mod tests {
         let mut dec = ChunkDecoder::new(&limits);
         let mut input = BytesMut::from(&[3, 0, 0, 0, 0x01, 0, 0, 18, 1, 0, 0, 0][..]);
         assert!(dec.decode(&mut input).is_ok());
-        // A 4 MiB video frame passes the header check.
+        // A 4 MiB video frame: refused before a publish was requested, fine after.
         let mut dec = ChunkDecoder::new(&limits);
+        let mut input = BytesMut::from(&[4, 0, 0, 0, 0x40, 0, 0, 9, 1, 0, 0, 0][..]);
+        assert!(matches!(
+            dec.decode(&mut input),
+            Err(ChunkError::MessageTooLarge {
+                type_id: 9,
+                limit: 65_536,
+                ..
+            })
+        ));
+        let mut dec = ChunkDecoder::new(&limits);
+        dec.allow_media(true);
         let mut input = BytesMut::from(&[4, 0, 0, 0, 0x40, 0, 0, 9, 1, 0, 0, 0][..]);
         assert!(dec.decode(&mut input).is_ok());
     }
@@ -665,6 +694,7 @@ mod tests {
             ..Limits::default()
         };
         let mut dec = ChunkDecoder::new(&limits);
+        dec.allow_media(true);
         let mut input = BytesMut::from(&[3, 0, 0, 0, 0, 0x03, 0xE9, 9, 1, 0, 0, 0][..]);
         assert!(matches!(
             dec.decode(&mut input),

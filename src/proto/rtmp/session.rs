@@ -235,6 +235,13 @@ impl ServerSession {
             return;
         }
         *state = StreamState::Idle;
+        let any_publish = self.streams.values().any(|s| {
+            matches!(
+                s,
+                StreamState::PublishRequested { .. } | StreamState::Publishing { .. }
+            )
+        });
+        self.decoder.allow_media(any_publish);
         self.on_status(stream_id, "error", code, description);
     }
 
@@ -426,6 +433,7 @@ impl ServerSession {
                 let key = cmd.arg_str(0).unwrap_or_default().to_owned();
                 let publish_type = cmd.arg_str(1).unwrap_or("live").to_owned();
                 *state = StreamState::PublishRequested { key: key.clone() };
+                self.decoder.allow_media(true);
                 self.events.push_back(SessionEvent::PublishRequested {
                     stream_id,
                     stream_key: key,

@@ -263,6 +263,39 @@ fn oversized_message_is_rejected() {
 }
 
 #[test]
+fn media_may_be_large_only_once_a_publish_was_requested() {
+    // Before publish: a 1 MiB video message is refused at its header.
+    let (mut s, mut c) = connected(Limits::default());
+    c.raw_message(9, 1, 0, &vec![0x17; 1024 * 1024]);
+    let err = s.feed(&c.take_output()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RtmpError::Chunk(ChunkError::MessageTooLarge { limit: 65_536, .. })
+        ),
+        "{err}"
+    );
+    // After a refused publish, media is held to the small limit again.
+    let (mut s, mut c) = connected(Limits::default());
+    c.publish(1, "k");
+    s.feed(&c.take_output()).unwrap();
+    assert!(matches!(
+        s.poll_event(),
+        Some(SessionEvent::PublishRequested { stream_id: 1, .. })
+    ));
+    s.reject_publish(1, "NetStream.Publish.Unauthorized", "no");
+    c.video(1, 0, &vec![0x17; 1024 * 1024]);
+    assert!(matches!(
+        s.feed(&c.take_output()),
+        Err(RtmpError::Chunk(ChunkError::MessageTooLarge { .. }))
+    ));
+    // An accepted publish takes frames up to the message limit.
+    let (mut s, mut c) = publishing();
+    c.video(1, 0, &vec![0x17; 1024 * 1024]);
+    s.feed(&c.take_output()).unwrap();
+}
+
+#[test]
 fn absurd_amf_nesting_is_rejected() {
     let (mut s, mut c) = connected(Limits::default());
     let mut payload = vec![2, 0, 4];
