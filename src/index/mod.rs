@@ -32,6 +32,7 @@
 //! a board that lost power right after a segment was committed came back without that
 //! row until it did.
 
+pub mod callback_body;
 mod catalog;
 mod files;
 mod rows;

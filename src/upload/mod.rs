@@ -290,7 +290,7 @@ impl Shared {
             .map(|o| o.key.clone())
             .unwrap_or_default();
         let file_size: u64 = objects.iter().map(|o| o.size).sum();
-        let body = crate::notify::completion_body(
+        let body = crate::index::callback_body::completion_body(
             rec,
             &self.callback,
             &self.public_url(&playlist_key),
@@ -311,7 +311,7 @@ impl Shared {
         if !self.callback.enabled() {
             return None;
         }
-        let body = crate::notify::file_completion_body(
+        let body = crate::index::callback_body::file_completion_body(
             file,
             capture,
             &self.callback,
