@@ -19,6 +19,14 @@ command -v socat >/dev/null 2>&1 || need+=(socat)      # TLS in front of a test 
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # its throwaway CA, TLS and HMAC checks
 command -v curl >/dev/null 2>&1 || need+=(curl)        # the API over HTTPS
 command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)  # token hashes
+# The RTSP camera stand-in: GStreamer's RTSP server through the system python's gi.
+if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" >/dev/null 2>&1 \
+   || ! gst-inspect-1.0 x264enc >/dev/null 2>&1 || ! gst-inspect-1.0 avenc_aac >/dev/null 2>&1 \
+   || ! gst-inspect-1.0 x265enc >/dev/null 2>&1 || ! gst-inspect-1.0 rtph264pay >/dev/null 2>&1; then
+  need+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+         gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
+         gstreamer1.0-tools)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "test peers: apt packages present ($(ffmpeg -version | head -n1))"

@@ -4,5 +4,6 @@
 //! decides publish admission (signed URLs, stream names, one publisher per stream).
 
 pub mod admission;
+pub mod camera;
 pub mod lowat;
 pub mod rtmp;

@@ -140,6 +140,8 @@ pub struct LiveStats {
     heartbeat_ms: AtomicU64,
     tracks: Mutex<Tracks>,
     failure: Mutex<Option<String>>,
+    /// Why the publisher's audio is not recorded (a codec MPEG-TS cannot carry).
+    audio_dropped: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,6 +162,11 @@ impl LiveStats {
         *lock(&self.failure) = Some(reason.to_owned());
     }
 
+    /// Says why the publisher's audio track is left out (shown in the stream's entry).
+    pub fn set_audio_dropped(&self, reason: Option<String>) {
+        *lock(&self.audio_dropped) = reason;
+    }
+
     /// Why the recorder stopped, if it failed.
     pub fn failure(&self) -> Option<String> {
         lock(&self.failure).clone()
@@ -176,6 +183,7 @@ impl LiveStats {
             recording_id: self.recording_id.clone(),
             video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
             audio_codec: tracks.audio.as_ref().map(|p| p.codec_name()),
+            audio_dropped: lock(&self.audio_dropped).clone(),
             resolution: tracks
                 .video
                 .as_ref()
@@ -204,6 +212,8 @@ pub struct StreamView {
     pub recording_id: String,
     pub video_codec: Option<&'static str>,
     pub audio_codec: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_dropped: Option<String>,
     pub resolution: Option<String>,
     pub bitrate_bps: u64,
     pub bytes_received: u64,
@@ -695,6 +705,7 @@ fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
         heartbeat_ms: AtomicU64::new(monotonic_ms()),
         tracks: Mutex::new(Tracks::default()),
         failure: Mutex::new(None),
+        audio_dropped: Mutex::new(None),
     }
 }
 
