@@ -4,8 +4,8 @@
 
 Usage: rtsp_camera.py PROFILE [PORT]   (PORT 0 or absent: any free port)
 Prints "ready PORT" on stdout once it listens. Profiles: h264-aac, h264-bframes,
-h265-aac, h264-pcma, mjpeg (nothing edgerec can record), silent (a session that never
-sends RTP: the pipeline is held before the payloader).
+h265-aac, h264-pcma, mjpeg (nothing edgerec can record), stalls (sends 3 s of video, then
+keeps the session but sends no more RTP: a valve before the payloader closes).
 """
 import sys
 
@@ -18,7 +18,8 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 VIDEO = ("videotestsrc is-live=true pattern=ball ! "
          "video/x-raw,width=320,height=240,framerate=25/1,format=I420 ! ")
 H264 = "x264enc tune=zerolatency key-int-max=25 bitrate=500 ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 "
-H264_B = "x264enc bframes=2 b-adapt=false key-int-max=25 bitrate=500 speed-preset=ultrafast ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 "
+# The payloader's caps would negotiate Constrained Baseline (no B-frames): ask for Main.
+H264_B = "x264enc bframes=2 b-adapt=false key-int-max=25 bitrate=500 ! video/x-h264,profile=main ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 "
 H265 = "x265enc tune=zerolatency key-int-max=25 bitrate=500 ! h265parse config-interval=-1 ! rtph265pay name=pay0 pt=96 "
 AUDIO = "audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=48000,channels=2 ! audioconvert ! "
 AAC = "avenc_aac bitrate=64000 ! aacparse ! rtpmp4gpay name=pay1 pt=97 "
@@ -30,8 +31,8 @@ PROFILES = {
     "h265-aac": VIDEO + H265 + AUDIO + AAC,
     "h264-pcma": VIDEO + H264 + AUDIO + PCMA,
     "mjpeg": VIDEO + "jpegenc ! rtpjpegpay name=pay0 pt=26 ",
-    # valve drop=true: the session is set up and PLAYs, but no RTP ever flows.
-    "silent": VIDEO + "x264enc tune=zerolatency ! valve drop=true ! rtph264pay name=pay0 pt=96 ",
+    "stalls": VIDEO + "x264enc tune=zerolatency key-int-max=25 ! h264parse config-interval=-1 ! "
+              "valve name=gate drop=false ! rtph264pay name=pay0 pt=96 ",
 }
 
 
@@ -45,6 +46,16 @@ def main():
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch("( " + PROFILES[profile] + ")")
     factory.set_shared(True)
+    if profile == "stalls":
+        def close_gate(gate):
+            gate.set_property("drop", True)
+            return False
+
+        def configured(_factory, media):
+            gate = media.get_element().get_by_name("gate")
+            GLib.timeout_add_seconds(3, close_gate, gate)
+
+        factory.connect("media-configure", configured)
     server.get_mount_points().add_factory("/stream1", factory)
     if server.attach(None) == 0:
         print("cannot listen on port " + port, file=sys.stderr)
