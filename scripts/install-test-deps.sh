@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the integration tests drive, only where missing:
 # ffmpeg/ffprobe (publish RTMP, decode recordings), socat and openssl (a TLS front with a
-# private CA for a store; RTMPS/HTTPS certificates), curl (HTTPS) from apt (Debian/Ubuntu, as root or via sudo), and the
+# private CA for a store; RTMPS/HTTPS certificates), curl (HTTPS), GStreamer's RTSP server
+# with python3-gi (the camera stand-in) from apt (Debian/Ubuntu, as root or via sudo), and the
 # S3-compatible stores from crates.io with `cargo install`: s3s-fs 0.14.1 (~4 min to
 # build) and Garage 2.5.0 (~5 min, see below; cache ~/.cargo/bin).
 # The tests find them via $EDGEREC_S3S_FS / $EDGEREC_GARAGE, else ~/.cargo/bin, else PATH.
