@@ -5,7 +5,8 @@
 Usage: rtsp_camera.py PROFILE [PORT]   (PORT 0 or absent: any free port)
 Prints "ready PORT" on stdout once it listens. Profiles: h264-aac, h264-bframes,
 h265-aac, h264-pcma, mjpeg (nothing edgerec can record), stalls (sends 3 s of video, then
-keeps the session but sends no more RTP: a valve before the payloader closes).
+keeps the session but sends no more RTP: a valve before the payloader closes),
+bench-2mbps (scripts/bench_cameras.py).
 """
 import sys
 
@@ -30,6 +31,11 @@ PROFILES = {
     "h264-bframes": VIDEO + H264_B + AUDIO + AAC,
     "h265-aac": VIDEO + H265 + AUDIO + AAC,
     "h264-pcma": VIDEO + H264 + AUDIO + PCMA,
+    # The bench's camera: 720p H.264 at 2 Mb/s + AAC, encoded once for every client.
+    "bench-2mbps": "videotestsrc is-live=true pattern=smpte ! "
+                   "video/x-raw,width=1280,height=720,framerate=25/1,format=I420 ! "
+                   "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=50 bitrate=2000 ! "
+                   "h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 " + AUDIO + AAC,
     "mjpeg": VIDEO + "jpegenc ! rtpjpegpay name=pay0 pt=26 ",
     "stalls": VIDEO + "x264enc tune=zerolatency key-int-max=25 ! h264parse config-interval=-1 ! "
               "valve name=gate drop=false ! rtph264pay name=pay0 pt=96 ",
