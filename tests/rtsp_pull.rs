@@ -352,8 +352,9 @@ fn unrecordable_and_stalled_cameras_get_clear_errors_and_others_keep_recording()
             assert!(media::decode_errors(&url).trim().is_empty());
             let frames = media::probe(&url).video_frames;
             let sessions = rec["sessions"].as_u64().unwrap();
+            // 3 s at 25 fps, plus what the encoder and the server still held at the stall.
             assert!(
-                frames >= 50 && frames <= 90 * sessions,
+                frames >= 50 && frames <= 110 * sessions,
                 "{frames} frames in {sessions} session(s) of 3 s before a stall"
             );
         }
@@ -436,14 +437,15 @@ fn b_frames_get_decode_times_before_presentation() {
 }
 
 #[test]
-fn h265_camera_is_recorded() {
+fn h265_camera_over_udp_is_recorded() {
     let mut camera = Camera::start("h265-aac");
     let d = daemon(
         "flow_continue_duration_s = 2",
-        &config_source("cam", "hevc", &camera.url(""), ""),
+        &config_source("cam", "hevc", &camera.url(""), "transport = \"udp\""),
     );
     let live = wait_recorded(&d, "cam-hevc", 5, Duration::from_secs(40));
     assert_eq!(live["video_codec"], "h265");
+    assert_eq!(source(&d, "cam-hevc")["transport"], "udp");
     camera.kill();
     let rec = finished_recording(&d);
     assert_decodes(&d, &rec, true, 1.0);

@@ -32,7 +32,7 @@ PROFILES = {
     "h265-aac": VIDEO + H265 + AUDIO + AAC,
     "h264-pcma": VIDEO + H264 + AUDIO + PCMA,
     # The bench's camera: 720p H.264 at 2 Mb/s + AAC, encoded once for every client.
-    "bench-2mbps": "videotestsrc is-live=true pattern=smpte ! "
+    "bench-2mbps": "videotestsrc is-live=true pattern=snow ! "
                    "video/x-raw,width=1280,height=720,framerate=25/1,format=I420 ! "
                    "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=50 bitrate=2000 ! "
                    "h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 " + AUDIO + AAC,

@@ -144,6 +144,17 @@ impl RetinaFeed {
                 v.take_params(p.extra_data(), &mut queue)?;
             }
         }
+        // AAC's config is always in the SDP: announce it before any frame, or the
+        // recorder would restart its first segment when the audio track appears.
+        let mut audio_sent = false;
+        if let Some(i) = audio {
+            if let Some(ParametersRef::Audio(p)) = playing.streams()[i].parameters() {
+                let config = AacConfig::parse(p.extra_data())
+                    .map_err(|e| format!("camera's AAC config: {e}"))?;
+                queue.push_back(Pulled::Params(CodecParams::Aac(config)));
+                audio_sent = true;
+            }
+        }
         let demuxed = playing
             .demuxed()
             .map_err(|e| format!("cannot demux: {e}"))?;
@@ -151,7 +162,7 @@ impl RetinaFeed {
             demuxed,
             info,
             video,
-            audio: audio.map(|i| (i, false)),
+            audio: audio.map(|i| (i, audio_sent)),
             queue,
         })
     }
@@ -195,7 +206,8 @@ impl RetinaFeed {
                         kind: TrackKind::Video,
                         dts: pts,
                         pts,
-                        keyframe: f.is_random_access_point(),
+                        keyframe: f.is_random_access_point()
+                            || (v.codec == "h265" && has_irap(f.data())),
                         data: Bytes::from(f.into_data()),
                     });
                     while let Some(frame) = v.synth.pop() {
@@ -271,6 +283,18 @@ impl VideoTrack {
         queue.push_back(Pulled::Params(params));
         Ok(())
     }
+}
+
+/// Whether an H.265 access unit (4-byte lengths) holds an IRAP picture. retina 0.4
+/// counts only IDR pictures as random access points; encoders with open GOPs (x265's
+/// default) send CRA pictures instead, which start a segment as well.
+fn has_irap(au: &[u8]) -> bool {
+    crate::media::nal::iter_length_prefixed(au, 4)
+        .map_while(Result::ok)
+        .any(|nal| {
+            nal.first()
+                .is_some_and(|&b| hevc::is_irap(hevc::nal_type(b)))
+        })
 }
 
 impl CameraFeed for RetinaFeed {

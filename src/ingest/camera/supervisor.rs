@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::time::{timeout, Instant};
 
@@ -23,6 +24,8 @@ use crate::record::{PublishHandle, Recorders};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// See the hand-over in [`session`].
+const HAND_OVER_EVERY: Duration = Duration::from_millis(100);
 /// A session that recorded this long resets the backoff to its first step.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
@@ -133,9 +136,24 @@ async fn session(
     });
     let mut meter = Meter::new();
     let mut item = first;
+    let mut handed_over = Instant::now();
     loop {
         forward(&mut handle, item, &mut meter)?;
-        item = match next(&mut *feed, idle).await? {
+        // Frames go to the writer when the camera's data is drained and at least
+        // HAND_OVER_EVERY has passed (not half a second at a time, nor one writer wakeup
+        // per RTP burst), so media waits in the kernel's socket buffer rather than in
+        // this process. The feed's `next` is cancel-safe.
+        let ready = match feed.next().now_or_never() {
+            Some(ready) => ready?,
+            None => {
+                if handed_over.elapsed() >= HAND_OVER_EVERY {
+                    handle.hand_over().map_err(|_| recorder_failure(&handle))?;
+                    handed_over = Instant::now();
+                }
+                next(&mut *feed, idle).await?
+            }
+        };
+        item = match ready {
             Some(item) => item,
             None => return Ok(()),
         };
