@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 pub mod naming;
+mod rtsp;
 pub mod templates;
 mod upload;
 
+pub use rtsp::RtspConfig;
 pub use access::{parse_cidr, ApiToken, PublishAuth, PublishAuthSection, Scope};
 pub use templates::{Decision, FileOutput, Format, HlsOutput, Rule, Template};
 pub use upload::{
@@ -33,6 +35,8 @@ pub struct Config {
     /// `[rtmps]`: RTMP over TLS. Absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtmps: Option<RtmpsConfig>,
+    /// `[rtsp]`: the RTSP publish listener (off unless `listen` is set).
+    pub rtsp: RtspConfig,
     pub http: HttpConfig,
     pub record: RecordConfig,
     pub upload: UploadConfig,
@@ -141,6 +145,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./edgerec-data"),
             rtmp: RtmpConfig::default(),
             rtmps: None,
+            rtsp: RtspConfig::default(),
             http: HttpConfig::default(),
             record: RecordConfig::default(),
             upload: UploadConfig::default(),
@@ -291,6 +296,7 @@ impl Config {
             64,
             65536,
         );
+        rtsp::validate(&self.rtsp, &mut problems);
         let c = &self.record;
         range(
             "record.segment_duration_s",
@@ -392,6 +398,7 @@ impl Config {
                 ),
             });
         }
+        warnings.extend(rtsp::warning(&self.rtsp, self.publish_auth.is_off()));
         if self.http.listen.ip().is_loopback() || !self.http.allow_unauthenticated {
             return warnings;
         }

@@ -6,3 +6,4 @@
 pub mod admission;
 pub mod lowat;
 pub mod rtmp;
+pub mod rtsp;

@@ -140,6 +140,8 @@ pub struct LiveStats {
     heartbeat_ms: AtomicU64,
     tracks: Mutex<Tracks>,
     failure: Mutex<Option<String>>,
+    /// Why the publisher's audio is not recorded (e.g. `pcma: not storable in MPEG-TS`).
+    audio_dropped: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,6 +160,11 @@ impl LiveStats {
 
     fn set_failure(&self, reason: &str) {
         *lock(&self.failure) = Some(reason.to_owned());
+    }
+
+    /// Records why the publisher's audio track is left out of the recording.
+    pub fn set_audio_dropped(&self, reason: &str) {
+        *lock(&self.audio_dropped) = Some(reason.to_owned());
     }
 
     /// Why the recorder stopped, if it failed.
@@ -190,6 +197,7 @@ impl LiveStats {
             timestamps_repaired: self.timestamps_repaired.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
             media_received_ms: self.media_received_ms.load(Ordering::Relaxed),
+            audio_dropped: lock(&self.audio_dropped).clone(),
         }
     }
 }
@@ -215,6 +223,9 @@ pub struct StreamView {
     pub timestamps_repaired: u64,
     pub gaps: u64,
     pub media_received_ms: u64,
+    /// Why the audio is not recorded (a codec MPEG-TS cannot carry); absent when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_dropped: Option<String>,
 }
 
 struct Slot {
@@ -695,6 +706,7 @@ fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
         heartbeat_ms: AtomicU64::new(monotonic_ms()),
         tracks: Mutex::new(Tracks::default()),
         failure: Mutex::new(None),
+        audio_dropped: Mutex::new(None),
     }
 }
 

@@ -1,0 +1,346 @@
+//! RTP (RFC 3550) for the RTSP publish path: the fixed header (section 5.1: version 2,
+//! padding, extension, CSRCs), the 32-bit timestamp extended across its wrap, the media
+//! clock rescaled to our 90 kHz [`Ticks`], sequence-gap detection, and [`RtpTrack`], which
+//! turns one announced media section's packets into [`MediaEvent`]s through a codec
+//! depacketizer ([`super::h26x`], [`super::aac`]).
+//!
+//! The depacketizers are written here rather than taken from retina: retina 0.4.21's
+//! `Depacketizer::push` is `pub(crate)`, so its depacketizers cannot be fed packets that
+//! arrive on a connection retina does not own (an ANNOUNCE/RECORD publisher).
+//!
+//! Timeline: each track's first packet is placed at its arrival time (given by the
+//! caller, ticks since the connection started); later packets follow their RTP
+//! timestamps. RTCP sender reports are not used yet. Never does IO; never panics on a
+//! peer's bytes.
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use super::aac::AacDepacketizer;
+use super::h26x::H26xDepacketizer;
+use super::sdp::MediaDesc;
+use crate::media::{self, CodecParams, Frame, MediaError, Ticks, TrackKind};
+
+/// A bad RTP packet or payload; the packet (and the access unit it belonged to) is
+/// dropped and counted, the connection stays up.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RtpError {
+    #[error("rtp packet of {len} bytes is shorter than its header")]
+    Truncated { len: usize },
+    #[error("rtp version {0} (only 2 is RTP)")]
+    Version(u8),
+    #[error("rtp padding of {padding} bytes in a {len}-byte packet")]
+    Padding { padding: usize, len: usize },
+    #[error("payload type {got}, but the SDP announced {want}")]
+    PayloadType { got: u8, want: u8 },
+    #[error("{codec} payload: {detail}")]
+    Payload { codec: &'static str, detail: String },
+    #[error("{codec}: access unit of more than {limit} bytes")]
+    TooLarge { codec: &'static str, limit: usize },
+    #[error(transparent)]
+    Codec(#[from] MediaError),
+}
+
+/// Largest access unit reassembled from RTP (a 4K keyframe fits).
+pub const MAX_ACCESS_UNIT: usize = 16 << 20;
+
+/// What a track's packets produce, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// New or changed codec parameters; comes before the first frame that uses them.
+    Config(CodecParams),
+    Frame(Frame),
+}
+
+/// The fixed RTP header and the payload (padding removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpPacket {
+    pub marker: bool,
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub payload: Bytes,
+}
+
+impl RtpPacket {
+    /// Parses one RTP packet (RFC 3550 section 5.1, header extension per 5.3.1).
+    pub fn parse(packet: Bytes) -> Result<RtpPacket, RtpError> {
+        let len = packet.len();
+        let truncated = RtpError::Truncated { len };
+        let Some(&[b0, b1, s0, s1, t0, t1, t2, t3, c0, c1, c2, c3]) = packet.get(..12) else {
+            return Err(truncated);
+        };
+        let version = b0 >> 6;
+        if version != 2 {
+            return Err(RtpError::Version(version));
+        }
+        let csrc = usize::from(b0 & 0x0f);
+        let mut start = 12 + 4 * csrc;
+        if b0 & 0x10 != 0 {
+            let Some(&[_, _, l0, l1]) = packet.get(start..start + 4) else {
+                return Err(truncated);
+            };
+            start += 4 + 4 * usize::from(u16::from_be_bytes([l0, l1]));
+        }
+        let mut end = len;
+        if b0 & 0x20 != 0 {
+            let padding = usize::from(packet[len - 1]);
+            if padding == 0 || padding > len.saturating_sub(start) {
+                return Err(RtpError::Padding { padding, len });
+            }
+            end -= padding;
+        }
+        if start > end {
+            return Err(truncated);
+        }
+        Ok(RtpPacket {
+            marker: b1 & 0x80 != 0,
+            payload_type: b1 & 0x7f,
+            sequence: u16::from_be_bytes([s0, s1]),
+            timestamp: u32::from_be_bytes([t0, t1, t2, t3]),
+            ssrc: u32::from_be_bytes([c0, c1, c2, c3]),
+            payload: packet.slice(start..end),
+        })
+    }
+}
+
+/// Extends 32-bit RTP timestamps to `i64` across the wrap (and back across it, for a
+/// reordered packet from just before a wrap).
+#[derive(Debug, Clone, Default)]
+pub struct TimestampExtender {
+    last: Option<i64>,
+}
+
+impl TimestampExtender {
+    pub fn extend(&mut self, ts: u32) -> i64 {
+        let ext = match self.last {
+            None => i64::from(ts),
+            Some(last) => last + i64::from(ts.wrapping_sub(last as u32) as i32),
+        };
+        if self.last.is_none_or(|last| ext > last) {
+            self.last = Some(ext);
+        }
+        ext
+    }
+}
+
+/// The codec-specific half of a track.
+#[derive(Debug)]
+enum Depacketizer {
+    Video(H26xDepacketizer),
+    Aac(AacDepacketizer),
+}
+
+/// Counters of one track, for logs and the API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackStats {
+    pub packets: u64,
+    /// Sequence-number gaps seen.
+    pub gaps: u64,
+    /// Access units dropped (loss inside them, malformed payloads, no parameter sets).
+    pub dropped: u64,
+}
+
+/// One announced, recordable media section: RTP packets in, [`MediaEvent`]s out.
+#[derive(Debug)]
+pub struct RtpTrack {
+    kind: TrackKind,
+    codec: &'static str,
+    payload_type: u8,
+    clock_rate: u32,
+    ext: TimestampExtender,
+    /// First extended timestamp and the ticks it was placed at.
+    origin: Option<(i64, Ticks)>,
+    next_seq: Option<u16>,
+    depack: Depacketizer,
+    stats: TrackStats,
+}
+
+impl RtpTrack {
+    /// The track for `media`, or why it cannot be recorded (`"pcma: not storable in
+    /// MPEG-TS"`), for the API and the log.
+    pub fn for_media(media: &MediaDesc) -> Result<RtpTrack, String> {
+        let name = if media.encoding.is_empty() {
+            format!("payload type {}", media.payload_type)
+        } else {
+            media.encoding.clone()
+        };
+        let (kind, codec, depack) = match (media.kind.as_str(), media.encoding.as_str()) {
+            ("video", "h264") => (
+                TrackKind::Video,
+                "h264",
+                Depacketizer::Video(H26xDepacketizer::h264(media).map_err(|e| format!("h264: {e}"))?),
+            ),
+            ("video", "h265") => (
+                TrackKind::Video,
+                "h265",
+                Depacketizer::Video(H26xDepacketizer::h265(media).map_err(|e| format!("h265: {e}"))?),
+            ),
+            ("audio", "mpeg4-generic") => (
+                TrackKind::Audio,
+                "aac",
+                Depacketizer::Aac(AacDepacketizer::new(media).map_err(|e| format!("aac: {e}"))?),
+            ),
+            ("audio", _) => return Err(format!("{name}: not storable in MPEG-TS")),
+            ("video", _) => return Err(format!("{name}: video codec not supported")),
+            (other, _) => return Err(format!("{other} media is not recorded")),
+        };
+        if media.clock_rate == 0 {
+            return Err(format!("{name}: no clock rate in the SDP"));
+        }
+        Ok(RtpTrack {
+            kind,
+            codec,
+            payload_type: media.payload_type,
+            clock_rate: media.clock_rate,
+            ext: TimestampExtender::default(),
+            origin: None,
+            next_seq: None,
+            depack,
+            stats: TrackStats::default(),
+        })
+    }
+
+    pub fn kind(&self) -> TrackKind {
+        self.kind
+    }
+
+    pub fn codec(&self) -> &'static str {
+        self.codec
+    }
+
+    pub fn stats(&self) -> TrackStats {
+        self.stats
+    }
+
+    /// Feeds one RTP packet that arrived at `arrival` (ticks since the connection
+    /// started); appends what it completes to `out`. An error drops the packet's access
+    /// unit and is counted; the track keeps going.
+    pub fn push(
+        &mut self,
+        packet: Bytes,
+        arrival: Ticks,
+        out: &mut Vec<MediaEvent>,
+    ) -> Result<(), RtpError> {
+        let pkt = RtpPacket::parse(packet)?;
+        if pkt.payload_type != self.payload_type {
+            return Err(RtpError::PayloadType {
+                got: pkt.payload_type,
+                want: self.payload_type,
+            });
+        }
+        self.stats.packets += 1;
+        let lost = match self.next_seq {
+            Some(want) if want != pkt.sequence => {
+                // Older than expected (reordered or duplicated): drop it.
+                if pkt.sequence.wrapping_sub(want) > 0x8000 {
+                    return Ok(());
+                }
+                self.stats.gaps += 1;
+                tracing::debug!(
+                    codec = self.codec,
+                    expected = want,
+                    got = pkt.sequence,
+                    "rtp sequence gap"
+                );
+                true
+            }
+            _ => false,
+        };
+        self.next_seq = Some(pkt.sequence.wrapping_add(1));
+        let ext = self.ext.extend(pkt.timestamp);
+        let (first, base) = *self.origin.get_or_insert((ext, arrival));
+        let rate = i64::from(self.clock_rate);
+        let pts = base + media::rescale(ext - first, rate, media::TICKS_PER_SECOND);
+        let before = out.len();
+        let result = match &mut self.depack {
+            Depacketizer::Video(d) => d.push(pts, pkt.marker, pkt.payload, lost, out),
+            Depacketizer::Aac(d) => d.push(pts, rate, pkt.payload, lost, out),
+        };
+        let dropped = match &self.depack {
+            Depacketizer::Video(d) => d.dropped(),
+            Depacketizer::Aac(d) => d.dropped(),
+        };
+        self.stats.dropped = dropped;
+        debug_assert!(out.len() >= before);
+        result
+    }
+
+    /// Whatever is complete at the end of the stream (an access unit whose marker bit
+    /// never came).
+    pub fn finish(&mut self, out: &mut Vec<MediaEvent>) {
+        if let Depacketizer::Video(d) = &mut self.depack {
+            d.finish(out);
+        }
+    }
+
+    /// The codec parameters known before any packet (from the SDP), if complete.
+    pub fn initial_config(&self) -> Option<CodecParams> {
+        match &self.depack {
+            Depacketizer::Video(d) => d.initial_config(),
+            Depacketizer::Aac(d) => Some(d.config()),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An RTP packet with `payload`.
+    pub(crate) fn packet(pt: u8, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Bytes {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        Bytes::from(p)
+    }
+
+    #[test]
+    fn header_with_csrc_extension_and_padding() {
+        let mut p = vec![0xb1, 0xe0, 0, 7, 0, 0, 0, 9, 0, 0, 0, 1];
+        p.extend_from_slice(&[0, 0, 0, 2]); // one CSRC
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 1, 2, 3, 4]); // extension, one word
+        p.extend_from_slice(&[0xaa, 0xbb]); // payload
+        p.extend_from_slice(&[0, 0, 3]); // padding 3
+        let pkt = RtpPacket::parse(Bytes::from(p)).unwrap();
+        assert!(pkt.marker);
+        assert_eq!((pkt.payload_type, pkt.sequence, pkt.timestamp), (96, 7, 9));
+        assert_eq!(&pkt.payload[..], &[0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn bad_headers_are_errors() {
+        assert!(matches!(
+            RtpPacket::parse(Bytes::from_static(&[0x80, 0x60, 0])),
+            Err(RtpError::Truncated { .. })
+        ));
+        let mut v1 = packet(96, 1, 1, false, b"x").to_vec();
+        v1[0] = 0x40;
+        assert_eq!(RtpPacket::parse(Bytes::from(v1)), Err(RtpError::Version(1)));
+        let mut pad = packet(96, 1, 1, false, &[1, 2, 200]).to_vec();
+        pad[0] |= 0x20;
+        assert!(matches!(
+            RtpPacket::parse(Bytes::from(pad)),
+            Err(RtpError::Padding { padding: 200, .. })
+        ));
+        let mut ext = packet(96, 1, 1, false, &[0, 0, 0xff, 0xff]).to_vec();
+        ext[0] |= 0x10;
+        assert!(RtpPacket::parse(Bytes::from(ext)).is_err());
+    }
+
+    #[test]
+    fn timestamps_extend_across_the_wrap() {
+        let mut e = TimestampExtender::default();
+        assert_eq!(e.extend(u32::MAX - 10), i64::from(u32::MAX - 10));
+        assert_eq!(e.extend(5), (1i64 << 32) + 5);
+        // A reordered packet from before the wrap stays before it.
+        assert_eq!(e.extend(u32::MAX - 1), i64::from(u32::MAX - 1));
+        assert_eq!(e.extend(3000), (1i64 << 32) + 3000);
+        // A second wrap.
+        assert_eq!(e.extend(u32::MAX), (1i64 << 32) + i64::from(u32::MAX));
+        assert_eq!(e.extend(100), (2i64 << 32) + 100);
+    }
+}
