@@ -174,6 +174,35 @@ pub fn nal_type(nal_header_byte: u8) -> u8 {
     nal_header_byte & 0x1f
 }
 
+/// How many frames may precede a frame in decode order but follow it in output order:
+/// the VUI's `max_num_reorder_frames` when the SPS has bitstream restrictions; 0 when
+/// picture order follows decode order (`pic_order_cnt_type` 2, or the Baseline
+/// profile, which has no B slices); otherwise `max_num_ref_frames`, the most a decoder
+/// may hold (an over-estimate only delays decode times, never breaks them). Uses
+/// `h264-reader` for the full SPS (VUI included) rather than a second hand parser.
+pub fn reorder_depth(sps_nal: &[u8]) -> Result<usize, MediaError> {
+    use h264_reader::nal::sps::{PicOrderCntType, SeqParameterSet};
+    let invalid = |detail: String| MediaError::Invalid {
+        what: SPS,
+        offset: 0,
+        detail,
+    };
+    let rbsp = h264_reader::rbsp::decode_nal(sps_nal).map_err(|e| invalid(e.to_string()))?;
+    let sps = SeqParameterSet::from_bits(h264_reader::rbsp::BitReader::new(&rbsp[..]))
+        .map_err(|e| invalid(format!("{e:?}")))?;
+    let restricted = sps
+        .vui_parameters
+        .as_ref()
+        .and_then(|v| v.bitstream_restrictions.as_ref());
+    let depth = match (restricted, &sps.pic_order_cnt) {
+        (Some(r), _) => r.max_num_reorder_frames,
+        (None, PicOrderCntType::TypeTwo) => 0,
+        (None, _) if sps_nal.get(1) == Some(&66) => 0,
+        (None, _) => sps.max_num_ref_frames,
+    };
+    Ok(depth.min(16) as usize)
+}
+
 /// Picture size (width, height) in pixels from an SPS NAL unit (with its header byte),
 /// frame cropping applied. Handles emulation prevention.
 pub fn parse_sps_resolution(sps_nal: &[u8]) -> Result<(u32, u32), MediaError> {

@@ -211,6 +211,19 @@ pub fn nal_type(first_header_byte: u8) -> u8 {
 /// Picture size (width, height) in pixels from an SPS NAL unit (with its 2-byte header),
 /// conformance window applied. Handles emulation prevention.
 pub fn parse_sps_resolution(sps_nal: &[u8]) -> Result<(u32, u32), MediaError> {
+    read_sps(sps_nal, false).map(|(size, _)| size)
+}
+
+/// How many pictures may precede a picture in decode order but follow it in output
+/// order (`sps_max_num_reorder_pics` of the highest sub-layer): the B-frame reorder
+/// depth RTP's presentation-only timestamps need to synthesise decode times.
+pub fn reorder_depth(sps_nal: &[u8]) -> Result<usize, MediaError> {
+    read_sps(sps_nal, true).map(|(_, depth)| depth)
+}
+
+/// The SPS up to the conformance window, and with `want_reorder` on to the
+/// sub-layer ordering info: (picture size, reorder depth or 0).
+fn read_sps(sps_nal: &[u8], want_reorder: bool) -> Result<((u32, u32), usize), MediaError> {
     let rbsp = remove_emulation_prevention(sps_nal);
     let mut r = BitReader::new(&rbsp, SPS);
     let header = r.read_bits(16)?;
@@ -241,7 +254,29 @@ pub fn parse_sps_resolution(sps_nal: &[u8]) -> Result<(u32, u32), MediaError> {
         crop_x = sub_w * (u64::from(left) + u64::from(right));
         crop_y = sub_h * (u64::from(top) + u64::from(bottom));
     }
-    finish_size(&r, width, height, crop_x, crop_y)
+    let size = finish_size(&r, width, height, crop_x, crop_y)?;
+    if !want_reorder {
+        return Ok((size, 0));
+    }
+    r.ue()?; // bit_depth_luma_minus8
+    r.ue()?; // bit_depth_chroma_minus8
+    r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
+    let all_sub_layers = r.read_bit()?; // sps_sub_layer_ordering_info_present_flag
+    let first = if all_sub_layers {
+        0
+    } else {
+        max_sub_layers_minus1
+    };
+    let mut depth = 0;
+    for _ in first..=max_sub_layers_minus1 {
+        r.ue()?; // sps_max_dec_pic_buffering_minus1
+        depth = r.ue()?; // sps_max_num_reorder_pics
+        r.ue()?; // sps_max_latency_increase_plus1
+    }
+    if depth > 16 {
+        return Err(r.invalid(format!("sps_max_num_reorder_pics {depth}")));
+    }
+    Ok((size, depth as usize))
 }
 
 /// profile_tier_level(1, max_sub_layers_minus1) of H.265 section 7.3.3, values discarded.

@@ -18,6 +18,7 @@ pub mod avc;
 pub mod bits;
 pub mod hevc;
 pub mod nal;
+pub mod reorder;
 
 use bytes::Bytes;
 
