@@ -296,7 +296,6 @@ impl Config {
             64,
             65536,
         );
-        rtsp::validate(&self.rtsp, &mut problems);
         let c = &self.record;
         range(
             "record.segment_duration_s",
@@ -329,6 +328,7 @@ impl Config {
             60,
             2_592_000,
         );
+        rtsp::validate(&self.rtsp, &mut problems);
         upload::validate(&self.upload, &self.callback, &self.storage, &mut problems);
         access::validate(
             &self.publish_auth,

@@ -111,7 +111,6 @@ pub(super) fn warning(r: &RtspConfig, auth_off: bool) -> Option<ConfigProblem> {
 #[cfg(test)]
 mod tests {
     use super::super::Config;
-    use super::*;
 
     #[test]
     fn off_by_default_and_parsed_when_set() {

@@ -19,7 +19,8 @@ use thiserror::Error;
 use super::aac::AacDepacketizer;
 use super::h26x::H26xDepacketizer;
 use super::sdp::MediaDesc;
-use crate::media::{self, CodecParams, Frame, MediaError, Ticks, TrackKind};
+use crate::media::reorder::DtsSynth;
+use crate::media::{self, avc, hevc, CodecParams, Frame, MediaError, Ticks, TrackKind};
 
 /// A bad RTP packet or payload; the packet (and the access unit it belonged to) is
 /// dropped and counted, the connection stays up.
@@ -154,6 +155,9 @@ pub struct RtpTrack {
     origin: Option<(i64, Ticks)>,
     next_seq: Option<u16>,
     depack: Depacketizer,
+    /// Video: decode times from presentation times (RTP carries only the latter).
+    dts: Option<DtsSynth>,
+    scratch: Vec<MediaEvent>,
     stats: TrackStats,
 }
 
@@ -197,7 +201,9 @@ impl RtpTrack {
             ext: TimestampExtender::default(),
             origin: None,
             next_seq: None,
+            dts: (kind == TrackKind::Video).then(|| DtsSynth::new(0)),
             depack,
+            scratch: Vec::new(),
             stats: TrackStats::default(),
         })
     }
@@ -253,25 +259,67 @@ impl RtpTrack {
         let (first, base) = *self.origin.get_or_insert((ext, arrival));
         let rate = i64::from(self.clock_rate);
         let pts = base + media::rescale(ext - first, rate, media::TICKS_PER_SECOND);
-        let before = out.len();
+        let mut scratch = std::mem::take(&mut self.scratch);
         let result = match &mut self.depack {
-            Depacketizer::Video(d) => d.push(pts, pkt.marker, pkt.payload, lost, out),
-            Depacketizer::Aac(d) => d.push(pts, rate, pkt.payload, lost, out),
+            Depacketizer::Video(d) => d.push(pts, pkt.marker, pkt.payload, lost, &mut scratch),
+            Depacketizer::Aac(d) => d.push(pts, rate, pkt.payload, lost, &mut scratch),
         };
-        let dropped = match &self.depack {
+        self.stats.dropped = match &self.depack {
             Depacketizer::Video(d) => d.dropped(),
             Depacketizer::Aac(d) => d.dropped(),
         };
-        self.stats.dropped = dropped;
-        debug_assert!(out.len() >= before);
+        self.decode_times(&mut scratch, out);
+        self.scratch = scratch;
         result
     }
 
-    /// Whatever is complete at the end of the stream (an access unit whose marker bit
-    /// never came).
+    /// Moves `events` to `out`, video frames through the decode-time synthesiser: a new
+    /// config first releases the frames held under the old one, then sets the reorder
+    /// depth its SPS declares.
+    fn decode_times(&mut self, events: &mut Vec<MediaEvent>, out: &mut Vec<MediaEvent>) {
+        let Some(synth) = self.dts.as_mut() else {
+            out.append(events);
+            return;
+        };
+        for event in events.drain(..) {
+            match event {
+                MediaEvent::Config(params) => {
+                    out.extend(synth.flush().into_iter().map(MediaEvent::Frame));
+                    let depth = match &params {
+                        CodecParams::H264(c) => c.sps.first().map(|s| avc::reorder_depth(s)),
+                        CodecParams::H265(c) => c.sps.first().map(|s| hevc::reorder_depth(s)),
+                        CodecParams::Aac(_) => None,
+                    };
+                    match depth {
+                        Some(Ok(depth)) => synth.set_depth(depth),
+                        Some(Err(e)) => {
+                            tracing::debug!(codec = self.codec, error = %e, "no reorder depth in the SPS; assuming 2");
+                            synth.set_depth(2);
+                        }
+                        None => {}
+                    }
+                    out.push(MediaEvent::Config(params));
+                }
+                MediaEvent::Frame(frame) => {
+                    synth.push(frame);
+                    while let Some(f) = synth.pop() {
+                        out.push(MediaEvent::Frame(f));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever is complete or held at the end of the stream (an access unit whose
+    /// marker bit never came, frames held for decode times).
     pub fn finish(&mut self, out: &mut Vec<MediaEvent>) {
+        let mut events = Vec::new();
         if let Depacketizer::Video(d) = &mut self.depack {
-            d.finish(out);
+            d.finish(&mut events);
+        }
+        self.decode_times(&mut events, out);
+        if let Some(synth) = self.dts.as_mut() {
+            out.extend(synth.flush().into_iter().map(MediaEvent::Frame));
         }
     }
 
@@ -339,7 +387,8 @@ pub(crate) mod tests {
         // A reordered packet from before the wrap stays before it.
         assert_eq!(e.extend(u32::MAX - 1), i64::from(u32::MAX - 1));
         assert_eq!(e.extend(3000), (1i64 << 32) + 3000);
-        // A second wrap.
+        // A second wrap, in steps under half the range.
+        assert_eq!(e.extend(0x8000_0000), (1i64 << 32) + 0x8000_0000);
         assert_eq!(e.extend(u32::MAX), (1i64 << 32) + i64::from(u32::MAX));
         assert_eq!(e.extend(100), (2i64 << 32) + 100);
     }

@@ -45,7 +45,7 @@ fn announce(s: &mut ServerSession) {
     assert!(output(s).is_empty(), "no reply before the decision");
     s.accept_announce().unwrap();
     let out = output(s);
-    assert!(out.starts_with("RTSP/1.0 200 OK\r\n"), "{out}");
+    assert!(out.starts_with("RTSP/1.0 200 "), "{out}");
     assert!(out.contains("CSeq: 2\r\n"), "{out}");
 }
 
@@ -55,7 +55,7 @@ fn tcp_publish_flow_and_interleaved_demux() {
     s.feed(&request("OPTIONS", "rtsp://127.0.0.1:8554/live/cam", 1, "", ""))
         .unwrap();
     let out = output(&mut s);
-    assert!(out.contains("200 OK") && out.contains("Public: OPTIONS, ANNOUNCE"), "{out}");
+    assert!(out.starts_with("RTSP/1.0 200 ") && out.contains("Public: OPTIONS, ANNOUNCE"), "{out}");
     announce(&mut s);
     s.feed(&request(
         "SETUP",
@@ -83,7 +83,7 @@ fn tcp_publish_flow_and_interleaved_demux() {
         "",
     ))
     .unwrap();
-    assert!(output(&mut s).contains("200 OK"));
+    assert!(output(&mut s).starts_with("RTSP/1.0 200 "));
     events(&mut s);
     // RECORD, then an RTP frame split over two feeds, an RTCP one, one on a dead channel
     // and a keep-alive between them.
