@@ -18,8 +18,8 @@ mod rtsp;
 pub mod templates;
 mod upload;
 
-pub use rtsp::RtspConfig;
 pub use access::{parse_cidr, ApiToken, PublishAuth, PublishAuthSection, Scope};
+pub use rtsp::RtspConfig;
 pub use templates::{Decision, FileOutput, Format, HlsOutput, Rule, Template};
 pub use upload::{
     CallbackConfig, OnFull, S3Config, S3Credentials, Secret, StorageConfig, UploadConfig,

@@ -118,7 +118,10 @@ mod tests {
         assert!(c.rtsp.listen_addr().is_none());
         assert_eq!(c.rtsp.udp_ports(), Some((30000, 30100)));
         let c = Config::parse("[rtsp]\nlisten = \"127.0.0.1:8554\"\nidle_timeout_s = 5\n").unwrap();
-        assert_eq!(c.rtsp.listen_addr(), Some("127.0.0.1:8554".parse().unwrap()));
+        assert_eq!(
+            c.rtsp.listen_addr(),
+            Some("127.0.0.1:8554".parse().unwrap())
+        );
         assert_eq!((c.rtsp.idle_timeout_s, c.rtsp.max_packet_kb), (5, 64));
         assert!(c.validate().is_empty());
         assert!(Config::parse("[rtsp]\nlisten_on = \"x\"\n").is_err());
@@ -140,9 +143,14 @@ mod tests {
 
     #[test]
     fn open_rtsp_beyond_loopback_warns() {
-        let c = Config::parse("[rtmp]\nlisten = \"127.0.0.1:1935\"\n[rtsp]\nlisten = \"0.0.0.0:8554\"\n")
-            .unwrap();
-        assert!(c.warnings().iter().any(|w| w.message.contains("RTSP listens")));
+        let c = Config::parse(
+            "[rtmp]\nlisten = \"127.0.0.1:1935\"\n[rtsp]\nlisten = \"0.0.0.0:8554\"\n",
+        )
+        .unwrap();
+        assert!(c
+            .warnings()
+            .iter()
+            .any(|w| w.message.contains("RTSP listens")));
         let c = Config::parse("[rtsp]\nlisten = \"127.0.0.1:8554\"\n").unwrap();
         assert!(!c.warnings().iter().any(|w| w.message.contains("RTSP")));
     }

@@ -30,7 +30,7 @@ use super::admission::PublishGate;
 use crate::config::RtspConfig;
 use crate::media::{Frame, TrackKind, TICKS_PER_SECOND};
 use crate::proto::rtsp::{
-    Limits, MediaEvent, RtpTrack, ServerSession, SessionEvent, TrackTransport,
+    Limits, MediaEvent, RtpTrack, ServerSession, SessionEvent, TrackTransport, WallClock,
 };
 use crate::record::{PublishHandle, PublishRefused, Recorders};
 use crate::storage::validate_name;
@@ -53,7 +53,10 @@ pub async fn run(
         .local_addr()
         .map(|a| a.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let ports = Arc::new(UdpPorts::new(config.udp_ports().unwrap_or((30000, 30100)), bind_ip));
+    let ports = Arc::new(UdpPorts::new(
+        config.udp_ports().unwrap_or((30000, 30100)),
+        bind_ip,
+    ));
     let config = Arc::new(config);
     loop {
         let accepted = tokio::select! {
@@ -183,6 +186,7 @@ struct Connection {
     /// Per announced media section: the depacketizer, or `None` for a skipped track.
     tracks: Vec<Option<RtpTrack>>,
     publishing: Option<PublishHandle>,
+    wall_clock: WallClock,
     recording: bool,
     started: Instant,
     last_rtp: Instant,
@@ -219,6 +223,7 @@ impl Connection {
             session: ServerSession::new(limits, id),
             tracks: Vec::new(),
             publishing: None,
+            wall_clock: WallClock::default(),
             recording: false,
             started: Instant::now(),
             last_rtp: Instant::now(),
@@ -264,7 +269,7 @@ impl Connection {
                 },
                 Some((track, rtcp, packet)) = self.udp_rx.recv() => {
                     self.udp_bytes += packet.len() as u64;
-                    if rtcp { Ok(()) } else { self.on_rtp(track, packet) }
+                    if rtcp { self.on_rtcp(track, &packet); Ok(()) } else { self.on_rtp(track, packet) }
                 }
             };
             let mut teardown = false;
@@ -364,7 +369,7 @@ impl Connection {
             }
             SessionEvent::Teardown => return Ok(true),
             SessionEvent::Rtp { track, packet } => self.on_rtp(track, packet)?,
-            SessionEvent::Rtcp { .. } => {}
+            SessionEvent::Rtcp { track, packet } => self.on_rtcp(track, &packet),
         }
         Ok(false)
     }
@@ -381,7 +386,11 @@ impl Connection {
         };
         let [app, stream] = path else {
             tracing::warn!(peer = %self.peer, ?path, "rtsp publish refused: the path is not /app/stream");
-            return refuse(&mut self.session, StatusCode::NotFound, "the path must be /app/stream");
+            return refuse(
+                &mut self.session,
+                StatusCode::NotFound,
+                "the path must be /app/stream",
+            );
         };
         for (what, name) in [("app", app), ("stream", stream)] {
             if let Err(e) = validate_name(name) {
@@ -441,6 +450,14 @@ impl Connection {
                 if has_video && handle.expect_video().is_err() {
                     return Err(recorder_failure(&handle));
                 }
+                // Every config the SDP gives, before any frame (as RTMP's sequence headers
+                // come first): a track configured after the first segment opened would
+                // restart the recording at the next keyframe.
+                for config in tracks.iter().flatten().filter_map(RtpTrack::initial_config) {
+                    if handle.send_config(config).is_err() {
+                        return Err(recorder_failure(&handle));
+                    }
+                }
                 self.tracks = tracks;
                 self.publishing = Some(handle);
                 self.session
@@ -499,15 +516,27 @@ impl Connection {
         }
     }
 
+    /// Ticks since the connection started.
+    fn arrival(&self) -> i64 {
+        (self.started.elapsed().as_micros() as i64) * TICKS_PER_SECOND / 1_000_000
+    }
+
+    fn on_rtcp(&mut self, track: usize, packet: &[u8]) {
+        let arrival = self.arrival();
+        if let (true, Some(Some(t))) = (self.recording, self.tracks.get_mut(track)) {
+            t.push_rtcp(packet, arrival, &mut self.wall_clock);
+        }
+    }
+
     fn on_rtp(&mut self, track: usize, packet: Bytes) -> Result<(), String> {
         if !self.recording {
             return Ok(());
         }
         self.last_rtp = Instant::now();
+        let arrival = self.arrival();
         let Some(Some(t)) = self.tracks.get_mut(track) else {
             return Ok(()); // a skipped track (e.g. PCMA audio)
         };
-        let arrival = (self.started.elapsed().as_micros() as i64) * TICKS_PER_SECOND / 1_000_000;
         self.events.clear();
         let result = t.push(packet, arrival, &mut self.events);
         let Some(handle) = self.publishing.as_mut() else {
@@ -532,22 +561,25 @@ impl Connection {
     }
 }
 
-fn forward(handle: &mut PublishHandle, event: MediaEvent) -> Result<(), crate::record::RecorderStopped> {
+fn forward(
+    handle: &mut PublishHandle,
+    event: MediaEvent,
+) -> Result<(), crate::record::RecorderStopped> {
     match event {
         MediaEvent::Config(params) => handle.send_config(params),
         MediaEvent::Frame(frame) => send_frame(handle, frame),
     }
 }
 
-fn send_frame(handle: &mut PublishHandle, frame: Frame) -> Result<(), crate::record::RecorderStopped> {
+fn send_frame(
+    handle: &mut PublishHandle,
+    frame: Frame,
+) -> Result<(), crate::record::RecorderStopped> {
     handle.send_frame(frame)
 }
 
 fn recorder_failure(handle: &PublishHandle) -> String {
-    let reason = handle
-        .stats()
-        .failure()
-        .unwrap_or_else(|| "unknown".into());
+    let reason = handle.stats().failure().unwrap_or_else(|| "unknown".into());
     format!("recording failed: {reason}")
 }
 

@@ -96,8 +96,7 @@ impl AvcConfig {
         let Some(&[_, profile, compatibility, level]) = first.get(..4) else {
             return Err(invalid(format!("SPS of {} bytes", first.len())));
         };
-        let (Ok(num_sps), Ok(num_pps)) = (u8::try_from(sps.len()), u8::try_from(pps.len()))
-        else {
+        let (Ok(num_sps), Ok(num_pps)) = (u8::try_from(sps.len()), u8::try_from(pps.len())) else {
             return Err(invalid("too many parameter sets".into()));
         };
         if num_sps > 31 {

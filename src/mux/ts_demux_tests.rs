@@ -242,7 +242,9 @@ fn rebuilt_records_from_other_encoders() {
         panic!("4:4:4 record")
     };
     assert_eq!(c.profile_idc, 244);
-    assert!(AvcConfig::from_parameter_sets(&[], &[pps]).unwrap().is_none());
+    assert!(AvcConfig::from_parameter_sets(&[], &[pps])
+        .unwrap()
+        .is_none());
     // x265 with two temporal sub-layers: sub-layer flags skipped to reach the depths.
     let sps: String = "42010201600000030090000003000003003c0000a00a480f9c92659598acd24995e0\
         2d010000030001000003001908"

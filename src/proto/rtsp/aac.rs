@@ -237,8 +237,14 @@ mod tests {
     fn several_access_units_per_packet_get_their_own_times() {
         let mut d = AacDepacketizer::new(&media(HBR)).unwrap();
         let mut out = Vec::new();
-        d.push(9000, 48000, payload(&[&[1, 2, 3], &[4], &[5, 6]], None), false, &mut out)
-            .unwrap();
+        d.push(
+            9000,
+            48000,
+            payload(&[&[1, 2, 3], &[4], &[5, 6]], None),
+            false,
+            &mut out,
+        )
+        .unwrap();
         let Some(MediaEvent::Config(CodecParams::Aac(c))) = out.first() else {
             panic!("config first")
         };
@@ -246,11 +252,7 @@ mod tests {
         // 1024 samples at 48 kHz = 1920 ticks.
         assert_eq!(
             frames(&out),
-            vec![
-                (9000, vec![1, 2, 3]),
-                (10920, vec![4]),
-                (12840, vec![5, 6])
-            ]
+            vec![(9000, vec![1, 2, 3]), (10920, vec![4]), (12840, vec![5, 6])]
         );
     }
 
@@ -265,8 +267,14 @@ mod tests {
             .unwrap();
         assert_eq!(frames(&out), vec![(0, vec![1, 2, 3, 4])]);
         out.clear();
-        d.push(1920, 48000, payload(&[&[1, 2]], Some(&[4])), false, &mut out)
-            .unwrap();
+        d.push(
+            1920,
+            48000,
+            payload(&[&[1, 2]], Some(&[4])),
+            false,
+            &mut out,
+        )
+        .unwrap();
         // The second half is lost; the next packet is a new AU.
         d.push(5760, 48000, payload(&[&[9]], None), true, &mut out)
             .unwrap();
@@ -287,7 +295,13 @@ mod tests {
         }
         // Two AUs announced, only the first present.
         assert!(d
-            .push(0, 48000, payload(&[&[1], &[2]], Some(&[1, 5])), false, &mut out)
+            .push(
+                0,
+                48000,
+                payload(&[&[1], &[2]], Some(&[1, 5])),
+                false,
+                &mut out
+            )
             .is_err());
         assert!(AacDepacketizer::new(&media("mode=AAC-hbr;sizelength=13")).is_err());
         assert!(AacDepacketizer::new(&media("mode=CELP-cbr;sizelength=13;config=1190")).is_err());

@@ -216,7 +216,9 @@ impl H26xDepacketizer {
                 Ok(())
             }
             (false, 28) | (true, 49) => self.fragmentation_unit(payload),
-            (false, t) => Err(self.err(format!("NAL unit type {t} (STAP-B/MTAP/FU-B) not supported"))),
+            (false, t) => Err(self.err(format!(
+                "NAL unit type {t} (STAP-B/MTAP/FU-B) not supported"
+            ))),
             (true, t) => Err(self.err(format!("NAL unit type {t} (PACI) not supported"))),
         }
     }
@@ -334,7 +336,11 @@ impl H26xDepacketizer {
         self.au_bytes = 0;
         if std::mem::take(&mut self.broken) {
             self.dropped += 1;
-            tracing::debug!(codec = self.codec(), pts, "access unit dropped after packet loss");
+            tracing::debug!(
+                codec = self.codec(),
+                pts,
+                "access unit dropped after packet loss"
+            );
             return;
         }
         let mut changed = false;
@@ -352,7 +358,10 @@ impl H26xDepacketizer {
         }
         let Some(config) = &self.config else {
             self.dropped += 1;
-            tracing::debug!(codec = self.codec(), "access unit dropped: no parameter sets yet");
+            tracing::debug!(
+                codec = self.codec(),
+                "access unit dropped: no parameter sets yet"
+            );
             return;
         };
         if !self.config_sent {
@@ -437,7 +446,8 @@ mod tests {
         p1.extend_from_slice(&idr[1..101]);
         let mut p2 = vec![0x7c, 0x45];
         p2.extend_from_slice(&idr[101..]);
-        d.push(900, false, Bytes::from(p1), false, &mut out).unwrap();
+        d.push(900, false, Bytes::from(p1), false, &mut out)
+            .unwrap();
         assert!(out.is_empty());
         d.push(900, true, Bytes::from(p2), false, &mut out).unwrap();
         let Some(MediaEvent::Config(CodecParams::H264(c))) = out.first() else {
@@ -470,7 +480,8 @@ mod tests {
             .unwrap();
         assert!(out.is_empty());
         assert_eq!(d.dropped(), 1);
-        d.push(3000, true, Bytes::from(stap), false, &mut out).unwrap();
+        d.push(3000, true, Bytes::from(stap), false, &mut out)
+            .unwrap();
         assert!(matches!(out[0], MediaEvent::Config(CodecParams::H264(_))));
         let f = frames(&out);
         assert_eq!(&f[0].data[..], &avcc(&[&idr])[..]);
@@ -481,7 +492,8 @@ mod tests {
             stap2.extend_from_slice(&(n.len() as u16).to_be_bytes());
             stap2.extend_from_slice(n);
         }
-        d.push(6000, true, Bytes::from(stap2), false, &mut out).unwrap();
+        d.push(6000, true, Bytes::from(stap2), false, &mut out)
+            .unwrap();
         assert_eq!(out.len(), 1);
         out.clear();
         let baseline = hex("6742c00dd90150878888c044000003000400000300c83c50a920");
@@ -519,11 +531,23 @@ mod tests {
     fn loss_mid_fu_drops_that_access_unit_only() {
         let mut d = H26xDepacketizer::h264(&h264_media(true)).unwrap();
         let mut out = Vec::new();
-        d.push(0, false, Bytes::from_static(&[0x7c, 0x85, 1, 2]), false, &mut out)
-            .unwrap();
+        d.push(
+            0,
+            false,
+            Bytes::from_static(&[0x7c, 0x85, 1, 2]),
+            false,
+            &mut out,
+        )
+        .unwrap();
         // The middle fragment was lost; the end arrives with a gap flagged.
-        d.push(0, true, Bytes::from_static(&[0x7c, 0x45, 5, 6]), true, &mut out)
-            .unwrap();
+        d.push(
+            0,
+            true,
+            Bytes::from_static(&[0x7c, 0x45, 5, 6]),
+            true,
+            &mut out,
+        )
+        .unwrap();
         assert!(frames(&out).is_empty());
         assert_eq!(d.dropped(), 1);
         // The next access unit is whole again.
@@ -539,11 +563,11 @@ mod tests {
         let mut out = Vec::new();
         for bad in [
             &[][..],
-            &[0x78, 0, 9, 1][..],   // STAP-A unit longer than the packet
-            &[0x78, 0][..],         // truncated size
-            &[0x7c][..],            // FU-A without its header
-            &[0x7c, 0x05, 1][..],   // FU-A continuation without a start
-            &[0x79, 0, 1, 2][..],   // STAP-B
+            &[0x78, 0, 9, 1][..], // STAP-A unit longer than the packet
+            &[0x78, 0][..],       // truncated size
+            &[0x7c][..],          // FU-A without its header
+            &[0x7c, 0x05, 1][..], // FU-A continuation without a start
+            &[0x79, 0, 1, 2][..], // STAP-B
         ] {
             assert!(
                 d.push(0, true, Bytes::copy_from_slice(bad), false, &mut out)
@@ -564,7 +588,9 @@ mod tests {
     fn h265_aggregation_and_fragmentation() {
         // x265 640x360 parameter sets.
         let vps = hex("40010c01ffff016000000300900000030000030078959809");
-        let sps = hex("42010101600000030090000003000003003fa00502016965959a4932bc05a02000000300200000030321");
+        let sps = hex(
+            "42010101600000030090000003000003003fa00502016965959a4932bc05a02000000300200000030321",
+        );
         let pps = hex("4401c172b46240");
         let mut d = H26xDepacketizer::empty(true);
         let mut ap = vec![0x60, 0x01]; // type 48
@@ -575,16 +601,31 @@ mod tests {
         let mut out = Vec::new();
         d.push(0, false, Bytes::from(ap), false, &mut out).unwrap();
         // An IDR_W_RADL (19) slice in two FUs: payload header type 49, FU header S|19, E|19.
-        d.push(0, false, Bytes::from_static(&[0x62, 0x01, 0x93, 0xaa, 0xbb]), false, &mut out)
-            .unwrap();
-        d.push(0, true, Bytes::from_static(&[0x62, 0x01, 0x53, 0xcc]), false, &mut out)
-            .unwrap();
+        d.push(
+            0,
+            false,
+            Bytes::from_static(&[0x62, 0x01, 0x93, 0xaa, 0xbb]),
+            false,
+            &mut out,
+        )
+        .unwrap();
+        d.push(
+            0,
+            true,
+            Bytes::from_static(&[0x62, 0x01, 0x53, 0xcc]),
+            false,
+            &mut out,
+        )
+        .unwrap();
         let Some(MediaEvent::Config(CodecParams::H265(c))) = out.first() else {
             panic!("h265 config: {out:?}")
         };
         assert_eq!(c.resolution, Some((640, 360)));
         let f = frames(&out);
         assert!(f[0].keyframe);
-        assert_eq!(&f[0].data[..], &avcc(&[&[0x26, 0x01, 0xaa, 0xbb, 0xcc]])[..]);
+        assert_eq!(
+            &f[0].data[..],
+            &avcc(&[&[0x26, 0x01, 0xaa, 0xbb, 0xcc]])[..]
+        );
     }
 }

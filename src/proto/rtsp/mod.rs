@@ -13,6 +13,6 @@ pub mod rtp;
 pub mod sdp;
 pub mod session;
 
-pub use rtp::{MediaEvent, RtpError, RtpTrack};
+pub use rtp::{MediaEvent, RtpError, RtpTrack, WallClock};
 pub use sdp::{MediaDesc, Sdp, SdpError};
 pub use session::{Limits, RtspError, ServerSession, SessionEvent, TrackTransport};

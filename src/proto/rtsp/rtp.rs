@@ -8,10 +8,13 @@
 //! `Depacketizer::push` is `pub(crate)`, so its depacketizers cannot be fed packets that
 //! arrive on a connection retina does not own (an ANNOUNCE/RECORD publisher).
 //!
-//! Timeline: each track's first packet is placed at its arrival time (given by the
-//! caller, ticks since the connection started); later packets follow their RTP
-//! timestamps. RTCP sender reports are not used yet. Never does IO; never panics on a
-//! peer's bytes.
+//! Timeline: a track whose RTCP sender report (RFC 3550 section 6.4.1) came before its
+//! first RTP packet is placed by the report's wall clock, mapped to the connection's
+//! ticks by the first report of the connection ([`WallClock`]), so tracks stay aligned
+//! however the publisher interleaves them; otherwise its first packet is placed at its
+//! arrival time (ticks since the connection started, from the caller). Later packets
+//! follow their RTP timestamps; later reports are not used. Never does IO; never panics
+//! on a peer's bytes.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -126,6 +129,33 @@ impl TimestampExtender {
     }
 }
 
+/// Maps sender-report wall clocks (64-bit NTP) to connection ticks; the first report of
+/// the connection fixes the mapping.
+#[derive(Debug, Clone, Default)]
+pub struct WallClock {
+    origin: Option<(u64, Ticks)>,
+}
+
+impl WallClock {
+    fn ticks(&mut self, ntp: u64, arrival: Ticks) -> Ticks {
+        let (origin, at) = *self.origin.get_or_insert((ntp, arrival));
+        let delta = i128::from(ntp) - i128::from(origin);
+        at + ((delta * i128::from(media::TICKS_PER_SECOND)) >> 32) as i64
+    }
+}
+
+/// (NTP timestamp, RTP timestamp) of an RTCP sender report: the first packet of a
+/// compound RTCP packet (RFC 3550 section 6.4.1). `None` for anything else.
+pub fn sender_report(packet: &[u8]) -> Option<(u64, u32)> {
+    let header = packet.get(..20)?;
+    if header[0] >> 6 != 2 || header[1] != 200 {
+        return None;
+    }
+    let ntp = u64::from_be_bytes(header[8..16].try_into().ok()?);
+    let rtp = u32::from_be_bytes(header[16..20].try_into().ok()?);
+    Some((ntp, rtp))
+}
+
 /// The codec-specific half of a track.
 #[derive(Debug)]
 enum Depacketizer {
@@ -154,6 +184,9 @@ pub struct RtpTrack {
     /// First extended timestamp and the ticks it was placed at.
     origin: Option<(i64, Ticks)>,
     next_seq: Option<u16>,
+    /// The first sender report's RTP timestamp and where its wall clock falls, if it came
+    /// before the first RTP packet.
+    report: Option<(u32, Ticks)>,
     depack: Depacketizer,
     /// Video: decode times from presentation times (RTP carries only the latter).
     dts: Option<DtsSynth>,
@@ -174,12 +207,16 @@ impl RtpTrack {
             ("video", "h264") => (
                 TrackKind::Video,
                 "h264",
-                Depacketizer::Video(H26xDepacketizer::h264(media).map_err(|e| format!("h264: {e}"))?),
+                Depacketizer::Video(
+                    H26xDepacketizer::h264(media).map_err(|e| format!("h264: {e}"))?,
+                ),
             ),
             ("video", "h265") => (
                 TrackKind::Video,
                 "h265",
-                Depacketizer::Video(H26xDepacketizer::h265(media).map_err(|e| format!("h265: {e}"))?),
+                Depacketizer::Video(
+                    H26xDepacketizer::h265(media).map_err(|e| format!("h265: {e}"))?,
+                ),
             ),
             ("audio", "mpeg4-generic") => (
                 TrackKind::Audio,
@@ -201,6 +238,7 @@ impl RtpTrack {
             ext: TimestampExtender::default(),
             origin: None,
             next_seq: None,
+            report: None,
             dts: (kind == TrackKind::Video).then(|| DtsSynth::new(0)),
             depack,
             scratch: Vec::new(),
@@ -218,6 +256,17 @@ impl RtpTrack {
 
     pub fn stats(&self) -> TrackStats {
         self.stats
+    }
+
+    /// Feeds one RTCP packet of this track that arrived at `arrival`: a sender report
+    /// before the first RTP packet anchors the track on `clock`.
+    pub fn push_rtcp(&mut self, packet: &[u8], arrival: Ticks, clock: &mut WallClock) {
+        if self.origin.is_some() || self.report.is_some() {
+            return;
+        }
+        if let Some((ntp, rtp)) = sender_report(packet) {
+            self.report = Some((rtp, clock.ticks(ntp, arrival)));
+        }
     }
 
     /// Feeds one RTP packet that arrived at `arrival` (ticks since the connection
@@ -256,8 +305,17 @@ impl RtpTrack {
         };
         self.next_seq = Some(pkt.sequence.wrapping_add(1));
         let ext = self.ext.extend(pkt.timestamp);
-        let (first, base) = *self.origin.get_or_insert((ext, arrival));
         let rate = i64::from(self.clock_rate);
+        let (first, base) = *self.origin.get_or_insert_with(|| match self.report {
+            Some((rtp, at)) => {
+                let since_report = i64::from(pkt.timestamp.wrapping_sub(rtp) as i32);
+                (
+                    ext,
+                    at + media::rescale(since_report, rate, media::TICKS_PER_SECOND),
+                )
+            }
+            None => (ext, arrival),
+        });
         let pts = base + media::rescale(ext - first, rate, media::TICKS_PER_SECOND);
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = match &mut self.depack {
@@ -377,6 +435,48 @@ pub(crate) mod tests {
         let mut ext = packet(96, 1, 1, false, &[0, 0, 0xff, 0xff]).to_vec();
         ext[0] |= 0x10;
         assert!(RtpPacket::parse(Bytes::from(ext)).is_err());
+    }
+
+    #[test]
+    fn sender_reports_align_tracks_that_arrive_apart() {
+        let media = |text: &str| {
+            super::super::sdp::parse(text.as_bytes())
+                .unwrap()
+                .media
+                .remove(0)
+        };
+        let aac = "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\n\
+            a=fmtp:97 mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config=1190\r\n";
+        let mut a = RtpTrack::for_media(&media(aac)).unwrap();
+        let mut b = RtpTrack::for_media(&media(aac)).unwrap();
+        let mut clock = WallClock::default();
+        let sr = |ntp_s: u64, rtp: u32| {
+            let mut p = vec![0x80, 200, 0, 6, 0, 0, 0, 1];
+            p.extend_from_slice(&(ntp_s << 32).to_be_bytes());
+            p.extend_from_slice(&rtp.to_be_bytes());
+            p.extend_from_slice(&[0; 8]);
+            p
+        };
+        // Track a: report "RTP 1000 is wall second 100", received at tick 0.
+        a.push_rtcp(&sr(100, 1000), 0, &mut clock);
+        // Track b: report "RTP 5000 is wall second 101", received late (tick 9000).
+        b.push_rtcp(&sr(101, 5000), 9000, &mut clock);
+        let au = [0u8, 16, 0, 8, 0xaa];
+        let mut out = Vec::new();
+        // Both first packets arrive long after their reports: the reports place them.
+        a.push(packet(97, 1, 1000 + 48000, false, &au), 500_000, &mut out)
+            .unwrap();
+        b.push(packet(97, 9, 5000, false, &au), 600_000, &mut out)
+            .unwrap();
+        let pts: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Frame(f) => Some(f.pts),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pts, vec![90_000, 90_000]);
+        assert_eq!(sender_report(&[0x80, 201, 0, 1]), None);
     }
 
     #[test]

@@ -209,10 +209,16 @@ mod tests {
         assert_eq!((v.kind.as_str(), v.payload_type), ("video", 96));
         assert_eq!((v.encoding.as_str(), v.clock_rate), ("h264", 90000));
         assert_eq!(v.fmtp("packetization-mode"), Some("1"));
-        assert!(v.fmtp("sprop-parameter-sets").unwrap().ends_with(",aOvjyyLA"));
+        assert!(v
+            .fmtp("sprop-parameter-sets")
+            .unwrap()
+            .ends_with(",aOvjyyLA"));
         assert_eq!(v.control.as_deref(), Some("streamid=0"));
         let a = &sdp.media[1];
-        assert_eq!((a.encoding.as_str(), a.clock_rate), ("mpeg4-generic", 48000));
+        assert_eq!(
+            (a.encoding.as_str(), a.clock_rate),
+            ("mpeg4-generic", 48000)
+        );
         assert_eq!(a.channels, Some(1));
         assert_eq!(a.fmtp("Config"), Some("1188"));
         assert_eq!(a.fmtp("sizelength"), Some("13"));

@@ -52,7 +52,9 @@ pub enum RtspError {
     HeaderTooLarge { limit: usize },
     #[error("request body of {size} bytes is over the {limit}-byte limit")]
     BodyTooLarge { size: usize, limit: usize },
-    #[error("interleaved frame of {size} bytes on channel {channel} is over the {limit}-byte limit")]
+    #[error(
+        "interleaved frame of {size} bytes on channel {channel} is over the {limit}-byte limit"
+    )]
     FrameTooLarge {
         channel: u8,
         size: usize,
@@ -270,7 +272,9 @@ impl ServerSession {
                 self.input.advance(4);
                 let packet = self.input.split_to(size).freeze();
                 match self.channels[usize::from(channel)] {
-                    Some((track, false)) => self.events.push_back(SessionEvent::Rtp { track, packet }),
+                    Some((track, false)) => {
+                        self.events.push_back(SessionEvent::Rtp { track, packet })
+                    }
                     Some((track, true)) => {
                         self.events.push_back(SessionEvent::Rtcp { track, packet })
                     }
@@ -281,7 +285,12 @@ impl ServerSession {
             let Some(header_end) = find_header_end(&self.input, self.limits.max_header) else {
                 if self.input.len() > self.limits.max_header {
                     let limit = self.limits.max_header;
-                    self.reply("0", StatusCode::BadRequest, Some("request headers too large"), &[]);
+                    self.reply(
+                        "0",
+                        StatusCode::BadRequest,
+                        Some("request headers too large"),
+                        &[],
+                    );
                     return Err(RtspError::HeaderTooLarge { limit });
                 }
                 return Ok(());
@@ -293,7 +302,12 @@ impl ServerSession {
             if body_len > self.limits.max_body {
                 let limit = self.limits.max_body;
                 let cseq = cseq_of(&self.input[..header_end]).unwrap_or_else(|| "0".into());
-                self.reply(&cseq, StatusCode::RequestMessageBodyTooLarge, Some("request body too large"), &[]);
+                self.reply(
+                    &cseq,
+                    StatusCode::RequestMessageBodyTooLarge,
+                    Some("request body too large"),
+                    &[],
+                );
                 return Err(RtspError::BodyTooLarge {
                     size: body_len,
                     limit,
@@ -346,14 +360,25 @@ impl ServerSession {
         }
         match req.method() {
             Method::Options => {
-                let public = "OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
-                self.reply(&cseq, StatusCode::Ok, None, &[(headers::PUBLIC, public.into())]);
+                let public =
+                    "OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+                self.reply(
+                    &cseq,
+                    StatusCode::Ok,
+                    None,
+                    &[(headers::PUBLIC, public.into())],
+                );
             }
             Method::Announce => self.announce(&cseq, &req, raw_uri)?,
             Method::Setup => self.setup(&cseq, &req, raw_uri),
             Method::Record => {
                 if self.state != State::Announced || self.tracks.iter().all(Option::is_none) {
-                    self.reply(&cseq, StatusCode::MethodNotValidInThisState, Some("RECORD before SETUP"), &[]);
+                    self.reply(
+                        &cseq,
+                        StatusCode::MethodNotValidInThisState,
+                        Some("RECORD before SETUP"),
+                        &[],
+                    );
                 } else {
                     self.state = State::Recording;
                     let session = self.session_header();
@@ -371,7 +396,8 @@ impl ServerSession {
                 self.reply(&cseq, StatusCode::Ok, None, &[]);
             }
             Method::Describe | Method::Play | Method::Pause => {
-                let allow = "OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+                let allow =
+                    "OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
                 self.reply(
                     &cseq,
                     StatusCode::MethodNotAllowed,
@@ -384,9 +410,19 @@ impl ServerSession {
         Ok(())
     }
 
-    fn announce(&mut self, cseq: &str, req: &Request<Vec<u8>>, raw_uri: &str) -> Result<(), RtspError> {
+    fn announce(
+        &mut self,
+        cseq: &str,
+        req: &Request<Vec<u8>>,
+        raw_uri: &str,
+    ) -> Result<(), RtspError> {
         if self.state != State::Init {
-            self.reply(cseq, StatusCode::MethodNotValidInThisState, Some("already announced"), &[]);
+            self.reply(
+                cseq,
+                StatusCode::MethodNotValidInThisState,
+                Some("already announced"),
+                &[],
+            );
             return Ok(());
         }
         let content_type = req
@@ -394,14 +430,24 @@ impl ServerSession {
             .map(|v| v.as_str().to_ascii_lowercase())
             .unwrap_or_default();
         if !content_type.trim().starts_with("application/sdp") {
-            self.reply(cseq, StatusCode::UnsupportedMediaType, Some("the body must be application/sdp"), &[]);
+            self.reply(
+                cseq,
+                StatusCode::UnsupportedMediaType,
+                Some("the body must be application/sdp"),
+                &[],
+            );
             return Ok(());
         }
         let Some(uri) = req.request_uri() else {
             return Err(self.malformed(cseq, "ANNOUNCE without a URI"));
         };
         if has_dot_segment(raw_uri) {
-            self.reply(cseq, StatusCode::BadRequest, Some("the path has a . or .. segment"), &[]);
+            self.reply(
+                cseq,
+                StatusCode::BadRequest,
+                Some("the path has a . or .. segment"),
+                &[],
+            );
             return Ok(());
         }
         let sdp = match sdp::parse(req.body()) {
@@ -437,14 +483,21 @@ impl ServerSession {
         let by_control = self.controls.iter().position(|c| {
             c.as_deref()
                 .map(|c| c.trim_end_matches('/'))
-                .is_some_and(|c| !c.is_empty() && c != "*" && (uri == c || uri.ends_with(&format!("/{c}"))))
+                .is_some_and(|c| {
+                    !c.is_empty() && c != "*" && (uri == c || uri.ends_with(&format!("/{c}")))
+                })
         });
         by_control.or_else(|| self.tracks.iter().position(Option::is_none))
     }
 
     fn setup(&mut self, cseq: &str, req: &Request<Vec<u8>>, raw_uri: &str) {
         if self.state != State::Announced {
-            self.reply(cseq, StatusCode::MethodNotValidInThisState, Some("SETUP before ANNOUNCE"), &[]);
+            self.reply(
+                cseq,
+                StatusCode::MethodNotValidInThisState,
+                Some("SETUP before ANNOUNCE"),
+                &[],
+            );
             return;
         }
         let Some(track) = self.track_for(raw_uri) else {
@@ -452,13 +505,23 @@ impl ServerSession {
             return;
         };
         if self.tracks[track].is_some() {
-            self.reply(cseq, StatusCode::MethodNotValidInThisState, Some("track already set up"), &[]);
+            self.reply(
+                cseq,
+                StatusCode::MethodNotValidInThisState,
+                Some("track already set up"),
+                &[],
+            );
             return;
         }
         let transports = match req.typed_header::<Transports>() {
             Ok(Some(t)) => t,
             _ => {
-                self.reply(cseq, StatusCode::UnsupportedTransport, Some("missing or bad Transport"), &[]);
+                self.reply(
+                    cseq,
+                    StatusCode::UnsupportedTransport,
+                    Some("missing or bad Transport"),
+                    &[],
+                );
                 return;
             }
         };
@@ -477,7 +540,12 @@ impl ServerSession {
                     || self.channels[usize::from(rtp_ch)].is_some()
                     || self.channels[usize::from(rtcp_ch)].is_some()
                 {
-                    self.reply(cseq, StatusCode::UnsupportedTransport, Some("interleaved channel already in use"), &[]);
+                    self.reply(
+                        cseq,
+                        StatusCode::UnsupportedTransport,
+                        Some("interleaved channel already in use"),
+                        &[],
+                    );
                     return;
                 }
                 let transport = TrackTransport::Interleaved {
@@ -544,7 +612,10 @@ impl ServerSession {
     }
 
     fn session_header(&self) -> String {
-        format!("{};timeout={}", self.session_id, self.limits.session_timeout_s)
+        format!(
+            "{};timeout={}",
+            self.session_id, self.limits.session_timeout_s
+        )
     }
 
     /// Queues a reply. `reason` replaces the status line's standard text (sanitised).
@@ -557,7 +628,10 @@ impl ServerSession {
     ) {
         let mut b = Response::builder(Version::V1_0, status)
             .header(headers::CSEQ, cseq)
-            .header(headers::SERVER, concat!("edgerec/", env!("CARGO_PKG_VERSION")));
+            .header(
+                headers::SERVER,
+                concat!("edgerec/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(reason) = reason {
             let clean: String = reason
                 .chars()
@@ -587,10 +661,14 @@ fn find_header_end(buf: &[u8], limit: usize) -> Option<usize> {
 
 /// The value of header `name` (case-insensitive) in a raw header block.
 fn raw_header<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
-    std::str::from_utf8(head).ok()?.lines().skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
-    })
+    std::str::from_utf8(head)
+        .ok()?
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
 }
 
 fn content_length(head: &[u8]) -> Result<usize, &'static str> {

@@ -52,10 +52,19 @@ fn announce(s: &mut ServerSession) {
 #[test]
 fn tcp_publish_flow_and_interleaved_demux() {
     let mut s = session();
-    s.feed(&request("OPTIONS", "rtsp://127.0.0.1:8554/live/cam", 1, "", ""))
-        .unwrap();
+    s.feed(&request(
+        "OPTIONS",
+        "rtsp://127.0.0.1:8554/live/cam",
+        1,
+        "",
+        "",
+    ))
+    .unwrap();
     let out = output(&mut s);
-    assert!(out.starts_with("RTSP/1.0 200 ") && out.contains("Public: OPTIONS, ANNOUNCE"), "{out}");
+    assert!(
+        out.starts_with("RTSP/1.0 200 ") && out.contains("Public: OPTIONS, ANNOUNCE"),
+        "{out}"
+    );
     announce(&mut s);
     s.feed(&request(
         "SETUP",
@@ -66,7 +75,10 @@ fn tcp_publish_flow_and_interleaved_demux() {
     ))
     .unwrap();
     let out = output(&mut s);
-    assert!(out.contains("Transport: RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"), "{out}");
+    assert!(
+        out.contains("Transport: RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"),
+        "{out}"
+    );
     assert!(out.contains("Session: abc123;timeout=60"), "{out}");
     assert_eq!(
         events(&mut s),
@@ -87,11 +99,23 @@ fn tcp_publish_flow_and_interleaved_demux() {
     events(&mut s);
     // RECORD, then an RTP frame split over two feeds, an RTCP one, one on a dead channel
     // and a keep-alive between them.
-    let mut bytes = request("RECORD", "rtsp://127.0.0.1:8554/live/cam", 5, "Session: abc123\r\n", "");
+    let mut bytes = request(
+        "RECORD",
+        "rtsp://127.0.0.1:8554/live/cam",
+        5,
+        "Session: abc123\r\n",
+        "",
+    );
     bytes.extend_from_slice(&[b'$', 0, 0, 3, 1, 2, 3]);
     bytes.extend_from_slice(&[b'$', 3, 0, 1, 9]);
     bytes.extend_from_slice(&[b'$', 7, 0, 1, 9]);
-    bytes.extend_from_slice(&request("GET_PARAMETER", "rtsp://127.0.0.1:8554/live/cam", 6, "Session: abc123\r\n", ""));
+    bytes.extend_from_slice(&request(
+        "GET_PARAMETER",
+        "rtsp://127.0.0.1:8554/live/cam",
+        6,
+        "Session: abc123\r\n",
+        "",
+    ));
     bytes.extend_from_slice(&[b'$', 2, 0, 2, 4, 5]);
     let (a, b) = bytes.split_at(bytes.len() - 1);
     s.feed(a).unwrap();
@@ -117,8 +141,14 @@ fn tcp_publish_flow_and_interleaved_demux() {
             },
         ]
     );
-    s.feed(&request("TEARDOWN", "rtsp://127.0.0.1:8554/live/cam", 7, "Session: abc123\r\n", ""))
-        .unwrap();
+    s.feed(&request(
+        "TEARDOWN",
+        "rtsp://127.0.0.1:8554/live/cam",
+        7,
+        "Session: abc123\r\n",
+        "",
+    ))
+    .unwrap();
     assert!(output(&mut s).contains("CSeq: 7"));
     assert_eq!(events(&mut s), vec![SessionEvent::Teardown]);
 }
@@ -144,13 +174,25 @@ fn udp_setup_asks_for_ports() {
         }]
     );
     // The next request waits for the decision.
-    s.feed(&request("RECORD", "rtsp://127.0.0.1:8554/live/cam", 4, "Session: abc123\r\n", ""))
-        .unwrap();
+    s.feed(&request(
+        "RECORD",
+        "rtsp://127.0.0.1:8554/live/cam",
+        4,
+        "Session: abc123\r\n",
+        "",
+    ))
+    .unwrap();
     assert!(output(&mut s).is_empty());
     s.accept_udp(30000).unwrap();
     let out = output(&mut s);
-    assert!(out.contains("client_port=5000-5001;server_port=30000-30001"), "{out}");
-    assert!(out.contains("CSeq: 4"), "RECORD answered after the decision: {out}");
+    assert!(
+        out.contains("client_port=5000-5001;server_port=30000-30001"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CSeq: 4"),
+        "RECORD answered after the decision: {out}"
+    );
     let ev = events(&mut s);
     assert_eq!(ev.len(), 2);
     assert_eq!(ev[1], SessionEvent::Record);
@@ -159,34 +201,72 @@ fn udp_setup_asks_for_ports() {
 #[test]
 fn refusals_carry_the_status_and_reason() {
     let mut s = session();
-    let ann = request("ANNOUNCE", "rtsp://h/live/cam", 2, "Content-Type: application/sdp\r\n", SDP);
+    let ann = request(
+        "ANNOUNCE",
+        "rtsp://h/live/cam",
+        2,
+        "Content-Type: application/sdp\r\n",
+        SDP,
+    );
     s.feed(&ann).unwrap();
     events(&mut s);
-    s.refuse(StatusCode::MethodNotValidInThisState, "stream live/cam is already\r\nbeing published")
-        .unwrap();
+    s.refuse(
+        StatusCode::MethodNotValidInThisState,
+        "stream live/cam is already\r\nbeing published",
+    )
+    .unwrap();
     let out = output(&mut s);
     assert!(
         out.starts_with("RTSP/1.0 455 stream live/cam is already  being published\r\n"),
         "{out}"
     );
     // RECORD or SETUP without an accepted ANNOUNCE.
-    s.feed(&request("RECORD", "rtsp://h/live/cam", 3, "", "")).unwrap();
-    assert!(output(&mut s).starts_with("RTSP/1.0 455 "));
-    s.feed(&request("SETUP", "rtsp://h/live/cam", 4, "Transport: RTP/AVP/TCP;interleaved=0-1\r\n", ""))
+    s.feed(&request("RECORD", "rtsp://h/live/cam", 3, "", ""))
         .unwrap();
     assert!(output(&mut s).starts_with("RTSP/1.0 455 "));
-    s.feed(&request("DESCRIBE", "rtsp://h/live/cam", 5, "", "")).unwrap();
+    s.feed(&request(
+        "SETUP",
+        "rtsp://h/live/cam",
+        4,
+        "Transport: RTP/AVP/TCP;interleaved=0-1\r\n",
+        "",
+    ))
+    .unwrap();
+    assert!(output(&mut s).starts_with("RTSP/1.0 455 "));
+    s.feed(&request("DESCRIBE", "rtsp://h/live/cam", 5, "", ""))
+        .unwrap();
     assert!(output(&mut s).starts_with("RTSP/1.0 405 "));
-    s.feed(&request("ANNOUNCE", "rtsp://h/live/cam", 6, "Content-Type: text/plain\r\n", "x"))
-        .unwrap();
+    s.feed(&request(
+        "ANNOUNCE",
+        "rtsp://h/live/cam",
+        6,
+        "Content-Type: text/plain\r\n",
+        "x",
+    ))
+    .unwrap();
     assert!(output(&mut s).starts_with("RTSP/1.0 415 "));
-    s.feed(&request("ANNOUNCE", "rtsp://h/live/%2E%2e/x", 7, "Content-Type: application/sdp\r\n", SDP))
-        .unwrap();
+    s.feed(&request(
+        "ANNOUNCE",
+        "rtsp://h/live/%2E%2e/x",
+        7,
+        "Content-Type: application/sdp\r\n",
+        SDP,
+    ))
+    .unwrap();
     assert!(output(&mut s).starts_with("RTSP/1.0 400 "));
-    s.feed(&request("ANNOUNCE", "rtsp://h/live/cam", 8, "Content-Type: application/sdp\r\n", "v=0\r\n"))
-        .unwrap();
+    s.feed(&request(
+        "ANNOUNCE",
+        "rtsp://h/live/cam",
+        8,
+        "Content-Type: application/sdp\r\n",
+        "v=0\r\n",
+    ))
+    .unwrap();
     let out = output(&mut s);
-    assert!(out.starts_with("RTSP/1.0 400 sdp has no media section"), "{out}");
+    assert!(
+        out.starts_with("RTSP/1.0 400 sdp has no media section"),
+        "{out}"
+    );
     assert!(events(&mut s).is_empty());
 }
 
@@ -202,7 +282,8 @@ fn malformed_request_is_answered_400_and_closes() {
         assert!(matches!(err, RtspError::Malformed(_)), "{err:?}");
         assert!(output(&mut s).starts_with("RTSP/1.0 400 "), "{bad:?}");
         // Nothing more is read.
-        s.feed(&request("OPTIONS", "rtsp://h/a", 2, "", "")).unwrap();
+        s.feed(&request("OPTIONS", "rtsp://h/a", 2, "", ""))
+            .unwrap();
         assert!(output(&mut s).is_empty());
     }
 }
@@ -237,7 +318,13 @@ fn limits_close_the_connection() {
 #[test]
 fn any_prefix_of_a_session_never_panics() {
     let mut all = request("OPTIONS", "rtsp://h/a", 1, "", "");
-    all.extend(request("ANNOUNCE", "rtsp://h/live/cam", 2, "Content-Type: application/sdp\r\n", SDP));
+    all.extend(request(
+        "ANNOUNCE",
+        "rtsp://h/live/cam",
+        2,
+        "Content-Type: application/sdp\r\n",
+        SDP,
+    ));
     for len in 0..all.len() {
         let mut s = session();
         let _ = s.feed(&all[..len]);
