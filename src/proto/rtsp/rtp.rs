@@ -159,7 +159,7 @@ pub fn sender_report(packet: &[u8]) -> Option<(u64, u32)> {
 /// The codec-specific half of a track.
 #[derive(Debug)]
 enum Depacketizer {
-    Video(H26xDepacketizer),
+    Video(Box<H26xDepacketizer>),
     Aac(AacDepacketizer),
 }
 
@@ -207,16 +207,16 @@ impl RtpTrack {
             ("video", "h264") => (
                 TrackKind::Video,
                 "h264",
-                Depacketizer::Video(
+                Depacketizer::Video(Box::new(
                     H26xDepacketizer::h264(media).map_err(|e| format!("h264: {e}"))?,
-                ),
+                )),
             ),
             ("video", "h265") => (
                 TrackKind::Video,
                 "h265",
-                Depacketizer::Video(
+                Depacketizer::Video(Box::new(
                     H26xDepacketizer::h265(media).map_err(|e| format!("h265: {e}"))?,
-                ),
+                )),
             ),
             ("audio", "mpeg4-generic") => (
                 TrackKind::Audio,
