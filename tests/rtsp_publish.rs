@@ -423,6 +423,38 @@ fn setup_without_record_is_closed_after_the_handshake_timeout() {
 }
 
 #[test]
+fn a_recording_publisher_that_sends_no_rtp_is_closed_after_the_idle_timeout() {
+    let d = daemon("idle_timeout_s = 1", "");
+    let mut s = TcpStream::connect(&d.rtsp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let base = url(&d, "live/idle");
+    s.write_all(&announce(&base, SDP)).unwrap();
+    let rest = format!(
+        "SETUP {base}/streamid=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n\r\n\
+         RECORD {base} RTSP/1.0\r\nCSeq: 3\r\n\r\n"
+    );
+    s.write_all(rest.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("not closed: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("RTSP/1.0 200 ").count(), 3, "{text}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    d.wait_log("no RTP for 1 s", 1, Duration::from_secs(5));
+}
+
+#[test]
 fn publish_auth_is_enforced_on_rtsp() {
     let d = daemon(
         "",
@@ -448,4 +480,57 @@ fn publish_auth_is_enforced_on_rtsp() {
     );
     let recs = d.wait_recordings(1, "finished", Duration::from_secs(30));
     assert_eq!(recs[0]["stream"], "auth");
+}
+
+#[test]
+fn pcma_audio_is_left_out_and_said_so_while_the_video_records() {
+    let d = daemon("", "");
+    let clip = media::clip(Clip::AudioVideo, 4);
+    let child = media::tool("ffmpeg")
+        .args(["-v", "error", "-readrate", "1", "-i"])
+        .arg(&clip)
+        .args([
+            "-c:v", "copy", "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1",
+        ])
+        .args([
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            "tcp",
+            &url(&d, "live/pcma"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let live = wait_for("the stream live", Duration::from_secs(20), || {
+        let streams = d.json("/api/v1/streams");
+        streams.as_array()?.first().cloned()
+    });
+    assert_eq!(
+        live["audio_dropped"], "pcma: not storable in MPEG-TS",
+        "{live}"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(30));
+    let rec = d.recording(recs[0]["id"].as_str().unwrap());
+    assert_eq!(rec["video_codec"], "h264");
+    assert!(rec["audio_codec"].is_null(), "{rec}");
+    let playlist = d.http_url(rec["playlist"].as_str().unwrap());
+    let errors = media::decode_errors(&playlist);
+    assert!(errors.trim().is_empty(), "{errors}");
+    let (sent, got) = (
+        media::probe(clip.to_str().unwrap()),
+        media::probe(&playlist),
+    );
+    assert!(
+        got.video_frames + GOP_FRAMES >= sent.video_frames && got.audio_frames == 0,
+        "got {got:?}, sent {sent:?}"
+    );
+    assert_eq!(d.log().matches("rtsp track not recorded").count(), 1);
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::PublishGate;
 use crate::config::RtspConfig;
-use crate::media::{Frame, TrackKind, TICKS_PER_SECOND};
+use crate::media::{TrackKind, TICKS_PER_SECOND};
 use crate::proto::rtsp::{
     Limits, MediaEvent, RtpTrack, ServerSession, SessionEvent, TrackTransport, WallClock,
 };
@@ -567,15 +567,8 @@ fn forward(
 ) -> Result<(), crate::record::RecorderStopped> {
     match event {
         MediaEvent::Config(params) => handle.send_config(params),
-        MediaEvent::Frame(frame) => send_frame(handle, frame),
+        MediaEvent::Frame(frame) => handle.send_frame(frame),
     }
-}
-
-fn send_frame(
-    handle: &mut PublishHandle,
-    frame: Frame,
-) -> Result<(), crate::record::RecorderStopped> {
-    handle.send_frame(frame)
 }
 
 fn recorder_failure(handle: &PublishHandle) -> String {

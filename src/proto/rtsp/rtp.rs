@@ -479,6 +479,68 @@ pub(crate) mod tests {
         assert_eq!(sender_report(&[0x80, 201, 0, 1]), None);
     }
 
+    fn media(text: &str) -> MediaDesc {
+        super::super::sdp::parse(text.as_bytes())
+            .unwrap()
+            .media
+            .remove(0)
+    }
+
+    #[test]
+    fn tracks_ts_cannot_carry_are_refused_with_a_reason() {
+        let reason = |text: &str| RtpTrack::for_media(&media(text)).unwrap_err();
+        assert_eq!(
+            reason("m=audio 0 RTP/AVP 8\r\n"),
+            "pcma: not storable in MPEG-TS"
+        );
+        assert_eq!(
+            reason("m=audio 0 RTP/AVP 0\r\n"),
+            "pcmu: not storable in MPEG-TS"
+        );
+        assert_eq!(
+            reason("m=audio 0 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"),
+            "opus: not storable in MPEG-TS"
+        );
+        assert!(reason("m=video 0 RTP/AVP 26\r\n").contains("jpeg"));
+        assert!(reason("m=application 0 RTP/AVP 107\r\n").contains("application"));
+        // AAC without its AudioSpecificConfig cannot be muxed either.
+        assert!(
+            reason("m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\n")
+                .starts_with("aac: ")
+        );
+    }
+
+    #[test]
+    fn a_sequence_gap_inside_a_fragmented_unit_drops_that_unit() {
+        let mut t = RtpTrack::for_media(&media(
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+             a=fmtp:96 sprop-parameter-sets=Z2QAHqzZQKAv+XARAAADAAEAAAMAMg8WLZY=,aOvjyyLA\r\n",
+        ))
+        .unwrap();
+        let mut out = Vec::new();
+        // FU-A start (seq 10), seq 11 lost, FU-A end (seq 12), then a whole frame.
+        t.push(packet(96, 10, 1000, false, &[0x7c, 0x85, 1]), 0, &mut out)
+            .unwrap();
+        t.push(packet(96, 12, 1000, true, &[0x7c, 0x45, 3]), 0, &mut out)
+            .unwrap();
+        t.push(packet(96, 13, 4600, true, &[0x65, 4]), 0, &mut out)
+            .unwrap();
+        t.finish(&mut out);
+        let frames: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Frame(f) => Some(f.pts),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames, vec![3600]);
+        assert_eq!((t.stats().gaps, t.stats().dropped), (1, 1));
+        // A wrong payload type is an error, not a frame.
+        assert!(t
+            .push(packet(97, 14, 8200, true, &[0x65]), 0, &mut out)
+            .is_err());
+    }
+
     #[test]
     fn timestamps_extend_across_the_wrap() {
         let mut e = TimestampExtender::default();
