@@ -491,8 +491,14 @@ impl Connection {
                 let mut buf = vec![0u8; max + 1];
                 let mut oversize = 0u64;
                 loop {
-                    let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                        continue;
+                    let (n, from) = match socket.recv_from(&mut buf).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            // E.g. an ICMP error queued on the socket: never spin on it.
+                            tracing::debug!(error = %e, "rtsp UDP receive failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
                     };
                     if from.ip() != peer_ip {
                         continue;

@@ -185,6 +185,13 @@ impl ServerSession {
         }
         self.bytes_received += data.len() as u64;
         self.input.extend_from_slice(data);
+        let cap = self.limits.max_header + self.limits.max_body + self.limits.max_frame + 4;
+        if self.pending.is_some() && self.input.len() > cap {
+            self.closed = true;
+            return Err(RtspError::Flooded {
+                buffered: self.input.len(),
+            });
+        }
         let result = self.process();
         if result.is_err() {
             self.closed = true;

@@ -316,6 +316,22 @@ fn limits_close_the_connection() {
 }
 
 #[test]
+fn a_peer_that_floods_while_a_decision_is_pending_is_closed() {
+    let mut s = session();
+    let ann = request(
+        "ANNOUNCE",
+        "rtsp://h/live/cam",
+        2,
+        "Content-Type: application/sdp\r\n",
+        SDP,
+    );
+    s.feed(&ann).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+    let junk = vec![b'$'; 200 * 1024];
+    assert!(matches!(s.feed(&junk), Err(RtspError::Flooded { .. })));
+}
+
+#[test]
 fn any_prefix_of_a_session_never_panics() {
     let mut all = request("OPTIONS", "rtsp://h/a", 1, "", "");
     all.extend(request(
