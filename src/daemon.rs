@@ -178,7 +178,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         None
     };
     let config = Arc::new(config);
+    let ingest_cancel = cancel.child_token();
+    let sources = crate::ingest::camera::Sources::start(
+        &config.sources,
+        index.clone(),
+        recorders.clone(),
+        Arc::new(crate::ingest::camera::RetinaConnector::default()),
+        ingest_cancel.clone(),
+    );
     let api_state = ApiState {
+        sources: sources.clone(),
         index: index.clone(),
         storage: storage.clone(),
         recorders: recorders.clone(),
@@ -212,7 +221,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         recorders.disk_state(),
         background.clone(),
     )));
-    let ingest_cancel = cancel.child_token();
     let ingest = tokio::spawn(crate::ingest::rtmp::run(
         rtmp,
         rtmps,
@@ -281,6 +289,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     if let Some(rtsp_ingest) = rtsp_ingest {
         let _ = rtsp_ingest.await;
     }
+    sources.stopped().await;
     if !recorders.wait_idle(Duration::from_secs(20)).await {
         tracing::error!(
             "some recorders did not finish in 20 s; startup recovery will adopt their segments"

@@ -10,6 +10,7 @@ mod files;
 mod hls;
 mod https;
 mod recordings;
+mod sources;
 mod uploads;
 
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub plans: PlanCache,
     /// Tokens and the playback key (`[http]`).
     pub access: Access,
+    /// RTSP cameras pulled and recorded.
+    pub sources: crate::ingest::camera::Sources,
 }
 
 /// The whole route table.
@@ -67,6 +70,11 @@ pub fn router(state: ApiState) -> Router {
             get(catalog::list_rules).post(catalog::create_rule),
         )
         .route("/api/v1/rules/{id}", delete(catalog::delete_rule))
+        .route("/api/v1/sources", get(sources::list).post(sources::create))
+        .route(
+            "/api/v1/sources/{name}",
+            get(sources::get_one).delete(sources::delete),
+        )
         .route("/api/v1/uploads", get(uploads::list))
         .route("/api/v1/uploads/{id}/retry", post(uploads::retry))
         .route("/api/v1/callbacks", get(uploads::callbacks))

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 mod access;
 pub mod naming;
 mod rtsp;
+pub mod sources;
 pub mod templates;
 mod upload;
 
 pub use access::{parse_cidr, ApiToken, PublishAuth, PublishAuthSection, Scope};
 pub use rtsp::RtspConfig;
+pub use sources::{RtspTransport, SourceSpec};
 pub use templates::{Decision, FileOutput, Format, HlsOutput, Rule, Template};
 pub use upload::{
     CallbackConfig, OnFull, S3Config, S3Credentials, Secret, StorageConfig, UploadConfig,
@@ -52,6 +54,9 @@ pub struct Config {
     /// `[[rule]]`: which streams record with which template.
     #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// `[[source]]`: RTSP cameras to pull and record (see `sources`).
+    #[serde(rename = "source", skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceSpec>,
 }
 
 /// `[rtmp]`: the RTMP publish listener.
@@ -154,6 +159,7 @@ impl Default for Config {
             publish_auth: PublishAuthSection::Off,
             templates: Vec::new(),
             rules: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -351,6 +357,7 @@ impl Config {
             });
         }
         templates::validate(&self.templates, &self.rules, &mut problems);
+        sources::validate(&self.sources, &mut problems);
         if self.data_dir.as_os_str().is_empty() {
             problems.push(ConfigProblem {
                 key: "data_dir".into(),

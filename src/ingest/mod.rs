@@ -4,6 +4,7 @@
 //! decides publish admission (signed URLs, stream names, one publisher per stream).
 
 pub mod admission;
+pub mod camera;
 pub mod lowat;
 pub mod rtmp;
 pub mod rtsp;

@@ -444,7 +444,7 @@ impl Connection {
                 }
                 if !has_audio {
                     if let Some((_, reason)) = skipped.iter().find(|(k, _)| k == "audio") {
-                        handle.stats().set_audio_dropped(reason);
+                        handle.stats().set_audio_dropped(Some(reason.clone()));
                     }
                 }
                 if has_video && handle.expect_video().is_err() {

@@ -140,7 +140,7 @@ pub struct LiveStats {
     heartbeat_ms: AtomicU64,
     tracks: Mutex<Tracks>,
     failure: Mutex<Option<String>>,
-    /// Why the publisher's audio is not recorded (e.g. `pcma: not storable in MPEG-TS`).
+    /// Why the publisher's audio is not recorded (a codec MPEG-TS cannot carry).
     audio_dropped: Mutex<Option<String>>,
 }
 
@@ -162,9 +162,9 @@ impl LiveStats {
         *lock(&self.failure) = Some(reason.to_owned());
     }
 
-    /// Records why the publisher's audio track is left out of the recording.
-    pub fn set_audio_dropped(&self, reason: &str) {
-        *lock(&self.audio_dropped) = Some(reason.to_owned());
+    /// Says why the publisher's audio track is left out (shown in the stream's entry).
+    pub fn set_audio_dropped(&self, reason: Option<String>) {
+        *lock(&self.audio_dropped) = reason;
     }
 
     /// Why the recorder stopped, if it failed.
@@ -183,6 +183,7 @@ impl LiveStats {
             recording_id: self.recording_id.clone(),
             video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
             audio_codec: tracks.audio.as_ref().map(|p| p.codec_name()),
+            audio_dropped: lock(&self.audio_dropped).clone(),
             resolution: tracks
                 .video
                 .as_ref()
@@ -197,7 +198,6 @@ impl LiveStats {
             timestamps_repaired: self.timestamps_repaired.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
             media_received_ms: self.media_received_ms.load(Ordering::Relaxed),
-            audio_dropped: lock(&self.audio_dropped).clone(),
         }
     }
 }
@@ -212,6 +212,8 @@ pub struct StreamView {
     pub recording_id: String,
     pub video_codec: Option<&'static str>,
     pub audio_codec: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_dropped: Option<String>,
     pub resolution: Option<String>,
     pub bitrate_bps: u64,
     pub bytes_received: u64,
@@ -223,9 +225,6 @@ pub struct StreamView {
     pub timestamps_repaired: u64,
     pub gaps: u64,
     pub media_received_ms: u64,
-    /// Why the audio is not recorded (a codec MPEG-TS cannot carry); absent when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audio_dropped: Option<String>,
 }
 
 struct Slot {

@@ -20,42 +20,7 @@ use std::path::{Path, PathBuf};
 /// Suffix of a segment that is still being written.
 pub const PART_SUFFIX: &str = ".part";
 
-/// Why a name cannot be used as a path component.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("name is empty")]
-    Empty,
-    #[error("name is longer than 128 bytes")]
-    TooLong,
-    #[error("name {0:?} is reserved")]
-    Reserved(String),
-    #[error("name contains {0:?}, which is not allowed (no '/', '\\\\', control characters or a leading '.')")]
-    BadChar(char),
-}
-
-/// Checks that an app or stream name is safe as one folder name under the data dir:
-/// no separators, no `.`/`..`, no control characters, no leading dot, at most 128 bytes.
-pub fn validate_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.len() > 128 {
-        return Err(NameError::TooLong);
-    }
-    if name == "." || name == ".." {
-        return Err(NameError::Reserved(name.to_owned()));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|&c| c == '/' || c == '\\' || c.is_control())
-    {
-        return Err(NameError::BadChar(c));
-    }
-    if name.starts_with('.') {
-        return Err(NameError::BadChar('.'));
-    }
-    Ok(())
-}
+pub use crate::stream_key::{validate_name, NameError};
 
 /// The media tree of one data dir.
 #[derive(Debug, Clone)]

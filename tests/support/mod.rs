@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod callback;
+pub mod camera;
 pub mod flv;
 pub mod hevc;
 pub mod http;

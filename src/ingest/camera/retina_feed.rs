@@ -1,0 +1,289 @@
+//! The RTSP client side of a camera source, on `retina` 0.4 (it already handles the
+//! camera quirks: stale sessions, bad RTP-Info, mis-set marker bits, Annex B in
+//! `sprop-parameter-sets`, RTP over TCP or UDP).
+//!
+//! Owns: turning a retina session into [`Pulled`] items. Picks the first H.264/H.265
+//! video track and the first AAC audio track; audio MPEG-TS cannot carry (G.711, Opus,
+//! ...) is left out with a reason, never transcoded. Timestamps: retina's extended
+//! timestamps relative to the PLAY response's `rtptime` (both tracks on one timeline when
+//! the camera sends RTP-Info, else each from its first packet), rescaled to 90 kHz;
+//! video decode times are synthesised with `media::reorder` from the SPS's reorder depth.
+//! Parameters come from the SDP when the camera puts them there, else from the first
+//! in-band parameter sets; a change mid-stream yields new `Params` before its frame.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use retina::client::{
+    Credentials, Demuxed, InitialTimestampPolicy, PlayOptions, Session, SessionGroup,
+    SessionOptions, SetupOptions, TcpTransportOptions, Transport, UdpTransportOptions,
+};
+use retina::codec::{CodecItem, FrameFormat, ParametersRef};
+
+use super::{CameraConnector, CameraFeed, FeedInfo, Pulled};
+use crate::config::{RtspTransport, SourceSpec};
+use crate::media::aac::AacConfig;
+use crate::media::avc::{self, AvcConfig};
+use crate::media::hevc::{self, HevcConfig};
+use crate::media::reorder::DtsSynth;
+use crate::media::{rescale, CodecParams, Frame, TrackKind, TICKS_PER_SECOND};
+
+/// Connects with retina. One session group for every camera, so a stale session left by
+/// a dropped TCP connection is torn down before the camera is asked again.
+#[derive(Default)]
+pub struct RetinaConnector {
+    group: Arc<SessionGroup>,
+}
+
+impl CameraConnector for RetinaConnector {
+    fn connect(&self, spec: SourceSpec) -> BoxFuture<'static, Result<Box<dyn CameraFeed>, String>> {
+        let group = self.group.clone();
+        Box::pin(async move {
+            let feed = RetinaFeed::open(&spec, group).await?;
+            Ok(Box::new(feed) as Box<dyn CameraFeed>)
+        })
+    }
+}
+
+struct VideoTrack {
+    stream: usize,
+    codec: &'static str,
+    params: Option<CodecParams>,
+    synth: DtsSynth,
+}
+
+struct RetinaFeed {
+    demuxed: Demuxed,
+    info: FeedInfo,
+    video: Option<VideoTrack>,
+    /// The audio stream index and whether its parameters have been sent.
+    audio: Option<(usize, bool)>,
+    queue: VecDeque<Pulled>,
+}
+
+impl RetinaFeed {
+    async fn open(spec: &SourceSpec, group: Arc<SessionGroup>) -> Result<RetinaFeed, String> {
+        let (url, creds) = spec.split_credentials()?;
+        let options = SessionOptions::default()
+            .creds(creds.map(|(username, password)| Credentials { username, password }))
+            .user_agent(format!("edgerec/{}", env!("CARGO_PKG_VERSION")))
+            .session_group(group);
+        let mut session = Session::describe(url, options)
+            .await
+            .map_err(|e| format!("DESCRIBE failed: {e}"))?;
+        let streams = session.streams();
+        let video = streams
+            .iter()
+            .position(|s| s.media() == "video" && matches!(s.encoding_name(), "h264" | "h265"));
+        let first_audio = streams.iter().position(|s| s.media() == "audio");
+        let mut info = FeedInfo::default();
+        let audio = match first_audio {
+            Some(i) if streams[i].encoding_name() == "mpeg4-generic" => Some(i),
+            Some(i) => {
+                info.audio_dropped = Some(format!(
+                    "{}: not storable in MPEG-TS",
+                    streams[i].encoding_name()
+                ));
+                None
+            }
+            None => None,
+        };
+        if video.is_none() && audio.is_none() {
+            let offered: Vec<String> = streams
+                .iter()
+                .map(|s| format!("{}/{}", s.media(), s.encoding_name()))
+                .collect();
+            return Err(format!(
+                "nothing recordable in the camera's SDP (offers {}); edgerec records \
+                 H.264/H.265 video and AAC audio",
+                if offered.is_empty() {
+                    "no media".to_owned()
+                } else {
+                    offered.join(", ")
+                }
+            ));
+        }
+        let transport = match spec.transport {
+            RtspTransport::Tcp => Transport::Tcp(TcpTransportOptions::default()),
+            RtspTransport::Udp => Transport::Udp(UdpTransportOptions::default()),
+        };
+        for i in video.iter().chain(audio.iter()) {
+            session
+                .setup(
+                    *i,
+                    SetupOptions::default()
+                        .transport(transport.clone())
+                        .frame_format(FrameFormat::MP4),
+                )
+                .await
+                .map_err(|e| format!("SETUP failed: {e}"))?;
+        }
+        let playing = session
+            .play(PlayOptions::default().initial_timestamp(InitialTimestampPolicy::Permissive))
+            .await
+            .map_err(|e| format!("PLAY failed: {e}"))?;
+        let mut video = video.map(|i| VideoTrack {
+            stream: i,
+            codec: if playing.streams()[i].encoding_name() == "h265" {
+                "h265"
+            } else {
+                "h264"
+            },
+            params: None,
+            synth: DtsSynth::new(0),
+        });
+        info.video = video.as_ref().map(|v| v.codec.to_owned());
+        info.audio = audio.map(|_| "aac".to_owned());
+        let mut queue = VecDeque::new();
+        if let Some(v) = video.as_mut() {
+            // Parameters from the SDP (`sprop-*`), when the camera gives them.
+            if let Some(ParametersRef::Video(p)) = playing.streams()[v.stream].parameters() {
+                v.take_params(p.extra_data(), &mut queue)?;
+            }
+        }
+        let demuxed = playing
+            .demuxed()
+            .map_err(|e| format!("cannot demux: {e}"))?;
+        Ok(RetinaFeed {
+            demuxed,
+            info,
+            video,
+            audio: audio.map(|i| (i, false)),
+            queue,
+        })
+    }
+
+    /// Reads until at least one item is queued; false at the end of the session.
+    async fn fill(&mut self) -> Result<bool, String> {
+        while self.queue.is_empty() {
+            let item = match self.demuxed.next().await {
+                None => {
+                    if let Some(v) = self.video.as_mut() {
+                        self.queue
+                            .extend(v.synth.flush().into_iter().map(Pulled::Frame));
+                    }
+                    return Ok(!self.queue.is_empty());
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(item)) => item,
+            };
+            match item {
+                CodecItem::VideoFrame(f) => {
+                    let Some(v) = self.video.as_mut().filter(|v| v.stream == f.stream_id()) else {
+                        continue;
+                    };
+                    if f.has_new_parameters() || v.params.is_none() {
+                        if let Some(ParametersRef::Video(p)) =
+                            self.demuxed.streams()[v.stream].parameters()
+                        {
+                            v.take_params(p.extra_data(), &mut self.queue)?;
+                        }
+                    }
+                    if v.params.is_none() {
+                        continue; // Nothing decodable before the first parameter sets.
+                    }
+                    let ts = f.timestamp();
+                    let pts = rescale(
+                        ts.elapsed(),
+                        i64::from(ts.clock_rate().get()),
+                        TICKS_PER_SECOND,
+                    );
+                    v.synth.push(Frame {
+                        kind: TrackKind::Video,
+                        dts: pts,
+                        pts,
+                        keyframe: f.is_random_access_point(),
+                        data: Bytes::from(f.into_data()),
+                    });
+                    while let Some(frame) = v.synth.pop() {
+                        self.queue.push_back(Pulled::Frame(frame));
+                    }
+                }
+                CodecItem::AudioFrame(f) => {
+                    let Some((stream, sent)) = self.audio.as_mut() else {
+                        continue;
+                    };
+                    if *stream != f.stream_id() {
+                        continue;
+                    }
+                    if !*sent {
+                        let Some(ParametersRef::Audio(p)) =
+                            self.demuxed.streams()[*stream].parameters()
+                        else {
+                            continue;
+                        };
+                        let config = AacConfig::parse(p.extra_data())
+                            .map_err(|e| format!("camera's AAC config: {e}"))?;
+                        self.queue
+                            .push_back(Pulled::Params(CodecParams::Aac(config)));
+                        *sent = true;
+                    }
+                    let ts = f.timestamp();
+                    let pts = rescale(
+                        ts.elapsed(),
+                        i64::from(ts.clock_rate().get()),
+                        TICKS_PER_SECOND,
+                    );
+                    self.queue.push_back(Pulled::Frame(Frame {
+                        kind: TrackKind::Audio,
+                        dts: pts,
+                        pts,
+                        keyframe: true,
+                        data: Bytes::copy_from_slice(f.data()),
+                    }));
+                }
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl VideoTrack {
+    /// New decoder configuration (`extra_data` is an avcC or hvcC record): frames held
+    /// under the old one go first, then the new `Params`; the reorder depth is re-read.
+    fn take_params(
+        &mut self,
+        extra_data: &[u8],
+        queue: &mut VecDeque<Pulled>,
+    ) -> Result<(), String> {
+        let (params, depth) = if self.codec == "h265" {
+            let c = HevcConfig::parse(extra_data)
+                .map_err(|e| format!("camera's H.265 parameters: {e}"))?;
+            let depth = c.sps.first().and_then(|s| hevc::reorder_depth(s).ok());
+            (CodecParams::H265(c), depth)
+        } else {
+            let c = AvcConfig::parse(extra_data)
+                .map_err(|e| format!("camera's H.264 parameters: {e}"))?;
+            let depth = c.sps.first().and_then(|s| avc::reorder_depth(s).ok());
+            (CodecParams::H264(c), depth)
+        };
+        if self.params.as_ref() == Some(&params) {
+            return Ok(());
+        }
+        queue.extend(self.synth.flush().into_iter().map(Pulled::Frame));
+        // An SPS we cannot read: assume the worst common case (x264's b-pyramid).
+        self.synth.set_depth(depth.unwrap_or(2));
+        self.params = Some(params.clone());
+        queue.push_back(Pulled::Params(params));
+        Ok(())
+    }
+}
+
+impl CameraFeed for RetinaFeed {
+    fn info(&self) -> &FeedInfo {
+        &self.info
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Pulled>, String>> {
+        Box::pin(async move {
+            if !self.fill().await? {
+                return Ok(None);
+            }
+            Ok(self.queue.pop_front())
+        })
+    }
+}

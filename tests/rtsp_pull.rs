@@ -1,0 +1,507 @@
+//! RTSP pull with a real camera: GStreamer's RTSP server (`support::camera`) serves live
+//! test media, the real daemon pulls and records it, and ffmpeg/ffprobe decode what it
+//! serves back. Camera faults are real too: the camera process is killed and restarted,
+//! never started, serves media we cannot record, or holds a session without RTP.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::camera::Camera;
+use support::media;
+use support::{http, wait_for, Daemon};
+
+/// The camera's frame rate and GOP (`rtsp_camera.py`).
+const FPS: f64 = 25.0;
+const GOP_FRAMES: f64 = 25.0;
+
+fn sources(d: &Daemon) -> Vec<Value> {
+    d.json("/api/v1/sources").as_array().cloned().unwrap()
+}
+
+fn source(d: &Daemon, name: &str) -> Value {
+    d.json(&format!("/api/v1/sources/{name}"))
+}
+
+fn add_source(d: &Daemon, body: &str) -> Value {
+    let r = http::send_json("POST", &d.http, "/api/v1/sources", body).unwrap();
+    assert_eq!(r.status, 201, "POST /api/v1/sources: {}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn delete_source(d: &Daemon, name: &str) -> u16 {
+    http::request(
+        "DELETE",
+        &d.http,
+        &format!("/api/v1/sources/{name}"),
+        &[],
+        b"",
+    )
+    .unwrap()
+    .status
+}
+
+/// Waits until `name` is recording and has handed at least `media_s` of media to the
+/// writer; returns the live stream's entry.
+fn wait_recorded(d: &Daemon, name: &str, media_s: u64, limit: Duration) -> Value {
+    let src = wait_for(&format!("source {name} recording"), limit, || {
+        let s = source(d, name);
+        (s["state"] == "recording").then_some(s)
+    });
+    let key = format!(
+        "{}/{}",
+        src["app"].as_str().unwrap(),
+        src["stream"].as_str().unwrap()
+    );
+    wait_for(&format!("{media_s} s of {key}"), limit, || {
+        d.json("/api/v1/streams")
+            .as_array()?
+            .iter()
+            .find(|s| {
+                format!(
+                    "{}/{}",
+                    s["app"].as_str().unwrap_or(""),
+                    s["stream"].as_str().unwrap_or("")
+                ) == key
+            })
+            .filter(|s| s["media_received_ms"].as_u64().unwrap_or(0) >= media_s * 1000)
+            .cloned()
+    })
+}
+
+/// Decodes the finished recording: no decoder errors, video frames within one GOP per
+/// session of its duration at the camera's frame rate, and (with audio) as much audio as
+/// video within a GOP. Returns the recording's detail.
+fn assert_decodes(d: &Daemon, rec: &Value, audio: bool, sessions: f64) -> media::Probe {
+    let url = d.http_url(rec["playlist"].as_str().unwrap());
+    let errors = media::decode_errors(&url);
+    assert!(
+        errors.trim().is_empty(),
+        "decode errors in {url}:\n{errors}"
+    );
+    let got = media::probe(&url);
+    let duration = rec["duration_s"].as_f64().unwrap();
+    assert!(duration > 2.0, "recorded only {duration} s");
+    let expected = duration * FPS;
+    assert!(
+        (got.video_frames as f64 - expected).abs() <= GOP_FRAMES * sessions,
+        "{} video frames in {duration} s at {FPS} fps",
+        got.video_frames
+    );
+    if audio {
+        let audio_s = got.audio_frames as f64 * 1024.0 / 48_000.0;
+        assert!(
+            (audio_s - duration).abs() <= sessions,
+            "{audio_s} s of audio in {duration} s"
+        );
+    } else {
+        assert_eq!(got.audio_frames, 0, "audio recorded");
+    }
+    got
+}
+
+/// Every segment's video decode times increase, and no frame is presented before it
+/// is decoded; the first segment's audio starts within a frame of its video.
+fn assert_timestamps(d: &Daemon, rec: &Value, audio: bool) {
+    let dir = d.recording_dir(rec);
+    for (i, seg) in rec["segment_list"].as_array().unwrap().iter().enumerate() {
+        let file = dir.join(seg["uri"].as_str().unwrap().rsplit('/').next().unwrap());
+        let out = media::tool("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "packet=codec_type,pts_time,dts_time",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let mut last_dts = f64::MIN;
+        let (mut first_video, mut first_audio) = (None, None);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() < 3 {
+                continue;
+            }
+            let (Ok(pts), Ok(dts)) = (f[1].parse::<f64>(), f[2].parse::<f64>()) else {
+                panic!("packet without timestamps in {file:?}: {line}");
+            };
+            if f[0] == "video" {
+                assert!(
+                    dts > last_dts,
+                    "video DTS not increasing in {file:?}: {dts} after {last_dts}"
+                );
+                assert!(pts >= dts, "video PTS {pts} before DTS {dts} in {file:?}");
+                last_dts = dts;
+                first_video.get_or_insert(pts);
+            } else {
+                first_audio.get_or_insert(pts);
+            }
+        }
+        if i == 0 && audio {
+            let (v, a) = (
+                first_video.unwrap(),
+                first_audio.expect("audio in the first segment"),
+            );
+            assert!(
+                (v - a).abs() <= 1.0 / FPS + 0.001,
+                "A/V start apart: video {v}, audio {a}"
+            );
+        }
+    }
+}
+
+/// A daemon with `record` lines in `[record]` and whole `sections` (`[[source]]`).
+fn daemon(record: &str, sections: &str) -> Daemon {
+    let mut d = Daemon::configure_with(record, "", sections);
+    d.spawn();
+    d
+}
+
+fn config_source(app: &str, stream: &str, url: &str, extra: &str) -> String {
+    format!("[[source]]\napp = \"{app}\"\nstream = \"{stream}\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+/// The one recording of the daemon once it is finished (the camera gone).
+fn finished_recording(d: &Daemon) -> Value {
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(60));
+    d.recording(recs[0]["id"].as_str().unwrap())
+}
+
+#[test]
+fn camera_from_the_config_is_recorded_with_credentials_never_shown() {
+    let mut camera = Camera::start("h264-aac");
+    let url = camera.url("admin:s3cret@");
+    let d = daemon(
+        "flow_continue_duration_s = 2",
+        &config_source("cam", "stage-left", &url, ""),
+    );
+    let live = wait_recorded(&d, "cam-stage-left", 6, Duration::from_secs(30));
+    assert_eq!(live["video_codec"], "h264");
+    assert_eq!(live["audio_codec"], "aac");
+    assert_eq!(live["resolution"], "320x240");
+    let src = source(&d, "cam-stage-left");
+    assert_eq!(src["source"], "config");
+    assert_eq!(
+        src["url"],
+        format!("rtsp://***@127.0.0.1:{}/stream1", camera.port)
+    );
+    assert_eq!(
+        (src["video"].as_str(), src["audio"].as_str()),
+        (Some("h264"), Some("aac"))
+    );
+    assert!(src["bitrate_bps"].as_u64().unwrap() > 50_000, "{src}");
+    assert_eq!(src["recording_id"], live["recording_id"]);
+    // Config sources are read-only over the API.
+    assert_eq!(delete_source(&d, "cam-stage-left"), 409);
+    let shown = [
+        d.get("/api/v1/sources").text(),
+        d.get("/api/v1/streams").text(),
+    ];
+    camera.kill();
+    let rec = finished_recording(&d);
+    assert_decodes(&d, &rec, true, 1.0);
+    assert_timestamps(&d, &rec, true);
+    let src = source(&d, "cam-stage-left");
+    assert_eq!(src["state"], "backoff", "{src}");
+    assert!(src["last_error"].is_string(), "{src}");
+    for text in shown.iter().chain([
+        &d.log(),
+        &d.get(&format!(
+            "/api/v1/recordings/{}",
+            rec["id"].as_str().unwrap()
+        ))
+        .text(),
+    ]) {
+        assert!(!text.contains("s3cret"), "the password leaked:\n{text}");
+    }
+}
+
+#[test]
+fn camera_reboot_inside_the_window_continues_one_recording() {
+    let mut camera = Camera::start("h264-aac");
+    let d = daemon(
+        "flow_continue_duration_s = 20",
+        &config_source("cam", "reboot", &camera.url(""), ""),
+    );
+    let first = wait_recorded(&d, "cam-reboot", 5, Duration::from_secs(30));
+    camera.restart();
+    // The supervisor reconnects (backoff from 1 s) and the same recording continues.
+    wait_for("a second session", Duration::from_secs(30), || {
+        let src = source(&d, "cam-reboot");
+        (src["state"] == "recording" && src["attempts"].as_u64() >= Some(2)).then_some(())
+    });
+    let again = wait_recorded(&d, "cam-reboot", 5, Duration::from_secs(30));
+    assert_eq!(
+        again["recording_id"], first["recording_id"],
+        "one recording"
+    );
+    camera.kill();
+    let recs = wait_for("the recording resumable", Duration::from_secs(30), || {
+        let recs = d.recordings();
+        (recs.len() == 1 && recs[0]["state"] == "resumable").then_some(recs)
+    });
+    let rec = d.recording(recs[0]["id"].as_str().unwrap());
+    assert_eq!(rec["sessions"], 2, "{rec}");
+    assert_eq!(rec["discontinuities"], 1, "{rec}");
+    let playlist = d
+        .get(&format!(
+            "/hls/recordings/{}/index.m3u8",
+            rec["id"].as_str().unwrap()
+        ))
+        .text();
+    assert_eq!(
+        playlist.matches("#EXT-X-DISCONTINUITY\n").count(),
+        1,
+        "{playlist}"
+    );
+    assert_timestamps(&d, &rec, true);
+}
+
+#[test]
+fn unreachable_camera_backs_off_and_records_once_it_answers() {
+    // A port nobody listens on (taken from a camera that then goes away).
+    let port = {
+        let c = Camera::start("h264-aac");
+        c.port
+    };
+    let d = daemon(
+        "flow_continue_duration_s = 2",
+        &config_source(
+            "cam",
+            "late",
+            &format!("rtsp://127.0.0.1:{port}/stream1"),
+            "",
+        ),
+    );
+    let src = wait_for("two failed attempts", Duration::from_secs(20), || {
+        let s = source(&d, "cam-late");
+        (s["attempts"].as_u64() >= Some(2) && s["state"] == "backoff").then_some(s)
+    });
+    let error = src["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("DESCRIBE failed") && error.contains("refused"),
+        "{error}"
+    );
+    assert!(src["next_attempt"].is_string(), "{src}");
+    assert!(
+        d.recordings().is_empty(),
+        "nothing recorded while the camera is off"
+    );
+    let mut camera = Camera::start_on("h264-aac", port);
+    wait_recorded(&d, "cam-late", 4, Duration::from_secs(40));
+    camera.kill();
+    let rec = finished_recording(&d);
+    assert_decodes(&d, &rec, true, 1.0);
+}
+
+#[test]
+fn unrecordable_and_stalled_cameras_get_clear_errors_and_others_keep_recording() {
+    let mjpeg = Camera::start("mjpeg");
+    let mut stalls = Camera::start("stalls");
+    let mut good = Camera::start("h264-aac");
+    let sections = [
+        config_source("cam", "mjpeg", &mjpeg.url(""), ""),
+        config_source("cam", "stalls", &stalls.url(""), "idle_timeout_s = 2"),
+        config_source("cam", "good", &good.url(""), ""),
+    ]
+    .concat();
+    let d = daemon("flow_continue_duration_s = 2", &sections);
+    let bad = wait_for("the MJPEG camera refused", Duration::from_secs(20), || {
+        let s = source(&d, "cam-mjpeg");
+        (s["state"] == "backoff").then_some(s)
+    });
+    let error = bad["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("nothing recordable") && error.contains("video/jpeg"),
+        "{error}"
+    );
+    // The stalling camera keeps its session after 3 s of video: reconnected after 2 s
+    // without RTP (and again, as the reconnected session sends nothing either).
+    let quiet = wait_for(
+        "the stalled camera timed out",
+        Duration::from_secs(30),
+        || {
+            let s = source(&d, "cam-stalls");
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no media for 2 s"))
+                .then_some(s)
+        },
+    );
+    assert!(quiet["recording_id"].is_null(), "{quiet}");
+    wait_recorded(&d, "cam-good", 4, Duration::from_secs(30));
+    good.kill();
+    stalls.kill();
+    let recs = d.wait_recordings(2, "finished", Duration::from_secs(60));
+    let streams: Vec<&str> = recs.iter().map(|r| r["stream"].as_str().unwrap()).collect();
+    assert!(
+        streams.contains(&"good") && streams.contains(&"stalls"),
+        "{streams:?}"
+    );
+    for r in &recs {
+        let rec = d.recording(r["id"].as_str().unwrap());
+        if rec["stream"] == "good" {
+            assert_decodes(&d, &rec, true, 1.0);
+        } else {
+            // Each session the camera grants holds the 3 s before its stall.
+            let url = d.http_url(rec["playlist"].as_str().unwrap());
+            assert!(media::decode_errors(&url).trim().is_empty());
+            let frames = media::probe(&url).video_frames;
+            let sessions = rec["sessions"].as_u64().unwrap();
+            assert!(
+                frames >= 50 && frames <= 90 * sessions,
+                "{frames} frames in {sessions} session(s) of 3 s before a stall"
+            );
+        }
+    }
+    // A failing source is logged when its error changes, not at every attempt.
+    let warned = d
+        .log()
+        .matches("camera source disconnected source=cam-mjpeg")
+        .count();
+    let attempts = source(&d, "cam-mjpeg")["attempts"].as_u64().unwrap() as usize;
+    assert!(
+        attempts >= 2 && warned < attempts + 1,
+        "{warned} log lines for {attempts} attempts"
+    );
+}
+
+#[test]
+fn pcma_audio_is_left_out_with_a_reason_and_the_video_recorded() {
+    let mut camera = Camera::start("h264-pcma");
+    let d = daemon(
+        "flow_continue_duration_s = 2",
+        &config_source("cam", "pcma", &camera.url(""), ""),
+    );
+    let live = wait_recorded(&d, "cam-pcma", 5, Duration::from_secs(30));
+    assert_eq!(
+        live["audio_dropped"], "pcma: not storable in MPEG-TS",
+        "{live}"
+    );
+    assert!(live["audio_codec"].is_null(), "{live}");
+    assert_eq!(
+        source(&d, "cam-pcma")["audio_dropped"],
+        "pcma: not storable in MPEG-TS"
+    );
+    assert_eq!(d.log().matches("camera audio not recorded").count(), 1);
+    camera.kill();
+    let rec = finished_recording(&d);
+    assert_decodes(&d, &rec, false, 1.0);
+}
+
+#[test]
+fn b_frames_get_decode_times_before_presentation() {
+    let mut camera = Camera::start("h264-bframes");
+    let d = daemon(
+        "flow_continue_duration_s = 2",
+        &config_source("cam", "bframes", &camera.url(""), ""),
+    );
+    let live = wait_recorded(&d, "cam-bframes", 6, Duration::from_secs(30));
+    assert_eq!(live["timestamps_repaired"], 0, "{live}");
+    camera.kill();
+    let rec = finished_recording(&d);
+    assert_decodes(&d, &rec, true, 1.0);
+    assert_timestamps(&d, &rec, true);
+    // The reordering is real: some frame is presented after a later-decoded one.
+    let seg = &rec["segment_list"][0];
+    let file = d
+        .recording_dir(&rec)
+        .join(seg["uri"].as_str().unwrap().rsplit('/').next().unwrap());
+    let out = media::tool("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let pts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_end_matches(',').parse().ok())
+        .collect();
+    assert!(
+        pts.windows(2).any(|w| w[1] < w[0]),
+        "no B-frame reordering in {pts:?}"
+    );
+}
+
+#[test]
+fn h265_camera_is_recorded() {
+    let mut camera = Camera::start("h265-aac");
+    let d = daemon(
+        "flow_continue_duration_s = 2",
+        &config_source("cam", "hevc", &camera.url(""), ""),
+    );
+    let live = wait_recorded(&d, "cam-hevc", 5, Duration::from_secs(40));
+    assert_eq!(live["video_codec"], "h265");
+    camera.kill();
+    let rec = finished_recording(&d);
+    assert_decodes(&d, &rec, true, 1.0);
+    assert_timestamps(&d, &rec, true);
+}
+
+#[test]
+fn api_sources_are_validated_persisted_and_removed() {
+    let mut camera = Camera::start("h264-aac");
+    let mut d = daemon("flow_continue_duration_s = 2", "");
+    for (body, want) in [
+        (
+            r#"{"app":"cam","stream":"..","url":"rtsp://127.0.0.1/x"}"#,
+            "stream",
+        ),
+        (
+            r#"{"app":"cam","stream":"x","url":"http://127.0.0.1/x"}"#,
+            "rtsp://",
+        ),
+        (
+            r#"{"app":"cam","stream":"x","url":"rtsps://127.0.0.1/x"}"#,
+            "rtsps",
+        ),
+        (r#"{"app":"cam","stream":"x"}"#, "url"),
+    ] {
+        let r = http::send_json("POST", &d.http, "/api/v1/sources", body).unwrap();
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(want), "{body}: {}", r.text());
+    }
+    let body = format!(
+        r#"{{"name":"door","app":"cam","stream":"door","url":"{}","transport":"tcp"}}"#,
+        camera.url("u:topsecret@")
+    );
+    let made = add_source(&d, &body);
+    assert_eq!(made["source"], "api");
+    assert!(!made.to_string().contains("topsecret"), "{made}");
+    let r = http::send_json("POST", &d.http, "/api/v1/sources", &body).unwrap();
+    assert_eq!(r.status, 409, "a second source named door: {}", r.text());
+    wait_recorded(&d, "door", 3, Duration::from_secs(30));
+    // It survives a restart (and is still an API source there).
+    d.stop();
+    d.spawn();
+    assert_eq!(sources(&d).len(), 1);
+    let live = wait_recorded(&d, "door", 3, Duration::from_secs(30));
+    assert_eq!(source(&d, "door")["source"], "api");
+    assert_eq!(delete_source(&d, "door"), 204);
+    assert_eq!(delete_source(&d, "door"), 404);
+    assert!(sources(&d).is_empty());
+    // Removing the source ends its recording, which becomes resumable, then finished.
+    let rec = finished_recording(&d);
+    assert_eq!(
+        rec["id"], live["recording_id"],
+        "the restart resumed the recording"
+    );
+    assert_decodes(&d, &rec, true, 2.0);
+    d.stop();
+    d.spawn();
+    assert!(sources(&d).is_empty(), "a removed source stays removed");
+    camera.kill();
+    assert!(!d.log().contains("topsecret"));
+}

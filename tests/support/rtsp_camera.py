@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""An IP camera stand-in for the tests: GStreamer's RTSP server serving live test video
+(and audio) at rtsp://127.0.0.1:PORT/stream1.
+
+Usage: rtsp_camera.py PROFILE [PORT]   (PORT 0 or absent: any free port)
+Prints "ready PORT" on stdout once it listens. Profiles: h264-aac, h264-bframes,
+h265-aac, h264-pcma, mjpeg (nothing edgerec can record), stalls (sends 3 s of video, then
+keeps the session but sends no more RTP: a valve before the payloader closes),
+bench-2mbps (scripts/bench_cameras.py).
+"""
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+VIDEO = ("videotestsrc is-live=true pattern=ball ! "
+         "video/x-raw,width=320,height=240,framerate=25/1,format=I420 ! ")
+H264 = "x264enc tune=zerolatency key-int-max=25 bitrate=500 ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 "
+# The payloader's caps would negotiate Constrained Baseline (no B-frames): ask for Main.
+H264_B = "x264enc bframes=2 b-adapt=false key-int-max=25 bitrate=500 ! video/x-h264,profile=main ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 "
+H265 = "x265enc tune=zerolatency key-int-max=25 bitrate=500 ! h265parse config-interval=-1 ! rtph265pay name=pay0 pt=96 "
+AUDIO = "audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=48000,channels=2 ! audioconvert ! "
+AAC = "avenc_aac bitrate=64000 ! aacparse ! rtpmp4gpay name=pay1 pt=97 "
+PCMA = "audioresample ! audio/x-raw,rate=8000,channels=1 ! alawenc ! rtppcmapay name=pay1 pt=8 "
+
+PROFILES = {
+    "h264-aac": VIDEO + H264 + AUDIO + AAC,
+    "h264-bframes": VIDEO + H264_B + AUDIO + AAC,
+    "h265-aac": VIDEO + H265 + AUDIO + AAC,
+    "h264-pcma": VIDEO + H264 + AUDIO + PCMA,
+    # The bench's camera: 720p H.264 at 2 Mb/s + AAC, encoded once for every client.
+    "bench-2mbps": "videotestsrc is-live=true pattern=smpte ! "
+                   "video/x-raw,width=1280,height=720,framerate=25/1,format=I420 ! "
+                   "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=50 bitrate=2000 ! "
+                   "h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 " + AUDIO + AAC,
+    "mjpeg": VIDEO + "jpegenc ! rtpjpegpay name=pay0 pt=26 ",
+    "stalls": VIDEO + "x264enc tune=zerolatency key-int-max=25 ! h264parse config-interval=-1 ! "
+              "valve name=gate drop=false ! rtph264pay name=pay0 pt=96 ",
+}
+
+
+def main():
+    profile = sys.argv[1]
+    port = sys.argv[2] if len(sys.argv) > 2 else "0"
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(port)
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch("( " + PROFILES[profile] + ")")
+    factory.set_shared(True)
+    if profile == "stalls":
+        def close_gate(gate):
+            gate.set_property("drop", True)
+            return False
+
+        def configured(_factory, media):
+            gate = media.get_element().get_by_name("gate")
+            GLib.timeout_add_seconds(3, close_gate, gate)
+
+        factory.connect("media-configure", configured)
+    server.get_mount_points().add_factory("/stream1", factory)
+    if server.attach(None) == 0:
+        print("cannot listen on port " + port, file=sys.stderr)
+        sys.exit(1)
+    print("ready %d" % server.get_bound_port(), flush=True)
+    GLib.MainLoop().run()
+
+
+if __name__ == "__main__":
+    main()
