@@ -138,7 +138,7 @@ fn assert_recorded(d: &Daemon, stream: &str, clip: &Path, video_codec: &str) -> 
     let (gv, ga) = starts(&playlist);
     assert!(
         ((gv - ga) - (sv - sa)).abs() <= 0.041,
-        "A/V offset: recorded video-audio {:.3} s, clip {:.3} s",
+        "{stream}: A/V offset: recorded video-audio {:.3} s, clip {:.3} s",
         gv - ga,
         sv - sa
     );
@@ -158,7 +158,7 @@ fn h264_aac_over_tcp_records_decodable_hls() {
 fn h264_aac_over_udp_records_decodable_hls() {
     let d = daemon("udp_port_range = \"31000-31100\"", "");
     let clip = media::clip(Clip::AudioVideo, 8);
-    publish_ok(&url(&d, "live/udp"), &clip, "udp", 2);
+    publish_ok(&url(&d, "live/udp"), &clip, "udp", 4);
     assert_recorded(&d, "udp", &clip, "h264");
 }
 

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::PublishGate;
 use crate::config::RtspConfig;
-use crate::media::{TrackKind, TICKS_PER_SECOND};
+use crate::media::{Frame, TrackKind, TICKS_PER_SECOND};
 use crate::proto::rtsp::{
     Limits, MediaEvent, RtpTrack, ServerSession, SessionEvent, TrackTransport, WallClock,
 };
@@ -109,6 +109,9 @@ struct UdpPorts {
 struct UdpPair {
     rtp: UdpSocket,
     rtcp: UdpSocket,
+    /// The RTCP socket again, non-blocking, read directly (not through the runtime's
+    /// readiness, which may not have seen a datagram that is already queued).
+    rtcp_now: std::net::UdpSocket,
     port: u16,
     pool: Arc<UdpPorts>,
 }
@@ -144,21 +147,31 @@ impl UdpPorts {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(port);
             if claimed {
-                let bind = |p: u16| -> std::io::Result<UdpSocket> {
+                let bind = |p: u16| -> std::io::Result<std::net::UdpSocket> {
                     let s = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, p))?;
                     s.set_nonblocking(true)?;
-                    UdpSocket::from_std(s)
+                    Ok(s)
                 };
-                match (bind(port), bind(port + 1)) {
-                    (Ok(rtp), Ok(rtcp)) => {
+                let pair = (|| {
+                    let (rtp, rtcp) = (bind(port)?, bind(port + 1)?);
+                    let rtcp_now = rtcp.try_clone()?;
+                    Ok::<_, std::io::Error>((
+                        UdpSocket::from_std(rtp)?,
+                        UdpSocket::from_std(rtcp)?,
+                        rtcp_now,
+                    ))
+                })();
+                match pair {
+                    Ok((rtp, rtcp, rtcp_now)) => {
                         return Some(UdpPair {
                             rtp,
                             rtcp,
+                            rtcp_now,
                             port,
                             pool: self.clone(),
                         })
                     }
-                    _ => {
+                    Err(_) => {
                         self.used
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -186,6 +199,8 @@ struct Connection {
     /// Per announced media section: the depacketizer, or `None` for a skipped track.
     tracks: Vec<Option<RtpTrack>>,
     publishing: Option<PublishHandle>,
+    /// Audio held until the first video frame (see [`forward`]).
+    audio_wait: Option<Vec<Frame>>,
     wall_clock: WallClock,
     recording: bool,
     started: Instant,
@@ -223,6 +238,7 @@ impl Connection {
             session: ServerSession::new(limits, id),
             tracks: Vec::new(),
             publishing: None,
+            audio_wait: None,
             wall_clock: WallClock::default(),
             recording: false,
             started: Instant::now(),
@@ -324,7 +340,11 @@ impl Connection {
         }
         if let Some(mut handle) = self.publishing.take() {
             for event in events {
-                let _ = forward(&mut handle, event);
+                let _ = forward(&mut handle, &mut self.audio_wait, event);
+            }
+            // Video never came: the held audio is all there is.
+            for audio in self.audio_wait.take().into_iter().flatten() {
+                let _ = handle.send_frame(audio);
             }
             let _ = handle.hand_over();
             tracing::info!(peer = %self.peer, stream = %handle.stats().stream_key(), "rtsp publish ended");
@@ -459,6 +479,7 @@ impl Connection {
                     }
                 }
                 self.tracks = tracks;
+                self.audio_wait = (has_video && has_audio).then(Vec::new);
                 self.publishing = Some(handle);
                 self.session
                     .accept_announce()
@@ -478,48 +499,63 @@ impl Connection {
         }
     }
 
-    /// Starts the readers of a UDP pair for `track`: packets from the publisher's address
-    /// only, at most `max_packet_kb`.
+    /// Starts the reader of a UDP pair for `track`: packets from the publisher's address
+    /// only, at most `max_packet_kb`. RTCP queued when an RTP packet is read goes first, so
+    /// a sender report sent just before a track's first packet is seen before it (as over
+    /// TCP), whichever socket the runtime happens to wake first.
     fn spawn_udp(&mut self, track: usize, pair: UdpPair) {
         let peer_ip = self.peer.ip();
         let max = self.config.max_packet_kb as usize * 1024;
-        let pair = Arc::new(pair);
-        for rtcp in [false, true] {
-            let (pair, tx) = (pair.clone(), self.udp_tx.clone());
-            self.udp_tasks.spawn(async move {
-                let socket = if rtcp { &pair.rtcp } else { &pair.rtp };
-                let mut buf = vec![0u8; max + 1];
-                let mut oversize = 0u64;
-                loop {
-                    let (n, from) = match socket.recv_from(&mut buf).await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            // E.g. an ICMP error queued on the socket: never spin on it.
-                            tracing::debug!(error = %e, "rtsp UDP receive failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    if from.ip() != peer_ip {
+        let tx = self.udp_tx.clone();
+        self.udp_tasks.spawn(async move {
+            let (mut buf, mut rtcp_buf) = (vec![0u8; max + 1], vec![0u8; max + 1]);
+            let mut oversize = 0u64;
+            // A packet accepted from the publisher, or None (dropped and counted).
+            let mut accept = |n: usize, from: SocketAddr, buf: &[u8]| -> Option<Bytes> {
+                if from.ip() != peer_ip {
+                    return None;
+                }
+                if n > max {
+                    oversize += 1;
+                    if oversize <= 3 {
+                        tracing::warn!(%from, limit = max, "rtsp UDP packet over max_packet_kb dropped");
+                    }
+                    return None;
+                }
+                Some(Bytes::copy_from_slice(&buf[..n]))
+            };
+            loop {
+                let (rtcp, received) = tokio::select! {
+                    biased;
+                    r = pair.rtcp.recv_from(&mut rtcp_buf) => (true, r),
+                    r = pair.rtp.recv_from(&mut buf) => (false, r),
+                };
+                let (n, from) = match received {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // E.g. an ICMP error queued on the socket: never spin on it.
+                        tracing::debug!(error = %e, "rtsp UDP receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
-                    if n > max {
-                        oversize += 1;
-                        if oversize <= 3 {
-                            tracing::warn!(%from, limit = max, "rtsp UDP packet over max_packet_kb dropped");
+                };
+                let Some(packet) = accept(n, from, if rtcp { &rtcp_buf } else { &buf }) else {
+                    continue;
+                };
+                if !rtcp {
+                    while let Ok((m, from)) = pair.rtcp_now.recv_from(&mut rtcp_buf) {
+                        if let Some(r) = accept(m, from, &rtcp_buf) {
+                            if tx.send((track, true, r)).await.is_err() {
+                                return;
+                            }
                         }
-                        continue;
-                    }
-                    if tx
-                        .send((track, rtcp, Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
-                        return;
                     }
                 }
-            });
-        }
+                if tx.send((track, rtcp, packet)).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Ticks since the connection started.
@@ -559,7 +595,7 @@ impl Connection {
             }
         }
         for event in self.events.drain(..) {
-            if forward(handle, event).is_err() {
+            if forward(handle, &mut self.audio_wait, event).is_err() {
                 return Err(recorder_failure(handle));
             }
         }
@@ -567,13 +603,37 @@ impl Connection {
     }
 }
 
+/// Most audio held for the first video frame (about 3 s of 48 kHz AAC); past it the
+/// audio goes on, and the recorder decides (it records audio only if video never comes).
+const MAX_AUDIO_WAIT: usize = 150;
+
+/// Hands `event` to the recorder. Until the first video frame of a publish with video,
+/// audio is held in `audio_wait` (the recorder starts a recording at a video keyframe and
+/// skips what comes before it, and video frames leave `DtsSynth` a few frames late).
 fn forward(
     handle: &mut PublishHandle,
+    audio_wait: &mut Option<Vec<Frame>>,
     event: MediaEvent,
 ) -> Result<(), crate::record::RecorderStopped> {
     match event {
         MediaEvent::Config(params) => handle.send_config(params),
-        MediaEvent::Frame(frame) => handle.send_frame(frame),
+        MediaEvent::Frame(frame) => {
+            let Some(waiting) = audio_wait.as_mut() else {
+                return handle.send_frame(frame);
+            };
+            if frame.kind == TrackKind::Audio && waiting.len() < MAX_AUDIO_WAIT {
+                waiting.push(frame);
+                return Ok(());
+            }
+            let held = audio_wait.take().unwrap_or_default();
+            if frame.kind == TrackKind::Video {
+                handle.send_frame(frame)?;
+                held.into_iter().try_for_each(|a| handle.send_frame(a))
+            } else {
+                held.into_iter().try_for_each(|a| handle.send_frame(a))?;
+                handle.send_frame(frame)
+            }
+        }
     }
 }
 

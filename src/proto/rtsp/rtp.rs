@@ -265,7 +265,8 @@ impl RtpTrack {
             return;
         }
         if let Some((ntp, rtp)) = sender_report(packet) {
-            self.report = Some((rtp, clock.ticks(ntp, arrival)));
+            let at = clock.ticks(ntp, arrival);
+            self.report = Some((rtp, at));
         }
     }
 
@@ -306,16 +307,26 @@ impl RtpTrack {
         self.next_seq = Some(pkt.sequence.wrapping_add(1));
         let ext = self.ext.extend(pkt.timestamp);
         let rate = i64::from(self.clock_rate);
-        let (first, base) = *self.origin.get_or_insert_with(|| match self.report {
-            Some((rtp, at)) => {
-                let since_report = i64::from(pkt.timestamp.wrapping_sub(rtp) as i32);
-                (
-                    ext,
-                    at + media::rescale(since_report, rate, media::TICKS_PER_SECOND),
-                )
+        let (first, base) = match self.origin {
+            Some(o) => o,
+            None => {
+                let placed = match self.report {
+                    Some((rtp, at)) => {
+                        let since_report = i64::from(pkt.timestamp.wrapping_sub(rtp) as i32);
+                        at + media::rescale(since_report, rate, media::TICKS_PER_SECOND)
+                    }
+                    None => arrival,
+                };
+                tracing::debug!(
+                    codec = self.codec,
+                    placed,
+                    arrival,
+                    by_sender_report = self.report.is_some(),
+                    "rtp track anchored"
+                );
+                *self.origin.insert((ext, placed))
             }
-            None => (ext, arrival),
-        });
+        };
         let pts = base + media::rescale(ext - first, rate, media::TICKS_PER_SECOND);
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = match &mut self.depack {
