@@ -580,10 +580,20 @@ impl Connection {
             return Ok(()); // a skipped track (e.g. PCMA audio)
         };
         self.events.clear();
+        let dropped_before = t.stats().dropped;
         let result = t.push(packet, arrival, &mut self.events);
+        let lost = t.stats().dropped - dropped_before;
         let Some(handle) = self.publishing.as_mut() else {
             return Ok(());
         };
+        if lost > 0 {
+            // Access units cut by packet loss (or not decodable yet): counted with the
+            // malformed ones; the depacketizer logs each at debug.
+            handle
+                .stats()
+                .frames_rejected
+                .fetch_add(lost, Ordering::Relaxed);
+        }
         if let Err(e) = result {
             self.media_errors += 1;
             handle
