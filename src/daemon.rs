@@ -74,7 +74,7 @@ fn load_certificates(config: &Config) -> anyhow::Result<Certificates> {
 }
 
 /// Runs the recorder until `cancel`. Prints one `edgerec: listening rtmp=ADDR http=ADDR`
-/// line (with ` rtmps=ADDR` appended when RTMPS is on; `http=` is the API's address over
+/// line (with ` rtmps=ADDR` and ` rtsp=ADDR` appended when RTMPS / RTSP are on; `http=` is the API's address over
 /// HTTP or HTTPS) on stdout once it accepts publishes (tools and tests read the bound
 /// ports there).
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -135,6 +135,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     };
     let rtmps_addr = match &rtmps {
         Some(r) => Some(r.listener.local_addr()?),
+        None => None,
+    };
+    let rtsp = match config.rtsp.listen_addr() {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for RTSP on {addr}"))?,
+        ),
+        None => None,
+    };
+    let rtsp_addr = match &rtsp {
+        Some(l) => Some(l.local_addr()?),
         None => None,
     };
 
@@ -217,6 +229,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         recorders.clone(),
         ingest_cancel.clone(),
     ));
+    let rtsp_ingest = rtsp.map(|listener| {
+        tokio::spawn(crate::ingest::rtsp::run(
+            listener,
+            config.rtsp.clone(),
+            crate::ingest::admission::PublishGate::new(config.publish_auth.clone()),
+            recorders.clone(),
+            ingest_cancel.clone(),
+        ))
+    });
     let api_cancel = CancellationToken::new();
     let uploader_for_health = api_state.uploader.clone();
     let api = tokio::spawn(api::serve(
@@ -240,7 +261,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     if let Some(a) = rtmps_addr {
         listening.push_str(&format!(" rtmps={a}"));
     }
-    tracing::info!(rtmp = %rtmp_addr, http = %http_addr, rtmps = ?rtmps_addr, https = config.http.cert_file.is_some(), data_dir = %config.data_dir.display(), "edgerec ready");
+    if let Some(a) = rtsp_addr {
+        listening.push_str(&format!(" rtsp={a}"));
+    }
+    tracing::info!(rtmp = %rtmp_addr, http = %http_addr, rtmps = ?rtmps_addr, rtsp = ?rtsp_addr, https = config.http.cert_file.is_some(), data_dir = %config.data_dir.display(), "edgerec ready");
     println!("edgerec: listening {listening}");
     system::ready(&format!("listening {listening}"));
     workers.push(tokio::spawn(record::files::run_file_planner(
@@ -262,6 +286,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     tracing::info!("shutting down: closing publishers and sealing segments");
     system::stopping();
     let _ = ingest.await;
+    if let Some(rtsp_ingest) = rtsp_ingest {
+        let _ = rtsp_ingest.await;
+    }
     sources.stopped().await;
     if !recorders.wait_idle(Duration::from_secs(20)).await {
         tracing::error!(

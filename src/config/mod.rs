@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 pub mod naming;
+mod rtsp;
 pub mod sources;
 pub mod templates;
 mod upload;
 
 pub use access::{parse_cidr, ApiToken, PublishAuth, PublishAuthSection, Scope};
+pub use rtsp::RtspConfig;
 pub use sources::{RtspTransport, SourceSpec};
 pub use templates::{Decision, FileOutput, Format, HlsOutput, Rule, Template};
 pub use upload::{
@@ -35,6 +37,8 @@ pub struct Config {
     /// `[rtmps]`: RTMP over TLS. Absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtmps: Option<RtmpsConfig>,
+    /// `[rtsp]`: the RTSP publish listener (off unless `listen` is set).
+    pub rtsp: RtspConfig,
     pub http: HttpConfig,
     pub record: RecordConfig,
     pub upload: UploadConfig,
@@ -146,6 +150,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./edgerec-data"),
             rtmp: RtmpConfig::default(),
             rtmps: None,
+            rtsp: RtspConfig::default(),
             http: HttpConfig::default(),
             record: RecordConfig::default(),
             upload: UploadConfig::default(),
@@ -329,6 +334,7 @@ impl Config {
             60,
             2_592_000,
         );
+        rtsp::validate(&self.rtsp, &mut problems);
         upload::validate(&self.upload, &self.callback, &self.storage, &mut problems);
         access::validate(
             &self.publish_auth,
@@ -399,6 +405,7 @@ impl Config {
                 ),
             });
         }
+        warnings.extend(rtsp::warning(&self.rtsp, self.publish_auth.is_off()));
         if self.http.listen.ip().is_loopback() || !self.http.allow_unauthenticated {
             return warnings;
         }

@@ -7,3 +7,4 @@ pub mod admission;
 pub mod camera;
 pub mod lowat;
 pub mod rtmp;
+pub mod rtsp;

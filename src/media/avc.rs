@@ -13,6 +13,7 @@ use super::MediaError;
 
 const RECORD: &str = "avc decoder configuration record";
 const SPS: &str = "h264 sps";
+const BUILT_RECORD: &str = "rebuilt avc decoder configuration record";
 
 /// H.264 NAL unit types the muxers care about.
 pub const NAL_IDR: u8 = 5;
@@ -75,6 +76,90 @@ impl AvcConfig {
             level_idc,
             resolution,
         })
+    }
+
+    /// Builds (and parses) the AVCDecoderConfigurationRecord for parameter sets received
+    /// out of band or in-band (MPEG-TS, RTP): NAL units without start codes, 4-byte NAL
+    /// lengths. `Ok(None)` while either kind is missing.
+    pub fn from_parameter_sets(
+        sps: &[Bytes],
+        pps: &[Bytes],
+    ) -> Result<Option<AvcConfig>, MediaError> {
+        let (Some(first), false) = (sps.first(), pps.is_empty()) else {
+            return Ok(None);
+        };
+        let invalid = |detail: String| MediaError::Invalid {
+            what: BUILT_RECORD,
+            offset: 0,
+            detail,
+        };
+        let Some(&[_, profile, compatibility, level]) = first.get(..4) else {
+            return Err(invalid(format!("SPS of {} bytes", first.len())));
+        };
+        let (Ok(num_sps), Ok(num_pps)) = (u8::try_from(sps.len()), u8::try_from(pps.len())) else {
+            return Err(invalid("too many parameter sets".into()));
+        };
+        if num_sps > 31 {
+            return Err(invalid(format!("{num_sps} SPS (31 max)")));
+        }
+        let mut rec = vec![1, profile, compatibility, level, 0xff, 0xe0 | num_sps];
+        for s in sps {
+            rec.extend_from_slice(&u16_len(s.len(), BUILT_RECORD)?);
+            rec.extend_from_slice(s);
+        }
+        rec.push(num_pps);
+        for p in pps {
+            rec.extend_from_slice(&u16_len(p.len(), BUILT_RECORD)?);
+            rec.extend_from_slice(p);
+        }
+        if matches!(profile, 100 | 110 | 122 | 144) {
+            if let Ok((chroma, luma, chroma_depth)) = chroma_and_depth(first) {
+                rec.extend_from_slice(&[0xfc | chroma, 0xf8 | luma, 0xf8 | chroma_depth, 0]);
+            }
+        }
+        AvcConfig::parse(&rec).map(Some)
+    }
+}
+
+/// A parameter set's length as the 16-bit field of a decoder configuration record.
+pub(crate) fn u16_len(len: usize, what: &'static str) -> Result<[u8; 2], MediaError> {
+    u16::try_from(len)
+        .map(u16::to_be_bytes)
+        .map_err(|_| MediaError::Invalid {
+            what,
+            offset: 0,
+            detail: format!("parameter set of {len} bytes does not fit a 16-bit length"),
+        })
+}
+
+/// chroma_format_idc, bit_depth_luma_minus8, bit_depth_chroma_minus8 of a high-profile
+/// SPS (ITU-T H.264 section 7.3.2.1.1).
+fn chroma_and_depth(sps: &[u8]) -> Result<(u8, u8, u8), MediaError> {
+    let rbsp = remove_emulation_prevention(sps);
+    let mut r = BitReader::new(&rbsp, SPS);
+    r.skip(32)?; // header, profile_idc, constraint flags, level_idc
+    r.ue()?; // seq_parameter_set_id
+    let chroma = r.ue()?;
+    if chroma == 3 {
+        r.skip(1)?; // separate_colour_plane_flag
+    }
+    chroma_and_depths(&mut r, chroma)
+}
+
+/// `bit_depth_luma_minus8` and `bit_depth_chroma_minus8` (read next from `r`, the same
+/// Exp-Golomb pair in H.264 and H.265 SPSs) with `chroma_format_idc`, range-checked.
+pub(crate) fn chroma_and_depths(
+    r: &mut BitReader,
+    chroma: u32,
+) -> Result<(u8, u8, u8), MediaError> {
+    let (luma, chroma_depth) = (r.ue()?, r.ue()?);
+    match (
+        u8::try_from(chroma),
+        u8::try_from(luma),
+        u8::try_from(chroma_depth),
+    ) {
+        (Ok(c @ 0..=3), Ok(l @ 0..=7), Ok(d @ 0..=7)) => Ok((c, l, d)),
+        _ => Err(r.invalid("chroma format or bit depth out of range")),
     }
 }
 

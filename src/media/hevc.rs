@@ -8,12 +8,13 @@
 
 use bytes::Bytes;
 
-use super::avc::{finish_size, ByteCursor};
+use super::avc::{chroma_and_depths, finish_size, u16_len, ByteCursor};
 use super::bits::{remove_emulation_prevention, BitReader};
 use super::MediaError;
 
 const RECORD: &str = "hevc decoder configuration record";
 const SPS: &str = "h265 sps";
+const BUILT_RECORD: &str = "rebuilt hevc decoder configuration record";
 
 /// H.265 NAL unit types the muxers care about.
 pub const NAL_VPS: u8 = 32;
@@ -81,6 +82,120 @@ impl HevcConfig {
             resolution,
         })
     }
+}
+
+impl HevcConfig {
+    /// Builds (and parses) the HEVCDecoderConfigurationRecord for parameter sets received
+    /// out of band or in-band (MPEG-TS, RTP): NAL units without start codes, 4-byte NAL
+    /// lengths. `Ok(None)` while any kind is missing.
+    pub fn from_parameter_sets(
+        vps: &[Bytes],
+        sps: &[Bytes],
+        pps: &[Bytes],
+    ) -> Result<Option<HevcConfig>, MediaError> {
+        let Some(first) = sps.first() else {
+            return Ok(None);
+        };
+        if vps.is_empty() || pps.is_empty() {
+            return Ok(None);
+        }
+        let info = sps_info(first)?;
+        let (chroma, luma, chroma_depth) = info.chroma_and_depth;
+        let mut rec = vec![1];
+        rec.extend_from_slice(&info.general_ptl);
+        rec.extend_from_slice(&[
+            0xf0, // reserved, min_spatial_segmentation_idc 0
+            0x00,
+            0xfc, // reserved, parallelismType 0
+            0xfc | chroma,
+            0xf8 | luma,
+            0xf8 | chroma_depth,
+            0x00, // avgFrameRate 0
+            0x00,
+            // constantFrameRate 0, numTemporalLayers, temporalIdNested, lengthSizeMinusOne 3
+            (((info.max_sub_layers_minus1 + 1) & 0x07) << 3)
+                | (u8::from(info.temporal_id_nesting) << 2)
+                | 0x03,
+            3, // numOfArrays
+        ]);
+        for (nal_type, list) in [(NAL_VPS, vps), (NAL_SPS, sps), (NAL_PPS, pps)] {
+            rec.push(0x80 | nal_type); // array_completeness 1
+            rec.extend_from_slice(&u16_len(list.len(), BUILT_RECORD)?);
+            for unit in list {
+                rec.extend_from_slice(&u16_len(unit.len(), BUILT_RECORD)?);
+                rec.extend_from_slice(unit);
+            }
+        }
+        HevcConfig::parse(&rec).map(Some)
+    }
+}
+
+/// What the HEVCDecoderConfigurationRecord copies from an SPS.
+pub(crate) struct SpsInfo {
+    /// general_profile_space .. general_level_idc (12 bytes, as in the record).
+    pub(crate) general_ptl: [u8; 12],
+    pub(crate) max_sub_layers_minus1: u8,
+    pub(crate) temporal_id_nesting: bool,
+    /// chroma_format_idc, bit_depth_luma_minus8, bit_depth_chroma_minus8 (1, 0, 0 if the
+    /// SPS could not be read that far).
+    pub(crate) chroma_and_depth: (u8, u8, u8),
+}
+
+pub(crate) fn sps_info(sps: &[u8]) -> Result<SpsInfo, MediaError> {
+    let rbsp = remove_emulation_prevention(sps);
+    let mut r = BitReader::new(&rbsp, SPS);
+    r.skip(16)?; // NAL header
+    r.skip(4)?; // sps_video_parameter_set_id
+    let max_sub_layers_minus1 = r.read_bits(3)? as u8;
+    let temporal_id_nesting = r.read_bit()?;
+    let mut general_ptl = [0u8; 12];
+    for b in general_ptl.iter_mut() {
+        *b = r.read_bits(8)? as u8;
+    }
+    let chroma_and_depth = chroma_and_depth(&mut r, max_sub_layers_minus1).unwrap_or((1, 0, 0));
+    Ok(SpsInfo {
+        general_ptl,
+        max_sub_layers_minus1,
+        temporal_id_nesting,
+        chroma_and_depth,
+    })
+}
+
+/// Continues an SPS read just after the general profile_tier_level fields (H.265
+/// section 7.3.2.2.1 / 7.3.3) up to the bit depths.
+fn chroma_and_depth(
+    r: &mut BitReader<'_>,
+    max_sub_layers_minus1: u8,
+) -> Result<(u8, u8, u8), MediaError> {
+    let sub_layers = usize::from(max_sub_layers_minus1.min(7));
+    let mut present = [(false, false); 7];
+    for p in present.iter_mut().take(sub_layers) {
+        *p = (r.read_bit()?, r.read_bit()?);
+    }
+    if sub_layers > 0 {
+        r.skip(2 * (8 - sub_layers))?; // reserved_zero_2bits
+    }
+    for &(profile, level) in present.iter().take(sub_layers) {
+        if profile {
+            r.skip(88)?;
+        }
+        if level {
+            r.skip(8)?;
+        }
+    }
+    r.ue()?; // sps_seq_parameter_set_id
+    let chroma = r.ue()?;
+    if chroma == 3 {
+        r.skip(1)?; // separate_colour_plane_flag
+    }
+    r.ue()?; // pic_width_in_luma_samples
+    r.ue()?; // pic_height_in_luma_samples
+    if r.read_bit()? {
+        for _ in 0..4 {
+            r.ue()?; // conf_win offsets
+        }
+    }
+    chroma_and_depths(r, chroma)
 }
 
 /// Returns true for an intra random access point picture (NAL types 16..=23).

@@ -39,7 +39,6 @@ use super::ts::{
 };
 use crate::media::aac::AacConfig;
 use crate::media::avc::{self, AvcConfig};
-use crate::media::bits::{remove_emulation_prevention, BitReader};
 use crate::media::hevc::{self, HevcConfig};
 use crate::media::{nal, CodecParams, Frame, MediaError, Ticks, TrackKind, Tracks};
 
@@ -52,10 +51,6 @@ pub const MAX_HELD_FRAMES: usize = 1024;
 const MAX_HELD_BYTES: usize = 32 << 20;
 
 const SYNC_BYTE: u8 = 0x47;
-const AVC_RECORD: &str = "rebuilt avc decoder configuration record";
-const HEVC_RECORD: &str = "rebuilt hevc decoder configuration record";
-const HEVC_SPS: &str = "h265 sps";
-const AVC_SPS: &str = "h264 sps";
 
 /// What the demuxer produces, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -644,9 +639,9 @@ impl TsDemuxer {
         if carried && (changed || st.params.is_none()) {
             let [vps, sps, pps] = &st.param_sets;
             let built = if hevc {
-                build_hevc(vps, sps, pps)
+                HevcConfig::from_parameter_sets(vps, sps, pps).map(|c| c.map(CodecParams::H265))
             } else {
-                build_avc(sps, pps)
+                AvcConfig::from_parameter_sets(sps, pps).map(|c| c.map(CodecParams::H264))
             };
             match built {
                 Ok(Some(params)) => {
@@ -960,198 +955,6 @@ fn parse_adts(d: &[u8]) -> Result<Adts, Option<&'static str>> {
     })
 }
 
-fn u16_len(len: usize, what: &'static str) -> Result<[u8; 2], MediaError> {
-    u16::try_from(len)
-        .map(u16::to_be_bytes)
-        .map_err(|_| MediaError::Invalid {
-            what,
-            offset: 0,
-            detail: format!("parameter set of {len} bytes does not fit a 16-bit length"),
-        })
-}
-
-/// The AVCDecoderConfigurationRecord for in-band SPS/PPS, parsed; `Ok(None)` while either
-/// kind is missing.
-fn build_avc(sps: &[Bytes], pps: &[Bytes]) -> Result<Option<CodecParams>, MediaError> {
-    let (Some(first), false) = (sps.first(), pps.is_empty()) else {
-        return Ok(None);
-    };
-    let invalid = |detail: String| MediaError::Invalid {
-        what: AVC_RECORD,
-        offset: 0,
-        detail,
-    };
-    let Some(&[_, profile, compatibility, level]) = first.get(..4) else {
-        return Err(invalid(format!("SPS of {} bytes", first.len())));
-    };
-    let (Ok(num_sps), Ok(num_pps)) = (u8::try_from(sps.len()), u8::try_from(pps.len())) else {
-        return Err(invalid("too many parameter sets".into()));
-    };
-    if num_sps > 31 {
-        return Err(invalid(format!("{num_sps} SPS (31 max)")));
-    }
-    let mut rec = vec![1, profile, compatibility, level, 0xff, 0xe0 | num_sps];
-    for s in sps {
-        rec.extend_from_slice(&u16_len(s.len(), AVC_RECORD)?);
-        rec.extend_from_slice(s);
-    }
-    rec.push(num_pps);
-    for p in pps {
-        rec.extend_from_slice(&u16_len(p.len(), AVC_RECORD)?);
-        rec.extend_from_slice(p);
-    }
-    if matches!(profile, 100 | 110 | 122 | 144) {
-        if let Ok((chroma, luma, chroma_depth)) = avc_chroma_and_depth(first) {
-            rec.extend_from_slice(&[0xfc | chroma, 0xf8 | luma, 0xf8 | chroma_depth, 0]);
-        }
-    }
-    AvcConfig::parse(&rec).map(|c| Some(CodecParams::H264(c)))
-}
-
-/// chroma_format_idc, bit_depth_luma_minus8, bit_depth_chroma_minus8 of a high-profile
-/// SPS (ITU-T H.264 section 7.3.2.1.1).
-fn avc_chroma_and_depth(sps: &[u8]) -> Result<(u8, u8, u8), MediaError> {
-    let rbsp = remove_emulation_prevention(sps);
-    let mut r = BitReader::new(&rbsp, AVC_SPS);
-    r.skip(32)?; // header, profile_idc, constraint flags, level_idc
-    r.ue()?; // seq_parameter_set_id
-    let chroma = r.ue()?;
-    if chroma == 3 {
-        r.skip(1)?; // separate_colour_plane_flag
-    }
-    chroma_and_depths(&mut r, chroma)
-}
-
-/// What the HEVCDecoderConfigurationRecord copies from an SPS.
-struct HevcSpsInfo {
-    /// general_profile_space .. general_level_idc (12 bytes, as in the record).
-    general_ptl: [u8; 12],
-    max_sub_layers_minus1: u8,
-    temporal_id_nesting: bool,
-    /// chroma_format_idc, bit_depth_luma_minus8, bit_depth_chroma_minus8 (1, 0, 0 if the
-    /// SPS could not be read that far).
-    chroma_and_depth: (u8, u8, u8),
-}
-
-fn hevc_sps_info(sps: &[u8]) -> Result<HevcSpsInfo, MediaError> {
-    let rbsp = remove_emulation_prevention(sps);
-    let mut r = BitReader::new(&rbsp, HEVC_SPS);
-    r.skip(16)?; // NAL header
-    r.skip(4)?; // sps_video_parameter_set_id
-    let max_sub_layers_minus1 = r.read_bits(3)? as u8;
-    let temporal_id_nesting = r.read_bit()?;
-    let mut general_ptl = [0u8; 12];
-    for b in general_ptl.iter_mut() {
-        *b = r.read_bits(8)? as u8;
-    }
-    let chroma_and_depth =
-        hevc_chroma_and_depth(&mut r, max_sub_layers_minus1).unwrap_or((1, 0, 0));
-    Ok(HevcSpsInfo {
-        general_ptl,
-        max_sub_layers_minus1,
-        temporal_id_nesting,
-        chroma_and_depth,
-    })
-}
-
-/// Continues an SPS read just after the general profile_tier_level fields (H.265
-/// section 7.3.2.2.1 / 7.3.3) up to the bit depths.
-fn hevc_chroma_and_depth(
-    r: &mut BitReader<'_>,
-    max_sub_layers_minus1: u8,
-) -> Result<(u8, u8, u8), MediaError> {
-    let sub_layers = usize::from(max_sub_layers_minus1.min(7));
-    let mut present = [(false, false); 7];
-    for p in present.iter_mut().take(sub_layers) {
-        *p = (r.read_bit()?, r.read_bit()?);
-    }
-    if sub_layers > 0 {
-        r.skip(2 * (8 - sub_layers))?; // reserved_zero_2bits
-    }
-    for &(profile, level) in present.iter().take(sub_layers) {
-        if profile {
-            r.skip(88)?;
-        }
-        if level {
-            r.skip(8)?;
-        }
-    }
-    r.ue()?; // sps_seq_parameter_set_id
-    let chroma = r.ue()?;
-    if chroma == 3 {
-        r.skip(1)?; // separate_colour_plane_flag
-    }
-    r.ue()?; // pic_width_in_luma_samples
-    r.ue()?; // pic_height_in_luma_samples
-    if r.read_bit()? {
-        for _ in 0..4 {
-            r.ue()?; // conf_win offsets
-        }
-    }
-    chroma_and_depths(r, chroma)
-}
-
-/// The HEVCDecoderConfigurationRecord for in-band VPS/SPS/PPS, parsed; `Ok(None)` while
-/// any kind is missing.
-fn build_hevc(
-    vps: &[Bytes],
-    sps: &[Bytes],
-    pps: &[Bytes],
-) -> Result<Option<CodecParams>, MediaError> {
-    let Some(first) = sps.first() else {
-        return Ok(None);
-    };
-    if vps.is_empty() || pps.is_empty() {
-        return Ok(None);
-    }
-    let info = hevc_sps_info(first)?;
-    let (chroma, luma, chroma_depth) = info.chroma_and_depth;
-    let mut rec = vec![1];
-    rec.extend_from_slice(&info.general_ptl);
-    rec.extend_from_slice(&[
-        0xf0, // reserved, min_spatial_segmentation_idc 0
-        0x00,
-        0xfc, // reserved, parallelismType 0
-        0xfc | chroma,
-        0xf8 | luma,
-        0xf8 | chroma_depth,
-        0x00, // avgFrameRate 0
-        0x00,
-        // constantFrameRate 0, numTemporalLayers, temporalIdNested, lengthSizeMinusOne 3
-        (((info.max_sub_layers_minus1 + 1) & 0x07) << 3)
-            | (u8::from(info.temporal_id_nesting) << 2)
-            | 0x03,
-        3, // numOfArrays
-    ]);
-    for (nal_type, list) in [
-        (hevc::NAL_VPS, vps),
-        (hevc::NAL_SPS, sps),
-        (hevc::NAL_PPS, pps),
-    ] {
-        rec.push(0x80 | nal_type); // array_completeness 1
-        rec.extend_from_slice(&u16_len(list.len(), HEVC_RECORD)?);
-        for unit in list {
-            rec.extend_from_slice(&u16_len(unit.len(), HEVC_RECORD)?);
-            rec.extend_from_slice(unit);
-        }
-    }
-    HevcConfig::parse(&rec).map(|c| Some(CodecParams::H265(c)))
-}
-
 #[cfg(test)]
 #[path = "ts_demux_tests.rs"]
 mod tests;
-
-/// `bit_depth_luma_minus8` and `bit_depth_chroma_minus8` (read next from `r`, the same
-/// Exp-Golomb pair in H.264 and H.265 SPSs) with `chroma_format_idc`, range-checked.
-fn chroma_and_depths(r: &mut BitReader, chroma: u32) -> Result<(u8, u8, u8), MediaError> {
-    let (luma, chroma_depth) = (r.ue()?, r.ue()?);
-    match (
-        u8::try_from(chroma),
-        u8::try_from(luma),
-        u8::try_from(chroma_depth),
-    ) {
-        (Ok(c @ 0..=3), Ok(l @ 0..=7), Ok(d @ 0..=7)) => Ok((c, l, d)),
-        _ => Err(r.invalid("chroma format or bit depth out of range")),
-    }
-}

@@ -227,8 +227,8 @@ fn rebuilt_records_from_other_encoders() {
     // x264 baseline: no high-profile extension.
     let sps = Bytes::from(hex("6742c00dd90150878888c044000003000400000300c83c50a920"));
     let pps = Bytes::from(hex("68ce3c80"));
-    let Ok(Some(CodecParams::H264(c))) =
-        build_avc(std::slice::from_ref(&sps), std::slice::from_ref(&pps))
+    let Ok(Some(c)) =
+        AvcConfig::from_parameter_sets(std::slice::from_ref(&sps), std::slice::from_ref(&pps))
     else {
         panic!("baseline record")
     };
@@ -238,23 +238,25 @@ fn rebuilt_records_from_other_encoders() {
     let sps = Bytes::from(hex(
         "67f4001e919b281405ff1380880000030008000003019078b16cb0",
     ));
-    let Ok(Some(CodecParams::H264(c))) = build_avc(&[sps], std::slice::from_ref(&pps)) else {
+    let Ok(Some(c)) = AvcConfig::from_parameter_sets(&[sps], std::slice::from_ref(&pps)) else {
         panic!("4:4:4 record")
     };
     assert_eq!(c.profile_idc, 244);
-    assert!(build_avc(&[], &[pps]).unwrap().is_none());
+    assert!(AvcConfig::from_parameter_sets(&[], &[pps])
+        .unwrap()
+        .is_none());
     // x265 with two temporal sub-layers: sub-layer flags skipped to reach the depths.
     let sps: String = "42010201600000030090000003000003003c0000a00a480f9c92659598acd24995e0\
         2d010000030001000003001908"
         .split_whitespace()
         .collect();
-    let info = hevc_sps_info(&hex(&sps)).unwrap();
+    let info = crate::media::hevc::sps_info(&hex(&sps)).unwrap();
     assert_eq!(
         (info.max_sub_layers_minus1, info.chroma_and_depth),
         (1, (1, 0, 0))
     );
     assert_eq!(info.general_ptl[0], 0x01); // Main profile
-    assert!(hevc_sps_info(&hex("420101")).is_err());
+    assert!(crate::media::hevc::sps_info(&hex("420101")).is_err());
 }
 
 #[test]

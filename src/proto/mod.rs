@@ -1,1 +1,2 @@
 pub mod rtmp;
+pub mod rtsp;

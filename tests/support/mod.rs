@@ -48,6 +48,8 @@ pub struct Daemon {
     pub http: String,
     /// The RTMPS listener's address; empty when `[rtmps]` is off.
     pub rtmps: String,
+    /// The RTSP listener's address; empty when `[rtsp] listen` is unset.
+    pub rtsp: String,
     log_path: PathBuf,
     runs: u32,
 }
@@ -103,6 +105,7 @@ impl Daemon {
             rtmp: String::new(),
             http: String::new(),
             rtmps: String::new(),
+            rtsp: String::new(),
             runs: 0,
         };
         d.write_config(extra_record, extra_rtmp, sections);
@@ -223,6 +226,9 @@ impl Daemon {
             }
             if let Some(a) = part.strip_prefix("rtmps=") {
                 self.rtmps = a.to_owned();
+            }
+            if let Some(a) = part.strip_prefix("rtsp=") {
+                self.rtsp = a.to_owned();
             }
         }
     }
