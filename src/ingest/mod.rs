@@ -6,5 +6,6 @@
 pub mod admission;
 pub mod camera;
 pub mod lowat;
+pub mod rate;
 pub mod rtmp;
 pub mod rtsp;

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::PublishGate;
 use super::lowat::{self, PUBLISH_DRAIN, PUBLISH_LOW_WATER};
+use super::rate::RateMeter;
 use crate::config::RtmpConfig;
 use crate::proto::rtmp::amf0;
 use crate::proto::rtmp::{DemuxEvent, FlvDemuxer, Limits, ServerSession, SessionEvent};
@@ -484,33 +485,6 @@ fn announces_video(values: &[(String, amf0::Value)]) -> bool {
                 _ => false,
             }
     })
-}
-
-/// Bitrate over windows of about two seconds.
-struct RateMeter {
-    since: Instant,
-    bytes_at_since: u64,
-}
-
-impl RateMeter {
-    fn new() -> RateMeter {
-        RateMeter {
-            since: Instant::now(),
-            bytes_at_since: 0,
-        }
-    }
-
-    fn sample(&mut self, total: u64) -> Option<u64> {
-        let elapsed = self.since.elapsed();
-        if elapsed < Duration::from_secs(2) {
-            return None;
-        }
-        let bps =
-            (total.saturating_sub(self.bytes_at_since) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
-        self.since = Instant::now();
-        self.bytes_at_since = total;
-        Some(bps)
-    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::admission::PublishGate;
+use super::rate::RateMeter;
 use crate::config::RtspConfig;
 use crate::media::{Frame, TrackKind, TICKS_PER_SECOND};
 use crate::proto::rtsp::{
@@ -650,31 +651,4 @@ fn forward(
 fn recorder_failure(handle: &PublishHandle) -> String {
     let reason = handle.stats().failure().unwrap_or_else(|| "unknown".into());
     format!("recording failed: {reason}")
-}
-
-/// Bitrate over windows of about two seconds.
-struct RateMeter {
-    since: Instant,
-    bytes_at_since: u64,
-}
-
-impl RateMeter {
-    fn new() -> RateMeter {
-        RateMeter {
-            since: Instant::now(),
-            bytes_at_since: 0,
-        }
-    }
-
-    fn sample(&mut self, total: u64) -> Option<u64> {
-        let elapsed = self.since.elapsed();
-        if elapsed < Duration::from_secs(2) {
-            return None;
-        }
-        let bps =
-            (total.saturating_sub(self.bytes_at_since) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
-        self.since = Instant::now();
-        self.bytes_at_since = total;
-        Some(bps)
-    }
 }

@@ -18,6 +18,7 @@ use rand::Rng;
 use tokio::time::{timeout, Instant};
 
 use super::{CameraConnector, CameraFeed, Entry, Pulled, SourceState};
+use crate::ingest::rate::RateMeter;
 use crate::record::{PublishHandle, Recorders};
 
 /// DESCRIBE + SETUP + PLAY must complete within this.
@@ -189,33 +190,23 @@ fn recorder_failure(handle: &PublishHandle) -> String {
     )
 }
 
-/// Received bytes and the bitrate over the last second, into the stream's stats.
-struct Meter {
-    since: Instant,
-    bytes: u64,
-}
+/// Received bytes and the bitrate into the stream's stats.
+struct Meter(RateMeter);
 
 impl Meter {
     fn new() -> Meter {
-        Meter {
-            since: Instant::now(),
-            bytes: 0,
-        }
+        Meter(RateMeter::new())
     }
 
     fn add(&mut self, handle: &PublishHandle, len: usize) {
         use std::sync::atomic::Ordering;
         let stats = handle.stats();
-        stats
+        let total = stats
             .bytes_received
-            .fetch_add(len as u64, Ordering::Relaxed);
-        self.bytes += len as u64;
-        let elapsed = self.since.elapsed();
-        if elapsed >= Duration::from_secs(1) {
-            let bps = (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+            .fetch_add(len as u64, Ordering::Relaxed)
+            + len as u64;
+        if let Some(bps) = self.0.sample(total) {
             stats.bitrate_bps.store(bps, Ordering::Relaxed);
-            self.since = Instant::now();
-            self.bytes = 0;
         }
     }
 }
