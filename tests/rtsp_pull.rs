@@ -507,3 +507,52 @@ fn api_sources_are_validated_persisted_and_removed() {
     camera.kill();
     assert!(!d.log().contains("topsecret"));
 }
+
+#[test]
+fn rtsps_camera_is_verified_by_its_ca_or_its_pinned_fingerprint() {
+    // The camera behind a TLS front (socat with OpenSSL, a throwaway CA and a certificate
+    // for 127.0.0.1), as an RTSPS camera on the venue LAN.
+    let mut camera = Camera::start("h264-aac");
+    let front =
+        support::tls::TlsFront::start(format!("127.0.0.1:{}", camera.port).parse().unwrap());
+    let port = front.url().rsplit(':').next().unwrap().to_owned();
+    let url = format!("rtsps://admin:s3cret@127.0.0.1:{port}/stream1");
+    let cert = front.ca_file().with_file_name("server.pem");
+    let pin = support::tls::fingerprint_of(&cert);
+    let wrong_pin = "00:".repeat(31) + "00";
+    let sections = [
+        config_source(
+            "cam",
+            "by-ca",
+            &url,
+            &format!("ca_file = {:?}", front.ca_file()),
+        ),
+        config_source("cam", "pinned", &url, &format!("tls_fingerprint = {pin:?}")),
+        config_source(
+            "cam",
+            "wrong-pin",
+            &url,
+            &format!("tls_fingerprint = {wrong_pin:?}"),
+        ),
+    ]
+    .concat();
+    let d = daemon("flow_continue_duration_s = 2", &sections);
+    wait_recorded(&d, "cam-by-ca", 4, Duration::from_secs(30));
+    wait_recorded(&d, "cam-pinned", 4, Duration::from_secs(30));
+    let refused = wait_for("the wrong pin refused", Duration::from_secs(20), || {
+        let s = source(&d, "cam-wrong-pin");
+        (s["state"] == "backoff").then_some(s)
+    });
+    let error = refused["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("TLS handshake") && error.contains("fingerprint"),
+        "{error}"
+    );
+    camera.kill();
+    let recs = d.wait_recordings(2, "finished", Duration::from_secs(60));
+    for r in &recs {
+        let rec = d.recording(r["id"].as_str().unwrap());
+        assert_decodes(&d, &rec, true, 1.0);
+    }
+    assert!(!d.log().contains("s3cret"), "the password leaked");
+}

@@ -4,7 +4,8 @@
 //! validation (names, URL, transport, duplicates), and the credential-free views of its
 //! URL: [`SourceSpec::redacted_url`] for everything shown (API, logs, callbacks) and
 //! [`SourceSpec::split_credentials`] for the client. Credentials never leave this type
-//! except to the RTSP client.
+//! except to the RTSP client. `rtsps://` needs a way to verify the camera: `ca_file` or
+//! a pinned `tls_fingerprint`.
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,13 @@ pub struct SourceSpec {
     /// Default 10 (2-300).
     #[serde(default = "default_idle_timeout_s")]
     pub idle_timeout_s: u64,
+    /// `rtsps://` only: a PEM bundle the camera's certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `rtsps://` only: the SHA-256 fingerprint of the camera's (self-signed)
+    /// certificate, `AA:BB:...` as `openssl x509 -fingerprint -sha256` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
 }
 
 fn default_idle_timeout_s() -> u64 {
@@ -122,17 +130,40 @@ impl SourceSpec {
         }
         match url::Url::parse(&self.url) {
             Err(e) => bad("url", format!("not a URL: {e}")),
-            Ok(u) if u.scheme() == "rtsps" => bad(
-                "url",
-                "rtsps:// is not supported yet (the RTSP client, retina 0.4, has no TLS); \
-                 use rtsp:// on the venue LAN"
-                    .into(),
-            ),
-            Ok(u) if u.scheme() != "rtsp" => {
-                bad("url", format!("scheme {:?}: expected rtsp://", u.scheme()))
+            Ok(u) if u.scheme() == "rtsps" => {
+                if self.transport == RtspTransport::Udp {
+                    bad(
+                        "transport",
+                        "rtsps:// carries RTP on its TLS connection: use tcp".into(),
+                    );
+                }
+                if self.ca_file.is_none() && self.tls_fingerprint.is_none() {
+                    bad(
+                        "url",
+                        "rtsps:// needs ca_file (the camera's CA) or tls_fingerprint (its \
+                         certificate's SHA-256)"
+                            .into(),
+                    );
+                }
             }
+            Ok(u) if u.scheme() != "rtsp" => bad(
+                "url",
+                format!("scheme {:?}: expected rtsp:// or rtsps://", u.scheme()),
+            ),
+            Ok(_) if self.ca_file.is_some() || self.tls_fingerprint.is_some() => bad(
+                "url",
+                "ca_file and tls_fingerprint apply to rtsps:// only".into(),
+            ),
             Ok(u) if u.host_str().is_none_or(str::is_empty) => bad("url", "has no host".into()),
             Ok(_) => {}
+        }
+        if let Some(pin) = &self.tls_fingerprint {
+            if pin.chars().filter(char::is_ascii_hexdigit).count() != 64 {
+                bad(
+                    "tls_fingerprint",
+                    "expected a SHA-256 fingerprint: 32 bytes in hex (AA:BB:...)".into(),
+                );
+            }
         }
         if !(2..=300).contains(&self.idle_timeout_s) {
             bad(
@@ -178,6 +209,8 @@ mod tests {
             url: url.into(),
             transport: RtspTransport::Tcp,
             idle_timeout_s: 10,
+            ca_file: None,
+            tls_fingerprint: None,
         }
     }
 
@@ -197,6 +230,7 @@ mod tests {
     fn bad_entries_name_their_key() {
         let mut bad = spec("rtsps://cam/x");
         bad.stream = "../etc".into();
+        bad.transport = RtspTransport::Udp;
         bad.idle_timeout_s = 1;
         let keys: Vec<String> = bad
             .problems("source[0]")
@@ -207,11 +241,20 @@ mod tests {
             keys,
             [
                 "source[0].stream",
+                "source[0].transport",
                 "source[0].url",
                 "source[0].idle_timeout_s"
             ]
         );
         assert_eq!(spec("http://x/").problems("s").len(), 1);
+        let mut pinned = spec("rtsps://cam/x");
+        pinned.tls_fingerprint = Some("AB:CD".into());
+        assert_eq!(pinned.problems("s")[0].key, "s.tls_fingerprint");
+        pinned.tls_fingerprint = Some("ab".repeat(32));
+        assert!(pinned.problems("s").is_empty());
+        let mut plain = spec("rtsp://cam/x");
+        plain.ca_file = Some("/ca.pem".into());
+        assert_eq!(plain.problems("s")[0].key, "s.url");
         let mut problems = Vec::new();
         validate(&[spec("rtsp://a/"), spec("rtsp://b/")], &mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");

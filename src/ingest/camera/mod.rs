@@ -11,6 +11,7 @@
 
 mod retina_feed;
 mod supervisor;
+mod tls_tunnel;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};

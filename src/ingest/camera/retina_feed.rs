@@ -62,11 +62,19 @@ struct RetinaFeed {
     /// The audio stream index and whether its parameters have been sent.
     audio: Option<(usize, bool)>,
     queue: VecDeque<Pulled>,
+    /// The TLS tunnel of an `rtsps://` camera, closed with the feed.
+    _tunnel: Option<super::tls_tunnel::Tunnel>,
 }
 
 impl RetinaFeed {
     async fn open(spec: &SourceSpec, group: Arc<SessionGroup>) -> Result<RetinaFeed, String> {
         let (url, creds) = spec.split_credentials()?;
+        let (url, tunnel) = if url.scheme() == "rtsps" {
+            let tunnel = super::tls_tunnel::open(spec, &url).await?;
+            (tunnel.local_url.clone(), Some(tunnel))
+        } else {
+            (url, None)
+        };
         let options = SessionOptions::default()
             .creds(creds.map(|(username, password)| Credentials { username, password }))
             .user_agent(format!("edgerec/{}", env!("CARGO_PKG_VERSION")))
@@ -164,6 +172,7 @@ impl RetinaFeed {
             video,
             audio: audio.map(|i| (i, audio_sent)),
             queue,
+            _tunnel: tunnel,
         })
     }
 
