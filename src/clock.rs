@@ -18,9 +18,33 @@ pub fn monotonic_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Seconds from the NTP epoch (1900) to the unix epoch (1970).
+const NTP_UNIX_OFFSET_S: i64 = 2_208_988_800;
+
+/// A 64-bit NTP timestamp (RTCP sender reports, RFC 3550 section 4: seconds since 1900 in
+/// the high 32 bits, the fraction in the low 32) as unix milliseconds.
+pub fn ntp_to_unix_ms(ntp: u64) -> i64 {
+    let secs = (ntp >> 32) as i64 - NTP_UNIX_OFFSET_S;
+    let frac_ms = ((ntp & 0xFFFF_FFFF) * 1000) >> 32;
+    secs * 1000 + frac_ms as i64
+}
+
 /// RFC 3339 UTC with milliseconds, as the API writes every wall time.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ntp_timestamps_convert_to_unix_milliseconds() {
+        // 2026-12-05T00:00:00.500Z: unix 1_796_428_800 s.
+        let ntp = ((1_796_428_800u64 + 2_208_988_800) << 32) | (1u64 << 31);
+        assert_eq!(super::ntp_to_unix_ms(ntp), 1_796_428_800_500);
+        assert_eq!(super::ntp_to_unix_ms(2_208_988_800u64 << 32), 0);
+        // Before 1970 (a camera that never set its clock): negative, no panic.
+        assert_eq!(super::ntp_to_unix_ms(0), -2_208_988_800_000);
+    }
 }

@@ -534,3 +534,75 @@ fn pcma_audio_is_left_out_and_said_so_while_the_video_records() {
     );
     assert_eq!(d.log().matches("rtsp track not recorded").count(), 1);
 }
+
+/// `start_time` of a recording or segment as unix milliseconds.
+fn unix_ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn program_date_time_follows_the_publishers_sender_reports_when_its_clock_is_sane() {
+    // ffmpeg's RTCP sender reports carry `start_time_realtime` as the wall clock of the
+    // first frame: an encoder whose clock says the picture was taken 20 s ago (say, 20 s
+    // of encoder latency) dates the recording 20 s back; one that says two hours ago is
+    // an unset clock, and arrival time is used instead.
+    let d = daemon("", "");
+    let clip = media::clip(Clip::AudioVideo, 8);
+    let realtime_us =
+        |ago_s: i64| ((chrono::Utc::now().timestamp() - ago_s) * 1_000_000).to_string();
+    for (stream, ago_s) in [("sane", 20), ("unset", 7200)] {
+        let before = chrono::Utc::now().timestamp_millis();
+        let out = media::tool("ffmpeg")
+            .args(["-v", "error", "-re", "-i"])
+            .arg(&clip)
+            .args(["-c", "copy", "-start_time_realtime", &realtime_us(ago_s)])
+            .args([
+                "-f",
+                "rtsp",
+                "-rtsp_transport",
+                "tcp",
+                &url(&d, &format!("live/{stream}")),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rec = wait_for("the recording", Duration::from_secs(30), || {
+            d.recordings()
+                .into_iter()
+                .find(|r| r["stream"] == stream && r["state"] == "finished")
+        });
+        let rec = d.recording(rec["id"].as_str().unwrap());
+        let start = unix_ms(&rec["start_time"]);
+        let expected = if ago_s == 20 { before - 20_000 } else { before };
+        assert!(
+            (start - expected).abs() <= 3_000,
+            "{stream}: start {} ms from the expected {}",
+            start - expected,
+            rec["start_time"]
+        );
+        if ago_s != 20 {
+            continue;
+        }
+        // Later segments are dated on the same clock: each starts where the last ended.
+        let segments = rec["segment_list"].as_array().unwrap();
+        assert!(segments.len() >= 2, "{rec}");
+        for pair in segments.windows(2) {
+            let (a, b) = (
+                unix_ms(&pair[0]["start_time"]),
+                unix_ms(&pair[1]["start_time"]),
+            );
+            let duration_ms = (pair[0]["duration_s"].as_f64().unwrap() * 1000.0) as i64;
+            assert!(
+                (b - a - duration_ms).abs() <= 300,
+                "{stream}: segment dated {b}, previous {a} + {duration_ms} ms"
+            );
+        }
+    }
+    assert!(d.log().contains("the publisher's clock"), "{}", d.log());
+}

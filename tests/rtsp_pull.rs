@@ -556,3 +556,67 @@ fn rtsps_camera_is_verified_by_its_ca_or_its_pinned_fingerprint() {
     }
     assert!(!d.log().contains("s3cret"), "the password leaked");
 }
+
+/// `start_time` of a recording or segment as unix milliseconds.
+fn unix_ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn segments_are_dated_by_the_cameras_sender_reports_when_its_clock_is_sane() {
+    // Two cameras whose clocks, and so their RTCP sender reports, run 20 s and 2 h behind
+    // ours: the first is trusted (its pictures are dated when they were taken), the
+    // second is a camera that never had NTP, and arrival time is used.
+    let mut behind = Camera::start("h264-aac@-20");
+    let mut unset = Camera::start("h264-aac@-7200");
+    let before = chrono::Utc::now().timestamp_millis();
+    let sections = [
+        config_source("cam", "behind", &behind.url(""), ""),
+        config_source("cam", "unset", &unset.url(""), ""),
+    ]
+    .concat();
+    // Long segments: the first report (RTCP's first interval is a few seconds) comes
+    // while the first segment is still open, so the whole recording is dated by it.
+    let d = daemon(
+        "segment_duration_s = 6\nflow_continue_duration_s = 1",
+        &sections,
+    );
+    wait_recorded(&d, "cam-behind", 14, Duration::from_secs(40));
+    wait_recorded(&d, "cam-unset", 14, Duration::from_secs(40));
+    behind.kill();
+    unset.kill();
+    let recs = d.wait_recordings(2, "finished", Duration::from_secs(60));
+    for r in &recs {
+        let rec = d.recording(r["id"].as_str().unwrap());
+        let start = unix_ms(&rec["start_time"]);
+        let segments = rec["segment_list"].as_array().unwrap();
+        assert!(segments.len() >= 2, "{rec}");
+        if rec["stream"] == "behind" {
+            let late = start - (before - 20_000);
+            assert!(
+                (0..=8_000).contains(&late),
+                "dated {late} ms after the camera's clock"
+            );
+            for pair in segments.windows(2) {
+                let (a, b) = (
+                    unix_ms(&pair[0]["start_time"]),
+                    unix_ms(&pair[1]["start_time"]),
+                );
+                let duration_ms = (pair[0]["duration_s"].as_f64().unwrap() * 1000.0) as i64;
+                assert!(
+                    (b - a - duration_ms).abs() <= 300,
+                    "segment dated {b}, previous {a} + {duration_ms} ms"
+                );
+            }
+        } else {
+            let late = start - before;
+            assert!(
+                (0..=8_000).contains(&late),
+                "dated {late} ms after the daemon started"
+            );
+        }
+    }
+    assert!(d.log().contains("the publisher's clock"), "{}", d.log());
+}

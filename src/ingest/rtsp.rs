@@ -566,8 +566,22 @@ impl Connection {
 
     fn on_rtcp(&mut self, track: usize, packet: &[u8]) {
         let arrival = self.arrival();
-        if let (true, Some(Some(t))) = (self.recording, self.tracks.get_mut(track)) {
-            t.push_rtcp(packet, arrival, &mut self.wall_clock);
+        let has_video = self
+            .tracks
+            .iter()
+            .flatten()
+            .any(|t| t.kind() == TrackKind::Video);
+        let (true, Some(Some(t))) = (self.recording, self.tracks.get_mut(track)) else {
+            return;
+        };
+        let Some((at, ntp)) = t.push_rtcp(packet, arrival, &mut self.wall_clock) else {
+            return;
+        };
+        // Segments are dated by the video track's reports (the audio's without video).
+        let lead = t.kind() == TrackKind::Video || !has_video;
+        if let (true, Some(handle)) = (lead, self.publishing.as_mut()) {
+            // A stopped recorder is reported by the next frame's send.
+            let _ = handle.send_wall_clock(at, crate::clock::ntp_to_unix_ms(ntp));
         }
     }
 

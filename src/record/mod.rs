@@ -113,6 +113,12 @@ pub(crate) enum Msg {
     Gap {
         dropped: u64,
     },
+    /// The publisher's wall clock: presentation time `at` (the ingest's ticks) was
+    /// `unix_ms`, from an RTCP sender report.
+    WallClock {
+        at: Ticks,
+        unix_ms: i64,
+    },
 }
 
 /// Live numbers about one publisher, shared by the ingest, its recorder and the API.
@@ -303,6 +309,14 @@ impl PublishHandle {
         }
         self.hand_over()?;
         self.send(Msg::Config(params))
+    }
+
+    /// The publisher's own wall clock (an RTCP sender report): presentation time `at`, on
+    /// the ticks of the frames this handle sends, was `unix_ms`. Segments then take
+    /// their program date time from it rather than from arrival (see the session).
+    pub fn send_wall_clock(&mut self, at: Ticks, unix_ms: i64) -> Result<(), RecorderStopped> {
+        self.hand_over()?;
+        self.send(Msg::WallClock { at, unix_ms })
     }
 
     /// The publisher's metadata announced video: hold audio back until it comes.

@@ -15,6 +15,14 @@
 //! Players and demuxers that do not reset their clocks at a discontinuity (ffmpeg's HLS
 //! demuxer among them) then play the whole recording, and later MP4 packaging gets one
 //! monotonic timeline.
+//!
+//! Wall clock (segment `start_time`, `EXT-X-PROGRAM-DATE-TIME`): arrival time, unless the
+//! publisher sends RTCP sender reports (RTSP) and its clock is within a minute of ours;
+//! then the session's segments are dated by the reports, so a picture is dated when it
+//! was taken. The choice is made at the first report and kept for the session: a report
+//! that comes after the session's first segment was committed is not adopted, since the
+//! dates would step back. Reports map presentation time; segments start at a decode time,
+//! so with B-frames a date is early by the reorder delay (a frame or two).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -26,7 +34,7 @@ use super::timeline::{TimelineGuard, Verdict};
 use super::{now_ms, LiveStats, Msg, RecordError};
 use crate::config::RecordConfig;
 use crate::index::{Index, RecordingRow, RecordingState, SegmentRow, Update};
-use crate::media::{CodecParams, Frame, Ticks, TrackKind, Tracks, TICKS_PER_SECOND};
+use crate::media::{CodecParams, Frame, Ticks, TrackKind, Tracks, TICKS_PER_MS, TICKS_PER_SECOND};
 use crate::mux::ts::TsMuxer;
 use crate::storage::{recovery, SegmentWriter, Storage};
 
@@ -35,6 +43,10 @@ const CUT_TOLERANCE: Ticks = TICKS_PER_SECOND / 100;
 /// How long audio is held back waiting for an announced video track before recording
 /// audio-only.
 const VIDEO_WAIT: Ticks = 3 * TICKS_PER_SECOND;
+/// A publisher's sender-report clock is trusted for program date time only within this of
+/// ours: search and the resume window work on our clock, and a camera that never had NTP
+/// must not date a recording 1970.
+pub const MAX_WALL_SKEW_MS: i64 = 60_000;
 
 struct OpenSegment {
     writer: SegmentWriter,
@@ -76,6 +88,16 @@ pub(super) struct RecordingSession {
     /// Last output DTS per track (video, audio), to keep the output strictly increasing
     /// right after a re-anchor.
     last_out: [Option<Ticks>; 2],
+    /// The publisher's wall clock from its latest sender report: (input ticks, unix ms).
+    wall_anchor: Option<(Ticks, i64)>,
+    /// Whether this session's segments are dated by the publisher's reports: decided at
+    /// the first report, yes if the session's first segment is still open (it is re-dated),
+    /// no if segments dated by arrival are already committed (dates must not step back).
+    dated_by_reports: Option<bool>,
+    /// The sequence number of this session's first segment.
+    first_seq: u32,
+    /// Whether a publisher clock too far from ours has been logged.
+    wall_skew_logged: bool,
     /// When the last sync that made everything written so far durable began. Counting the
     /// flush interval from its start, not its end, keeps media at risk within one interval
     /// even when the storage takes a good part of a second to sync.
@@ -95,12 +117,13 @@ impl RecordingSession {
         media_end: Ticks,
     ) -> RecordingSession {
         let dir = storage.recording_dir(&recording.app, &recording.stream, &recording.id);
+        let next_seq = recording.next_seq;
         RecordingSession {
             index,
             storage,
             config,
             stats,
-            next_seq: recording.next_seq,
+            next_seq,
             recording,
             dir,
             tracks: Tracks::default(),
@@ -115,6 +138,10 @@ impl RecordingSession {
             reanchor: resumed,
             media_end,
             last_out: [None, None],
+            wall_anchor: None,
+            dated_by_reports: None,
+            first_seq: next_seq,
+            wall_skew_logged: false,
             last_flush: Instant::now(),
         }
     }
@@ -139,6 +166,10 @@ impl RecordingSession {
                     Ok(())
                 }
                 Ok(Msg::Gap { dropped }) => self.on_gap(dropped),
+                Ok(Msg::WallClock { at, unix_ms }) => {
+                    self.on_wall_clock(at, unix_ms);
+                    Ok(())
+                }
                 Err(RecvTimeoutError::Timeout) => Ok(()),
                 Err(RecvTimeoutError::Disconnected) => break,
             };
@@ -167,6 +198,8 @@ impl RecordingSession {
                 self.close_segment()?;
                 self.discontinuity_next = true;
                 self.reanchor = true;
+                // The publisher's timeline restarted: its old sender report no longer maps.
+                self.wall_anchor = None;
                 self.timeline.check(&mut frame);
             }
         }
@@ -326,11 +359,53 @@ impl RecordingSession {
             seq,
             start_dts,
             end_dts: start_dts,
-            wall_start_ms: now_ms(),
+            wall_start_ms: match self.dated_by_reports {
+                Some(true) => self.wall_at(start_dts),
+                _ => now_ms(),
+            },
             discontinuity: std::mem::take(&mut self.discontinuity_next),
             codec_change: std::mem::take(&mut self.codec_change_next),
             params: self.tracks.fingerprint(),
         })
+    }
+
+    fn on_wall_clock(&mut self, at: Ticks, unix_ms: i64) {
+        self.wall_anchor = Some((at, unix_ms));
+        if self.dated_by_reports.is_some() {
+            return;
+        }
+        let first_open = self.segment.as_ref().map(|s| (s.seq, s.start_dts));
+        let adopt = match first_open {
+            Some((seq, _)) => seq == self.first_seq,
+            None => self.next_seq == self.first_seq,
+        };
+        self.dated_by_reports = Some(adopt);
+        if let (true, Some((_, start_dts))) = (adopt, first_open) {
+            let wall = self.wall_at(start_dts);
+            if let Some(segment) = self.segment.as_mut() {
+                segment.wall_start_ms = wall;
+            }
+        }
+    }
+
+    /// The wall clock of output time `dts`: from the publisher's sender report when it sent
+    /// one and its clock agrees with ours within [`MAX_WALL_SKEW_MS`] (so program date
+    /// time is when the picture was taken, not when it arrived), else arrival time. A
+    /// publisher whose clock is further off (a camera that never had NTP) is said once.
+    fn wall_at(&mut self, dts: Ticks) -> i64 {
+        let now = now_ms();
+        let Some((at, unix_ms)) = self.wall_anchor else {
+            return now;
+        };
+        let wall = unix_ms + (dts - self.offset - at) / TICKS_PER_MS;
+        if (wall - now).abs() <= MAX_WALL_SKEW_MS {
+            return wall;
+        }
+        if !std::mem::replace(&mut self.wall_skew_logged, true) {
+            tracing::warn!(stream = %self.recording.stream_key(), skew_s = (wall - now) / 1000,
+                "the publisher's clock (RTCP sender reports) is off from ours; program date time uses arrival time");
+        }
+        now
     }
 
     /// Seals the open segment (if any) and commits it.

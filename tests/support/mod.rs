@@ -144,8 +144,13 @@ impl Daemon {
         } else {
             "[storage]\nhigh_watermark_percent = 100\nlow_watermark_percent = 99\n"
         };
+        let segment = if extra_record.contains("segment_duration_s") {
+            ""
+        } else {
+            "segment_duration_s = 4\n"
+        };
         let text = format!(
-            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra_http}\n[record]\nsegment_duration_s = 4\nflush_interval_ms = 1000\n{extra_record}\n{sections}\n{storage}",
+            "data_dir = {data:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra_rtmp}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra_http}\n[record]\n{segment}flush_interval_ms = 1000\n{extra_record}\n{sections}\n{storage}",
         );
         std::fs::write(&self.config_path, text).expect("write config");
     }

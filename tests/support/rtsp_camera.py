@@ -2,8 +2,9 @@
 """An IP camera stand-in for the tests: GStreamer's RTSP server serving live test video
 (and audio) at rtsp://127.0.0.1:PORT/stream1.
 
-Usage: rtsp_camera.py PROFILE [PORT]   (PORT 0 or absent: any free port)
-Prints "ready PORT" on stdout once it listens. Profiles: h264-aac, h264-bframes,
+Usage: rtsp_camera.py PROFILE[@SKEW] [PORT]   (PORT 0 or absent: any free port)
+Prints "ready PORT" on stdout once it listens. @SKEW (seconds, may be negative) sets the
+camera's clock that far from the real one: its RTCP sender reports say so. Profiles: h264-aac, h264-bframes,
 h265-aac, h264-pcma, mjpeg (nothing edgerec can record), stalls (sends 3 s of video, then
 keeps the session but sends no more RTP: a valve before the payloader closes),
 bench-2mbps (scripts/bench_cameras.py).
@@ -42,8 +43,28 @@ PROFILES = {
 }
 
 
+def skewed_clock(factory, skew_s):
+    """Runs the media on a clock `skew_s` off the real one, and makes rtpbin date its
+    sender reports by that clock (as NTP: seconds since 1900) instead of the host's."""
+    clock = Gst.SystemClock(clock_type=Gst.ClockType.REALTIME)
+    internal = clock.get_internal_time()
+    ntp_epoch_s = 2208988800
+    clock.set_calibration(internal, internal + (ntp_epoch_s + skew_s) * Gst.SECOND, 1, 1)
+    factory.set_clock(clock)
+
+    def on_element(_bin, element):
+        factory_name = element.get_factory().get_name() if element.get_factory() else ""
+        if factory_name == "rtpbin":
+            element.set_property("ntp-time-source", "clock-time")
+
+    def configured(_factory, media):
+        media.get_element().get_parent().connect("element-added", on_element)
+
+    factory.connect("media-configure", configured)
+
+
 def main():
-    profile = sys.argv[1]
+    profile, _, skew = sys.argv[1].partition("@")
     port = sys.argv[2] if len(sys.argv) > 2 else "0"
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -52,6 +73,8 @@ def main():
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch("( " + PROFILES[profile] + ")")
     factory.set_shared(True)
+    if skew:
+        skewed_clock(factory, int(skew))
     if profile == "stalls":
         def close_gate(gate):
             gate.set_property("drop", True)

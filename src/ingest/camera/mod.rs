@@ -25,7 +25,7 @@ pub use retina_feed::RetinaConnector;
 
 use crate::config::SourceSpec;
 use crate::index::Index;
-use crate::media::{CodecParams, Frame};
+use crate::media::{CodecParams, Frame, Ticks};
 use crate::record::catalog::Source as Origin;
 use crate::record::Recorders;
 
@@ -37,6 +37,9 @@ pub enum Pulled {
     Params(CodecParams),
     /// A frame with decode and presentation times in 90 kHz ticks.
     Frame(Frame),
+    /// The camera's wall clock from an RTCP sender report: presentation time `at` (the
+    /// frames' ticks) was `unix_ms`. Not media: it does not count against the idle timeout.
+    WallClock { at: Ticks, unix_ms: i64 },
 }
 
 /// What a connected camera offers, as the API shows it.

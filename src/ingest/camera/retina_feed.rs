@@ -256,6 +256,34 @@ impl RetinaFeed {
                         data: Bytes::copy_from_slice(f.data()),
                     }));
                 }
+                CodecItem::Rtcp(rtcp) => {
+                    // The camera's clock, from the recorded video track's reports (or the
+                    // audio's, without video): both follow one capture clock.
+                    let lead = match (&self.video, &self.audio) {
+                        (Some(v), _) => v.stream,
+                        (None, Some((a, _))) => *a,
+                        (None, None) => continue,
+                    };
+                    if rtcp.stream_id() != lead {
+                        continue;
+                    }
+                    let Some(ts) = rtcp.rtp_timestamp() else {
+                        continue;
+                    };
+                    let Some(Ok(Some(sr))) = rtcp.pkts().next().map(|p| p.as_sender_report())
+                    else {
+                        continue;
+                    };
+                    let at = rescale(
+                        ts.elapsed(),
+                        i64::from(ts.clock_rate().get()),
+                        TICKS_PER_SECOND,
+                    );
+                    self.queue.push_back(Pulled::WallClock {
+                        at,
+                        unix_ms: crate::clock::ntp_to_unix_ms(sr.ntp_timestamp().0),
+                    });
+                }
                 _ => {}
             }
         }

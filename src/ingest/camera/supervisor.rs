@@ -114,7 +114,7 @@ async fn session(
     }
     entry.update(|s| s.info = info.clone());
     let idle = Duration::from_secs(spec.idle_timeout_s);
-    let first = next(&mut *feed, idle).await?;
+    let first = next(&mut *feed, Instant::now() + idle, idle).await?;
     let Some(first) = first else {
         return Ok(());
     };
@@ -138,7 +138,11 @@ async fn session(
     let mut meter = Meter::new();
     let mut item = first;
     let mut handed_over = Instant::now();
+    let mut last_media = Instant::now();
     loop {
+        if matches!(item, Pulled::Frame(_)) {
+            last_media = Instant::now();
+        }
         forward(&mut handle, item, &mut meter)?;
         // Frames go to the writer when the camera's data is drained and at least
         // HAND_OVER_EVERY has passed (not half a second at a time, nor one writer wakeup
@@ -151,7 +155,7 @@ async fn session(
                     handle.hand_over().map_err(|_| recorder_failure(&handle))?;
                     handed_over = Instant::now();
                 }
-                next(&mut *feed, idle).await?
+                next(&mut *feed, last_media + idle, idle).await?
             }
         };
         item = match ready {
@@ -161,9 +165,14 @@ async fn session(
     }
 }
 
-/// The feed's next item, or an error after `idle` without one.
-async fn next(feed: &mut dyn CameraFeed, idle: Duration) -> Result<Option<Pulled>, String> {
-    match timeout(idle, feed.next()).await {
+/// The feed's next item, or an error at `deadline` (`idle` after the last frame: sender
+/// reports alone do not keep a session alive).
+async fn next(
+    feed: &mut dyn CameraFeed,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<Option<Pulled>, String> {
+    match tokio::time::timeout_at(deadline, feed.next()).await {
         Ok(r) => r,
         Err(_) => Err(format!(
             "no media for {} s (session alive, no RTP)",
@@ -175,6 +184,7 @@ async fn next(feed: &mut dyn CameraFeed, idle: Duration) -> Result<Option<Pulled
 fn forward(handle: &mut PublishHandle, item: Pulled, meter: &mut Meter) -> Result<(), String> {
     let sent = match item {
         Pulled::Params(params) => handle.send_config(params),
+        Pulled::WallClock { at, unix_ms } => handle.send_wall_clock(at, unix_ms),
         Pulled::Frame(frame) => {
             meter.add(handle, frame.data.len());
             handle.send_frame(frame)

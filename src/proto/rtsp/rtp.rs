@@ -13,8 +13,9 @@
 //! ticks by the first report of the connection ([`WallClock`]), so tracks stay aligned
 //! however the publisher interleaves them; otherwise its first packet is placed at its
 //! arrival time (ticks since the connection started, from the caller). Later packets
-//! follow their RTP timestamps; later reports are not used. Never does IO; never panics
-//! on a peer's bytes.
+//! follow their RTP timestamps. Every sender report is also handed back as (ticks, NTP)
+//! so the recorder can date segments by the publisher's clock. Never does IO; never
+//! panics on a peer's bytes.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -126,6 +127,13 @@ impl TimestampExtender {
             self.last = Some(ext);
         }
         ext
+    }
+
+    /// Where `ts` falls on the extended timeline, without moving it (for a sender
+    /// report's timestamp); `None` before the first packet.
+    pub fn nearest(&self, ts: u32) -> Option<i64> {
+        let last = self.last?;
+        Some(last + i64::from(ts.wrapping_sub(last as u32) as i32))
     }
 }
 
@@ -260,14 +268,33 @@ impl RtpTrack {
 
     /// Feeds one RTCP packet of this track that arrived at `arrival`: a sender report
     /// before the first RTP packet anchors the track on `clock`.
-    pub fn push_rtcp(&mut self, packet: &[u8], arrival: Ticks, clock: &mut WallClock) {
-        if self.origin.is_some() || self.report.is_some() {
-            return;
-        }
-        if let Some((ntp, rtp)) = sender_report(packet) {
-            let at = clock.ticks(ntp, arrival);
-            self.report = Some((rtp, at));
-        }
+    ///
+    /// Returns, for a sender report, the ticks its RTP timestamp falls at and its NTP wall
+    /// clock: what the recorder dates segments by.
+    pub fn push_rtcp(
+        &mut self,
+        packet: &[u8],
+        arrival: Ticks,
+        clock: &mut WallClock,
+    ) -> Option<(Ticks, u64)> {
+        let (ntp, rtp) = sender_report(packet)?;
+        let rate = i64::from(self.clock_rate);
+        let at = match (self.origin, self.report) {
+            (Some((first, base)), _) => {
+                let ext = self.ext.nearest(rtp)?;
+                base + media::rescale(ext - first, rate, media::TICKS_PER_SECOND)
+            }
+            (None, Some((first_rtp, at))) => {
+                let since = i64::from(rtp.wrapping_sub(first_rtp) as i32);
+                at + media::rescale(since, rate, media::TICKS_PER_SECOND)
+            }
+            (None, None) => {
+                let at = clock.ticks(ntp, arrival);
+                self.report = Some((rtp, at));
+                at
+            }
+        };
+        Some((at, ntp))
     }
 
     /// Feeds one RTP packet that arrived at `arrival` (ticks since the connection
@@ -488,6 +515,14 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(pts, vec![90_000, 90_000]);
         assert_eq!(sender_report(&[0x80, 201, 0, 1]), None);
+        // A later report of track a (9 s after its first packet): handed back at the ticks
+        // its RTP timestamp falls at, with its wall clock.
+        let later = sr(110, 1000 + 48000 * 10);
+        assert_eq!(
+            a.push_rtcp(&later, 900_000, &mut clock),
+            Some((90_000 + 9 * 90_000, 110u64 << 32))
+        );
+        assert_eq!(a.push_rtcp(&[0x80, 201, 0, 1], 900_000, &mut clock), None);
     }
 
     fn media(text: &str) -> MediaDesc {
