@@ -620,3 +620,77 @@ fn segments_are_dated_by_the_cameras_sender_reports_when_its_clock_is_sane() {
     }
     assert!(d.log().contains("the publisher's clock"), "{}", d.log());
 }
+
+/// Decoded (width, height) of each video frame of a segment file, in order.
+fn frame_sizes(file: &std::path::Path) -> Vec<(u32, u32)> {
+    let out = media::tool("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "frame=width,height",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split(',').map(|v| v.trim().parse::<u32>());
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_resolution_change_mid_session_starts_a_new_segment_and_loses_nothing() {
+    // The camera switches from 320x240 to 640x360 after 4 s, with new parameter sets
+    // in-band on the same RTSP session.
+    let mut camera = Camera::start("resizes");
+    let d = daemon(
+        "flow_continue_duration_s = 1",
+        &config_source("cam", "resized", &camera.url(""), ""),
+    );
+    wait_for("the new resolution", Duration::from_secs(40), || {
+        d.json("/api/v1/streams")
+            .as_array()?
+            .iter()
+            .find(|s| {
+                s["resolution"] == "640x360" && s["media_received_ms"].as_u64() >= Some(9_000)
+            })
+            .cloned()
+    });
+    camera.kill();
+    let rec = finished_recording(&d);
+    assert_eq!(rec["sessions"], 1, "{rec}");
+    // One session, one recording; the change is a segment boundary with a discontinuity.
+    let dir = d.recording_dir(&rec);
+    let segments = rec["segment_list"].as_array().unwrap();
+    let mut sizes_by_segment = Vec::new();
+    for seg in segments {
+        let file = dir.join(seg["uri"].as_str().unwrap().rsplit('/').next().unwrap());
+        let sizes = frame_sizes(&file);
+        assert!(!sizes.is_empty(), "no video decoded in {file:?}");
+        assert!(
+            sizes.iter().all(|s| *s == sizes[0]),
+            "a segment mixes resolutions: {sizes:?}"
+        );
+        sizes_by_segment.push((sizes[0], seg["discontinuity"] == true));
+    }
+    let change = sizes_by_segment
+        .iter()
+        .position(|(size, _)| *size == (640, 360))
+        .expect("no segment at 640x360");
+    assert!(change > 0, "{sizes_by_segment:?}");
+    assert_eq!(sizes_by_segment[0].0, (320, 240));
+    assert!(
+        sizes_by_segment[change].1,
+        "no discontinuity at the change: {sizes_by_segment:?}"
+    );
+    // Nothing lost across the change: frames within one GOP of duration x rate.
+    assert_decodes(&d, &rec, true, 2.0);
+    assert_timestamps(&d, &rec, true);
+}

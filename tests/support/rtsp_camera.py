@@ -4,10 +4,12 @@
 
 Usage: rtsp_camera.py PROFILE[@SKEW] [PORT]   (PORT 0 or absent: any free port)
 Prints "ready PORT" on stdout once it listens. @SKEW (seconds, may be negative) sets the
-camera's clock that far from the real one: its RTCP sender reports say so. Profiles: h264-aac, h264-bframes,
-h265-aac, h264-pcma, mjpeg (nothing edgerec can record), stalls (sends 3 s of video, then
-keeps the session but sends no more RTP: a valve before the payloader closes),
-bench-2mbps (scripts/bench_cameras.py).
+camera's clock that far from the real one: its RTCP sender reports say so.
+
+Profiles: h264-aac, h264-bframes, h265-aac, h264-pcma, resizes (320x240, then 640x360
+after 4 s), mjpeg (nothing edgerec can record), stalls (sends 3 s of video, then keeps
+the session but sends no more RTP: a valve before the payloader closes), bench-2mbps
+(scripts/bench_cameras.py).
 """
 import sys
 
@@ -37,6 +39,11 @@ PROFILES = {
                    "video/x-raw,width=1280,height=720,framerate=25/1,format=I420 ! "
                    "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=50 bitrate=2000 ! "
                    "h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 " + AUDIO + AAC,
+    # Starts at 320x240 and switches to 640x360 after 4 s (a camera whose resolution is
+    # changed from its web page): new parameter sets in-band, mid-session.
+    "resizes": "videotestsrc is-live=true pattern=ball ! "
+               "video/x-raw,width=640,height=480,framerate=25/1,format=I420 ! videoscale ! "
+               "capsfilter name=size caps=video/x-raw,width=320,height=240 ! " + H264 + AUDIO + AAC,
     "mjpeg": VIDEO + "jpegenc ! rtpjpegpay name=pay0 pt=26 ",
     "stalls": VIDEO + "x264enc tune=zerolatency key-int-max=25 ! h264parse config-interval=-1 ! "
               "valve name=gate drop=false ! rtph264pay name=pay0 pt=96 ",
@@ -75,6 +82,15 @@ def main():
     factory.set_shared(True)
     if skew:
         skewed_clock(factory, int(skew))
+    if profile == "resizes":
+        def resize(size):
+            size.set_property("caps", Gst.Caps.from_string("video/x-raw,width=640,height=360"))
+            return False
+
+        def configured_resize(_factory, media):
+            GLib.timeout_add_seconds(4, resize, media.get_element().get_by_name("size"))
+
+        factory.connect("media-configure", configured_resize)
     if profile == "stalls":
         def close_gate(gate):
             gate.set_property("drop", True)
