@@ -42,6 +42,19 @@ fn delete_source(d: &Daemon, name: &str) -> u16 {
     .status
 }
 
+/// Waits until source `name` is in backoff; returns its `last_error`.
+fn wait_backoff(d: &Daemon, name: &str) -> String {
+    let src = wait_for(
+        &format!("source {name} in backoff"),
+        Duration::from_secs(20),
+        || {
+            let s = source(d, name);
+            (s["state"] == "backoff").then_some(s)
+        },
+    );
+    src["last_error"].as_str().unwrap_or_default().to_owned()
+}
+
 /// Waits until `name` is recording and has handed at least `media_s` of media to the
 /// writer; returns the live stream's entry.
 fn wait_recorded(d: &Daemon, name: &str, media_s: u64, limit: Duration) -> Value {
@@ -310,11 +323,7 @@ fn unrecordable_and_stalled_cameras_get_clear_errors_and_others_keep_recording()
     ]
     .concat();
     let d = daemon("flow_continue_duration_s = 2", &sections);
-    let bad = wait_for("the MJPEG camera refused", Duration::from_secs(20), || {
-        let s = source(&d, "cam-mjpeg");
-        (s["state"] == "backoff").then_some(s)
-    });
-    let error = bad["last_error"].as_str().unwrap();
+    let error = wait_backoff(&d, "cam-mjpeg");
     assert!(
         error.contains("nothing recordable") && error.contains("video/jpeg"),
         "{error}"
@@ -539,11 +548,7 @@ fn rtsps_camera_is_verified_by_its_ca_or_its_pinned_fingerprint() {
     let d = daemon("flow_continue_duration_s = 2", &sections);
     wait_recorded(&d, "cam-by-ca", 4, Duration::from_secs(30));
     wait_recorded(&d, "cam-pinned", 4, Duration::from_secs(30));
-    let refused = wait_for("the wrong pin refused", Duration::from_secs(20), || {
-        let s = source(&d, "cam-wrong-pin");
-        (s["state"] == "backoff").then_some(s)
-    });
-    let error = refused["last_error"].as_str().unwrap();
+    let error = wait_backoff(&d, "cam-wrong-pin");
     assert!(
         error.contains("TLS handshake") && error.contains("fingerprint"),
         "{error}"
@@ -555,13 +560,6 @@ fn rtsps_camera_is_verified_by_its_ca_or_its_pinned_fingerprint() {
         assert_decodes(&d, &rec, true, 1.0);
     }
     assert!(!d.log().contains("s3cret"), "the password leaked");
-}
-
-/// `start_time` of a recording or segment as unix milliseconds.
-fn unix_ms(rfc3339: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
-        .unwrap()
-        .timestamp_millis()
 }
 
 #[test]
@@ -590,26 +588,14 @@ fn segments_are_dated_by_the_cameras_sender_reports_when_its_clock_is_sane() {
     let recs = d.wait_recordings(2, "finished", Duration::from_secs(60));
     for r in &recs {
         let rec = d.recording(r["id"].as_str().unwrap());
-        let start = unix_ms(&rec["start_time"]);
-        let segments = rec["segment_list"].as_array().unwrap();
-        assert!(segments.len() >= 2, "{rec}");
+        let start = support::unix_ms(&rec["start_time"]);
         if rec["stream"] == "behind" {
             let late = start - (before - 20_000);
             assert!(
                 (0..=8_000).contains(&late),
                 "dated {late} ms after the camera's clock"
             );
-            for pair in segments.windows(2) {
-                let (a, b) = (
-                    unix_ms(&pair[0]["start_time"]),
-                    unix_ms(&pair[1]["start_time"]),
-                );
-                let duration_ms = (pair[0]["duration_s"].as_f64().unwrap() * 1000.0) as i64;
-                assert!(
-                    (b - a - duration_ms).abs() <= 300,
-                    "segment dated {b}, previous {a} + {duration_ms} ms"
-                );
-            }
+            support::assert_dated_back_to_back(&rec);
         } else {
             let late = start - before;
             assert!(

@@ -382,3 +382,29 @@ pub fn media_dir() -> &'static Path {
         dir
     })
 }
+
+/// A recording's or segment's `start_time` (RFC 3339) as unix milliseconds.
+pub fn unix_ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// The recording has two segments or more, each dated where the previous one ended
+/// (within 300 ms): its dates come from one clock.
+pub fn assert_dated_back_to_back(rec: &Value) {
+    let segments = rec["segment_list"].as_array().unwrap();
+    assert!(segments.len() >= 2, "{rec}");
+    for pair in segments.windows(2) {
+        let (a, b) = (
+            unix_ms(&pair[0]["start_time"]),
+            unix_ms(&pair[1]["start_time"]),
+        );
+        let duration_ms = (pair[0]["duration_s"].as_f64().unwrap() * 1000.0) as i64;
+        assert!(
+            (b - a - duration_ms).abs() <= 300,
+            "{}: segment dated {b}, previous {a} + {duration_ms} ms",
+            rec["stream"]
+        );
+    }
+}
