@@ -81,6 +81,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     for w in config.warnings() {
         tracing::warn!(key = %w.key, "{}", w.message);
     }
+    crate::memory::tune();
     let media_dir = config.media_dir();
     std::fs::create_dir_all(&media_dir)
         .with_context(|| format!("cannot create the media folder {}", media_dir.display()))?;
@@ -267,6 +268,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     tracing::info!(rtmp = %rtmp_addr, http = %http_addr, rtmps = ?rtmps_addr, rtsp = ?rtsp_addr, https = config.http.cert_file.is_some(), data_dir = %config.data_dir.display(), "edgerec ready");
     println!("edgerec: listening {listening}");
     system::ready(&format!("listening {listening}"));
+    workers.push(tokio::spawn(crate::memory::run_trim(background.clone())));
     workers.push(tokio::spawn(record::files::run_file_planner(
         index.clone(),
         background.clone(),

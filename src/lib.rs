@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod index;
 pub mod ingest;
 pub mod media;
+pub mod memory;
 pub mod mux;
 pub mod notify;
 pub mod package;

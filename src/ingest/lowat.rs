@@ -4,8 +4,8 @@
 //! What is queued below the mark is read by [`recv_queued`] when the connection's drain
 //! timer fires, so no byte waits longer than [`PUBLISH_DRAIN`].
 //!
-//! Hand-written because neither nix, socket2 nor rustix exposes `SO_RCVLOWAT`; this is the
-//! crate's only `unsafe`, one `setsockopt` call on a descriptor the caller borrows.
+//! Hand-written because neither nix, socket2 nor rustix exposes `SO_RCVLOWAT`; its `unsafe` is
+//! one `setsockopt` call on a descriptor the caller borrows (the crate's other is `memory`).
 
 #![allow(unsafe_code)]
 
