@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod files;
 pub mod playlist;
+mod preroll;
 mod session;
 pub mod timeline;
 

@@ -5,7 +5,9 @@
 //!
 //! Owns the segmenting rule (cut at the first keyframe at or after the target duration;
 //! audio-only streams cut on any frame), track-set decisions (audio-only, video-only, a
-//! codec change mid-stream = a new segment after a discontinuity) and failure handling (a
+//! codec change mid-stream = a new segment after a discontinuity), where audio starts
+//! against the video keyframe that begins a run of segments ([`super::preroll`]) and
+//! failure handling (a
 //! write error fails this recording with its reason; other streams are untouched). It never
 //! talks to the network.
 //!
@@ -30,6 +32,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::preroll::AudioPreroll;
 use super::timeline::{TimelineGuard, Verdict};
 use super::{now_ms, LiveStats, Msg, RecordError};
 use crate::config::RecordConfig;
@@ -71,6 +74,8 @@ pub(super) struct RecordingSession {
     tracks: Tracks,
     expect_video: bool,
     first_audio_dts: Option<Ticks>,
+    /// Audio waiting for the video keyframe that starts a run of segments.
+    preroll: AudioPreroll,
     muxer: Option<TsMuxer>,
     segment: Option<OpenSegment>,
     next_seq: u32,
@@ -129,6 +134,7 @@ impl RecordingSession {
             tracks: Tracks::default(),
             expect_video: false,
             first_audio_dts: None,
+            preroll: AudioPreroll::default(),
             muxer: None,
             segment: None,
             discontinuity_next: resumed,
@@ -200,13 +206,57 @@ impl RecordingSession {
                 self.reanchor = true;
                 // The publisher's timeline restarted: its old sender report no longer maps.
                 self.wall_anchor = None;
+                let held = self.preroll.clear();
+                self.skipped(held);
                 self.timeline.check(&mut frame);
             }
         }
         if self.segment.is_none() && !self.can_start_with(&frame) {
-            self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+            let skipped = if frame.kind == TrackKind::Audio && self.awaits_video() {
+                self.preroll.hold(frame)
+            } else {
+                1
+            };
+            self.skipped(skipped);
             return Ok(());
         }
+        if frame.kind == TrackKind::Audio && !self.preroll.admits(&frame) {
+            self.skipped(1);
+            return Ok(());
+        }
+        let opens_run = self.segment.is_none();
+        let (kind, pts) = (frame.kind, frame.pts);
+        self.place(frame)?;
+        if opens_run && self.segment.is_some() {
+            let dropped = if kind == TrackKind::Video {
+                let audio_frame = self.frame_ticks(TrackKind::Audio);
+                let (kept, dropped) = self.preroll.release(pts, audio_frame);
+                for audio in kept {
+                    self.place(audio)?;
+                }
+                dropped
+            } else {
+                self.preroll.clear()
+            };
+            self.skipped(dropped);
+        }
+        Ok(())
+    }
+
+    /// Whether audio that cannot start a segment should be held for the video keyframe.
+    fn awaits_video(&self) -> bool {
+        self.tracks.audio.is_some() && (self.tracks.video.is_some() || self.expect_video)
+    }
+
+    fn skipped(&self, frames: u64) {
+        self.stats
+            .frames_skipped
+            .fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Writes a frame that belongs in the recording: re-anchors, opens or cuts the segment
+    /// it starts, and muxes it.
+    fn place(&mut self, mut frame: Frame) -> Result<(), RecordError> {
         if std::mem::take(&mut self.reanchor) {
             self.offset = self.media_end - frame.dts;
         }
@@ -215,7 +265,7 @@ impl RecordingSession {
         let slot = super::timeline::slot(frame.kind);
         if self.last_out[slot].is_some_and(|last| frame.dts <= last) {
             // Only right after a re-anchor: a frame that interleaved before the anchor.
-            self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+            self.skipped(1);
             return Ok(());
         }
         self.last_out[slot] = Some(frame.dts);
@@ -291,6 +341,8 @@ impl RecordingSession {
             resolution = ?params.resolution(), "track configured");
         self.tracks.set(params);
         self.stats.set_tracks(&self.tracks);
+        let held = self.preroll.clear();
+        self.skipped(held);
         if self.muxer.is_some() {
             // The track set or its parameters changed mid-recording.
             self.close_segment()?;
@@ -308,6 +360,8 @@ impl RecordingSession {
         self.close_segment()?;
         self.discontinuity_next = true;
         self.timeline.reset();
+        let held = self.preroll.clear();
+        self.skipped(held);
         Ok(())
     }
 
