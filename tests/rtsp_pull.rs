@@ -117,35 +117,13 @@ fn assert_decodes(d: &Daemon, rec: &Value, audio: bool, sessions: f64) -> media:
 }
 
 /// Every segment's video decode times increase, and no frame is presented before it
-/// is decoded; the first segment's audio starts with the frame playing when its first
-/// picture shows.
+/// is decoded; the first segment's audio starts within an AAC frame of its first picture.
 fn assert_timestamps(d: &Daemon, rec: &Value, audio: bool) {
-    let dir = d.recording_dir(rec);
-    for (i, seg) in rec["segment_list"].as_array().unwrap().iter().enumerate() {
-        let file = dir.join(seg["uri"].as_str().unwrap().rsplit('/').next().unwrap());
-        let out = media::tool("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "packet=codec_type,pts_time,dts_time",
-                "-of",
-                "csv=p=0",
-            ])
-            .arg(&file)
-            .output()
-            .unwrap();
+    for (i, file) in segment_files(d, rec).iter().enumerate() {
         let mut last_dts = f64::MIN;
         let (mut first_video, mut first_audio) = (None, None);
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let f: Vec<&str> = line.split(',').collect();
-            if f.len() < 3 {
-                continue;
-            }
-            let (Ok(pts), Ok(dts)) = (f[1].parse::<f64>(), f[2].parse::<f64>()) else {
-                panic!("packet without timestamps in {file:?}: {line}");
-            };
-            if f[0] == "video" {
+        for (kind, pts, dts) in packets(file) {
+            if kind == "video" {
                 assert!(
                     dts > last_dts,
                     "video DTS not increasing in {file:?}: {dts} after {last_dts}"
@@ -163,13 +141,54 @@ fn assert_timestamps(d: &Daemon, rec: &Value, audio: bool) {
                 first_audio.expect("audio in the first segment"),
             );
             // Audio held or received for the keyframe's instant is recorded from it on:
-            // the first audio frame is the one playing when the first picture shows.
+            // the first audio frame is the one playing when the first picture shows (or,
+            // when the camera's audio starts after its video, its first).
             assert!(
-                a <= v + 0.002 && v - a < AAC_FRAME_S + 0.002,
+                (a - v).abs() < AAC_FRAME_S + 0.002,
                 "A/V start apart: video {v}, audio {a}"
             );
         }
     }
+}
+
+/// The files of a recording's segments, in order.
+fn segment_files(d: &Daemon, rec: &Value) -> Vec<std::path::PathBuf> {
+    let dir = d.recording_dir(rec);
+    rec["segment_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|seg| dir.join(seg["uri"].as_str().unwrap().rsplit('/').next().unwrap()))
+        .collect()
+}
+
+/// (codec type, PTS, DTS) of every packet of a segment file, in file order.
+fn packets(file: &std::path::Path) -> Vec<(String, f64, f64)> {
+    let out = media::tool("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=codec_type,pts_time,dts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() < 3 {
+                return None;
+            }
+            let (Ok(pts), Ok(dts)) = (f[1].parse::<f64>(), f[2].parse::<f64>()) else {
+                panic!("packet without timestamps in {file:?}: {line}");
+            };
+            Some((f[0].to_owned(), pts, dts))
+        })
+        .collect()
 }
 
 /// A daemon with `record` lines in `[record]` and whole `sections` (`[[source]]`).
@@ -610,6 +629,140 @@ fn segments_are_dated_by_the_cameras_sender_reports_when_its_clock_is_sane() {
         }
     }
     assert!(d.log().contains("the publisher's clock"), "{}", d.log());
+}
+
+#[test]
+fn sender_reports_realign_audio_that_the_rtp_info_misplaced() {
+    // Lip-sync probe cameras (rtsp_camera.py: each 1 s audio tick is also a bright frame).
+    // The first one's PLAY response claims its audio's rtptime half a second late, so by
+    // RTP-Info alone its sound would be recorded 0.5 s ahead of its pictures, all session
+    // long; its sender reports tell the truth. The second (two sources, x264 lookahead
+    // and B-frames) is honest and must be left alone.
+    let mut liar = Camera::start("sync^0.5");
+    let mut honest = Camera::start("h264-bframes");
+    // The liar once more, told to keep RTP-Info's placement.
+    let sections = [
+        config_source("cam", "liar", &liar.url(""), ""),
+        config_source("cam", "honest", &honest.url(""), ""),
+        config_source(
+            "cam",
+            "trusting",
+            &liar.url(""),
+            "align_by_sender_reports = false",
+        ),
+    ]
+    .concat();
+    let d = daemon("flow_continue_duration_s = 1", &sections);
+    let moved = "audio moved onto the video's timeline";
+    d.wait_log(moved, 1, Duration::from_secs(30));
+    // Segments are 4 s: record two whole ones after the move.
+    wait_recorded(&d, "cam-liar", 18, Duration::from_secs(40));
+    wait_recorded(&d, "cam-honest", 18, Duration::from_secs(40));
+    wait_recorded(&d, "cam-trusting", 18, Duration::from_secs(40));
+    liar.kill();
+    honest.kill();
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(moved)).collect();
+    assert_eq!(lines.len(), 1, "only the lying camera is moved:\n{log}");
+    let shift_ms: i64 = lines[0]
+        .split("shift_ms=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(i64::MIN);
+    assert!(
+        lines[0].contains("cam-liar") && (490..=510).contains(&shift_ms),
+        "{}",
+        lines[0]
+    );
+    for r in d.wait_recordings(3, "finished", Duration::from_secs(60)) {
+        let rec = d.recording(r["id"].as_str().unwrap());
+        let stream = rec["stream"].as_str().unwrap().to_owned();
+        assert_decodes(&d, &rec, true, 1.0);
+        assert_timestamps(&d, &rec, true);
+        // Lip sync in the decoded content: the liar's from its third segment on (the
+        // first reports come within a few seconds), the honest camera's throughout. The
+        // camera's AAC encoder delays its sound by a frame or two: pictures lead by
+        // 20-45 ms on the honest path.
+        let files = segment_files(&d, &rec);
+        assert!(files.len() >= 4, "{rec}");
+        let from = if stream == "honest" { 0 } else { 2 };
+        let offsets = picture_after_sound(&files[from..]);
+        assert!(
+            offsets.len() >= 6,
+            "{stream}: too few ticks found: {offsets:?}"
+        );
+        // Kept where RTP-Info put it, the sound runs half a second ahead (half the ticks'
+        // period: a flash is as near the next tick as the last, so either sign).
+        let in_sync = |o: &f64| (-0.1..=0.06).contains(o);
+        let half_off = |o: &f64| (0.4..=0.6).contains(&o.abs());
+        assert!(
+            offsets.iter().all(if stream == "trusting" {
+                half_off
+            } else {
+                in_sync
+            }),
+            "{stream}: picture after sound (s): {offsets:?}"
+        );
+    }
+}
+
+/// Times of the `lavfi` metadata `key` of each decoded frame of `file` (`movie` for video,
+/// `amovie` for audio) where it crosses above `threshold` (the start of a run).
+fn rising_edges(
+    file: &std::path::Path,
+    source: &str,
+    filter: &str,
+    key: &str,
+    threshold: f64,
+) -> Vec<f64> {
+    let graph = format!("{source}={},{filter}", file.display());
+    let out = media::tool("ffprobe")
+        .args(["-v", "error", "-f", "lavfi", &graph, "-show_entries"])
+        .arg(format!("frame=pts_time:frame_tags={key}"))
+        .args(["-of", "csv=p=0"])
+        .output()
+        .unwrap();
+    let mut edges = Vec::new();
+    let mut above = false;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.split(',');
+        let (Some(Ok(t)), Some(v)) = (f.next().map(str::parse::<f64>), f.next()) else {
+            continue;
+        };
+        let v: f64 = v.parse().unwrap_or(f64::NEG_INFINITY);
+        if v > threshold && !above {
+            edges.push(t);
+        }
+        above = v > threshold;
+    }
+    edges
+}
+
+/// Lip sync measured in the content of a lip-sync probe camera's recording
+/// (`rtsp_camera.py`): for each of the audio's 1 s ticks, how much later (s) its picture
+/// (the waveform's flash) is presented.
+fn picture_after_sound(files: &[std::path::PathBuf]) -> Vec<f64> {
+    let mut offsets = Vec::new();
+    for file in files {
+        let flashes = rising_edges(file, "movie", "signalstats", "lavfi.signalstats.YAVG", 25.0);
+        let ticks = rising_edges(
+            file,
+            "amovie",
+            "astats=metadata=1:reset=1",
+            "lavfi.astats.Overall.Peak_level",
+            -30.0,
+        );
+        for tick in ticks {
+            let nearest = flashes
+                .iter()
+                .min_by(|a, b| (*a - tick).abs().total_cmp(&(*b - tick).abs()));
+            if let Some(flash) = nearest.filter(|f| (*f - tick).abs() < 0.5) {
+                offsets.push(flash - tick);
+            }
+        }
+    }
+    offsets
 }
 
 /// Decoded (width, height) of each video frame of a segment file, in order.

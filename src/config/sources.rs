@@ -56,10 +56,20 @@ pub struct SourceSpec {
     /// certificate, `AA:BB:...` as `openssl x509 -fingerprint -sha256` prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
+    /// Move the camera's audio onto its video's timeline when its first RTCP sender
+    /// reports disagree with its RTP-Info (default true). Turn off for a sender that
+    /// dates its reports by send time (GStreamer's default), which skews them by each
+    /// track's encoder latency.
+    #[serde(default = "yes")]
+    pub align_by_sender_reports: bool,
 }
 
 fn default_idle_timeout_s() -> u64 {
     10
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl SourceSpec {
@@ -211,6 +221,7 @@ mod tests {
             idle_timeout_s: 10,
             ca_file: None,
             tls_fingerprint: None,
+            align_by_sender_reports: true,
         }
     }
 

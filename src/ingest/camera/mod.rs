@@ -12,6 +12,7 @@
 mod retina_feed;
 mod supervisor;
 mod tls_tunnel;
+mod track_sync;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +41,9 @@ pub enum Pulled {
     /// The camera's wall clock from an RTCP sender report: presentation time `at` (the
     /// frames' ticks) was `unix_ms`. Not media: it does not count against the idle timeout.
     WallClock { at: Ticks, unix_ms: i64 },
+    /// The first sender reports of both tracks were compared: the audio was moved onto
+    /// the video's timeline, or the reports were not believed. Logged.
+    Aligned(track_sync::Alignment),
 }
 
 /// What a connected camera offers, as the API shows it.

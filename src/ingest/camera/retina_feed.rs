@@ -6,7 +6,8 @@
 //! video track and the first AAC audio track; audio MPEG-TS cannot carry (G.711, Opus,
 //! ...) is left out with a reason, never transcoded. Timestamps: retina's extended
 //! timestamps relative to the PLAY response's `rtptime` (both tracks on one timeline when
-//! the camera sends RTP-Info, else each from its first packet), rescaled to 90 kHz;
+//! the camera sends RTP-Info, else each from its first packet), rescaled to 90 kHz, the
+//! audio then moved by the first sender reports when they disagree ([`super::track_sync`]);
 //! video decode times are synthesised with `media::reorder` from the SPS's reorder depth.
 //! Parameters come from the SDP when the camera puts them there, else from the first
 //! in-band parameter sets; a change mid-stream yields new `Params` before its frame.
@@ -23,6 +24,7 @@ use retina::client::{
 };
 use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 
+use super::track_sync::TrackSync;
 use super::{CameraConnector, CameraFeed, FeedInfo, Pulled};
 use crate::config::{RtspTransport, SourceSpec};
 use crate::media::aac::AacConfig;
@@ -62,6 +64,9 @@ struct RetinaFeed {
     /// The audio stream index and whether its parameters have been sent.
     audio: Option<(usize, bool)>,
     queue: VecDeque<Pulled>,
+    /// Moves the audio onto the video's timeline by their sender reports, if the source
+    /// asks for it.
+    sync: Option<TrackSync>,
     /// The TLS tunnel of an `rtsps://` camera, closed with the feed.
     _tunnel: Option<super::tls_tunnel::Tunnel>,
 }
@@ -172,6 +177,7 @@ impl RetinaFeed {
             video,
             audio: audio.map(|i| (i, audio_sent)),
             queue,
+            sync: spec.align_by_sender_reports.then(TrackSync::default),
             _tunnel: tunnel,
         })
     }
@@ -248,6 +254,9 @@ impl RetinaFeed {
                         i64::from(ts.clock_rate().get()),
                         TICKS_PER_SECOND,
                     );
+                    let Some(pts) = self.sync.as_mut().map_or(Some(pts), |s| s.audio(pts)) else {
+                        continue; // Time already recorded, before the audio was moved back.
+                    };
                     self.queue.push_back(Pulled::Frame(Frame {
                         kind: TrackKind::Audio,
                         dts: pts,
@@ -257,16 +266,15 @@ impl RetinaFeed {
                     }));
                 }
                 CodecItem::Rtcp(rtcp) => {
-                    // The camera's clock, from the recorded video track's reports (or the
-                    // audio's, without video): both follow one capture clock.
-                    let lead = match (&self.video, &self.audio) {
-                        (Some(v), _) => v.stream,
-                        (None, Some((a, _))) => *a,
-                        (None, None) => continue,
-                    };
-                    if rtcp.stream_id() != lead {
+                    let video = self.video.as_ref().map(|v| v.stream);
+                    let audio = self.audio.as_ref().map(|(a, _)| *a);
+                    let kind = if Some(rtcp.stream_id()) == video {
+                        TrackKind::Video
+                    } else if Some(rtcp.stream_id()) == audio {
+                        TrackKind::Audio
+                    } else {
                         continue;
-                    }
+                    };
                     let Some(ts) = rtcp.rtp_timestamp() else {
                         continue;
                     };
@@ -279,10 +287,19 @@ impl RetinaFeed {
                         i64::from(ts.clock_rate().get()),
                         TICKS_PER_SECOND,
                     );
-                    self.queue.push_back(Pulled::WallClock {
-                        at,
-                        unix_ms: crate::clock::ntp_to_unix_ms(sr.ntp_timestamp().0),
-                    });
+                    let ntp = sr.ntp_timestamp().0;
+                    let sync = self.sync.as_mut();
+                    if let Some(alignment) = sync.and_then(|s| s.report(kind, at, ntp)) {
+                        self.queue.push_back(Pulled::Aligned(alignment));
+                    }
+                    // The camera's clock, from the recorded video track's reports (or the
+                    // audio's, without video): both follow one capture clock.
+                    if kind == TrackKind::Video || video.is_none() {
+                        self.queue.push_back(Pulled::WallClock {
+                            at,
+                            unix_ms: crate::clock::ntp_to_unix_ms(ntp),
+                        });
+                    }
                 }
                 _ => {}
             }

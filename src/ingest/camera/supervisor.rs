@@ -17,8 +17,11 @@ use futures_util::FutureExt;
 use rand::Rng;
 use tokio::time::{timeout, Instant};
 
+use super::track_sync::Alignment;
 use super::{CameraConnector, CameraFeed, Entry, Pulled, SourceState};
+use crate::config::SourceSpec;
 use crate::ingest::rate::RateMeter;
+use crate::media::{TICKS_PER_MS, TICKS_PER_SECOND};
 use crate::record::{PublishHandle, Recorders};
 
 /// DESCRIBE + SETUP + PLAY must complete within this.
@@ -143,7 +146,7 @@ async fn session(
         if matches!(item, Pulled::Frame(_)) {
             last_media = Instant::now();
         }
-        forward(&mut handle, item, &mut meter)?;
+        forward(spec, &mut handle, item, &mut meter)?;
         // Frames go to the writer when the camera's data is drained and at least
         // HAND_OVER_EVERY has passed (not half a second at a time, nor one writer wakeup
         // per RTP burst), so media waits in the kernel's socket buffer rather than in
@@ -181,8 +184,23 @@ async fn next(
     }
 }
 
-fn forward(handle: &mut PublishHandle, item: Pulled, meter: &mut Meter) -> Result<(), String> {
+fn forward(
+    spec: &SourceSpec,
+    handle: &mut PublishHandle,
+    item: Pulled,
+    meter: &mut Meter,
+) -> Result<(), String> {
     let sent = match item {
+        Pulled::Aligned(Alignment::Shifted(by)) => {
+            tracing::info!(source = %spec.name(), shift_ms = by / TICKS_PER_MS,
+                "the camera's sender reports and its RTP-Info disagree on where its audio sits; audio moved onto the video's timeline by the reports (if the camera dates its reports by send time, set align_by_sender_reports = false)");
+            Ok(())
+        }
+        Pulled::Aligned(Alignment::Implausible(apart)) => {
+            tracing::warn!(source = %spec.name(), apart_s = apart / TICKS_PER_SECOND,
+                "the camera's sender reports put its audio implausibly far from its video; left as its RTP-Info places it");
+            Ok(())
+        }
         Pulled::Params(params) => handle.send_config(params),
         Pulled::WallClock { at, unix_ms } => handle.send_wall_clock(at, unix_ms),
         Pulled::Frame(frame) => {
