@@ -239,6 +239,20 @@ fn timestamps_going_backwards_are_repaired_or_become_a_discontinuity() {
     let url = d.http_url(rec["playlist"].as_str().unwrap());
     let errors = media::decode_errors(&url);
     assert!(errors.trim().is_empty(), "{errors}");
+    // Repaired, not reordered: each track's decode times increase across the recording.
+    let packets = media::packets(std::path::Path::new(&url));
+    for video in [true, false] {
+        let dts: Vec<f64> = packets
+            .iter()
+            .filter(|p| p.video == video)
+            .map(|p| p.dts)
+            .collect();
+        assert!(dts.len() > 100, "{} packets", dts.len());
+        assert!(
+            dts.windows(2).all(|w| w[1] > w[0]),
+            "DTS not increasing (video: {video})"
+        );
+    }
     let got = media::probe(&url);
     // At most one GOP lost at the jump (the new segment waits for a keyframe).
     assert!(
