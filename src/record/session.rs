@@ -7,9 +7,8 @@
 //! audio-only streams cut on any frame), track-set decisions (audio-only, video-only, a
 //! codec change mid-stream = a new segment after a discontinuity), where audio starts
 //! against the video keyframe that begins a run of segments ([`super::preroll`]) and
-//! failure handling (a
-//! write error fails this recording with its reason; other streams are untouched). It never
-//! talks to the network.
+//! failure handling (a write error fails this recording with its reason; other streams
+//! are untouched). It never talks to the network.
 //!
 //! Output timestamps are continuous for the whole recording: a resumed session, or a jump
 //! in the encoder's clock, is re-anchored to continue where the recording's media ended
