@@ -52,6 +52,16 @@ pub enum TrackKind {
     Audio,
 }
 
+impl TrackKind {
+    /// Index of a track in per-track arrays: video 0, audio 1.
+    pub fn slot(self) -> usize {
+        match self {
+            TrackKind::Video => 0,
+            TrackKind::Audio => 1,
+        }
+    }
+}
+
 /// One access unit of one track.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

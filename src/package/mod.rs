@@ -368,13 +368,6 @@ struct Chooser {
     video_started: bool,
 }
 
-fn slot(kind: TrackKind) -> usize {
-    match kind {
-        TrackKind::Video => 0,
-        TrackKind::Audio => 1,
-    }
-}
-
 impl Chooser {
     fn new(tracks: &Tracks, format: Format, last_dts: [Option<Ticks>; 2]) -> Chooser {
         Chooser {
@@ -388,7 +381,7 @@ impl Chooser {
     }
 
     fn take_meta(&mut self, m: &SampleMeta) -> bool {
-        let i = slot(m.kind);
+        let i = m.kind.slot();
         if !self.has[i] {
             return false;
         }

@@ -261,7 +261,7 @@ impl RecordingSession {
         }
         frame.dts += self.offset;
         frame.pts += self.offset;
-        let slot = super::timeline::slot(frame.kind);
+        let slot = frame.kind.slot();
         if self.last_out[slot].is_some_and(|last| frame.dts <= last) {
             // Only right after a re-anchor: a frame that interleaved before the anchor.
             self.skipped(1);

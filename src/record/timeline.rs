@@ -37,18 +37,10 @@ pub struct TimelineGuard {
     tracks: [Option<TrackClock>; 2],
 }
 
-/// Index of a track in per-track arrays: video 0, audio 1.
-pub(crate) fn slot(kind: TrackKind) -> usize {
-    match kind {
-        TrackKind::Video => 0,
-        TrackKind::Audio => 1,
-    }
-}
-
 impl TimelineGuard {
     /// Checks (and possibly repairs) one frame's timestamps.
     pub fn check(&mut self, frame: &mut Frame) -> Verdict {
-        let i = slot(frame.kind);
+        let i = frame.kind.slot();
         let Some(clock) = self.tracks[i] else {
             self.tracks[i] = Some(TrackClock {
                 last_dts: frame.dts,
@@ -96,7 +88,7 @@ impl TimelineGuard {
 
     /// The last observed frame duration of a track, if any.
     pub fn frame_ticks(&self, kind: TrackKind) -> Option<Ticks> {
-        self.tracks[slot(kind)].map(|c| c.step).filter(|&s| s > 0)
+        self.tracks[kind.slot()].map(|c| c.step).filter(|&s| s > 0)
     }
 }
 

@@ -69,6 +69,20 @@ PROFILES = {
 }
 
 
+def set_rtpbin(factory, **props):
+    """Sets properties on the rtpbin of each media the factory makes."""
+    def on_element(_bin, element):
+        factory_name = element.get_factory().get_name() if element.get_factory() else ""
+        if factory_name == "rtpbin":
+            for name, value in props.items():
+                element.set_property(name.replace("_", "-"), value)
+
+    def configured(_factory, media):
+        media.get_element().get_parent().connect("element-added", on_element)
+
+    factory.connect("media-configure", configured)
+
+
 def skewed_clock(factory, skew_s):
     """Runs the media on a clock `skew_s` off the real one, and makes rtpbin date its
     sender reports by that clock (as NTP: seconds since 1900) instead of the host's."""
@@ -77,16 +91,7 @@ def skewed_clock(factory, skew_s):
     ntp_epoch_s = 2208988800
     clock.set_calibration(internal, internal + (ntp_epoch_s + skew_s) * Gst.SECOND, 1, 1)
     factory.set_clock(clock)
-
-    def on_element(_bin, element):
-        factory_name = element.get_factory().get_name() if element.get_factory() else ""
-        if factory_name == "rtpbin":
-            element.set_property("ntp-time-source", "clock-time")
-
-    def configured(_factory, media):
-        media.get_element().get_parent().connect("element-added", on_element)
-
-    factory.connect("media-configure", configured)
+    set_rtpbin(factory, ntp_time_source="clock-time")
 
 
 def lie_in_rtp_info(server, lie_s, audio_rate=48000):
@@ -113,21 +118,6 @@ def lie_in_rtp_info(server, lie_s, audio_rate=48000):
     server.connect("client-connected", lambda _s, client: client.connect("send-message", on_send))
 
 
-def reports_by_capture_time(factory):
-    """Makes rtpbin date its sender reports by capture time, as RFC 3550 means them. Its
-    default is send time, which under load put the reports of a track behind x264's
-    lookahead over a second off its RTP-Info (and its content)."""
-    def on_element(_bin, element):
-        factory_name = element.get_factory().get_name() if element.get_factory() else ""
-        if factory_name == "rtpbin":
-            element.set_property("rtcp-sync-send-time", False)
-
-    def configured(_factory, media):
-        media.get_element().get_parent().connect("element-added", on_element)
-
-    factory.connect("media-configure", configured)
-
-
 def main():
     profile, _, skew = sys.argv[1].partition("@")
     profile, _, lie = profile.partition("^")
@@ -139,7 +129,10 @@ def main():
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch("( " + PROFILES[profile] + ")")
     factory.set_shared(True)
-    reports_by_capture_time(factory)
+    # Sender reports dated by capture time, as RFC 3550 means them. rtpbin's default is
+    # send time, which under load put the reports of a track behind x264's lookahead
+    # over a second off its RTP-Info (and its content).
+    set_rtpbin(factory, rtcp_sync_send_time=False)
     if skew:
         skewed_clock(factory, int(skew))
     if lie:

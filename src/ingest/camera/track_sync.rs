@@ -56,11 +56,7 @@ impl TrackSync {
             return None;
         }
         let wall = ((u128::from(ntp) * TICKS_PER_SECOND as u128 + (1 << 31)) >> 32) as i64;
-        let slot = match kind {
-            TrackKind::Video => 0,
-            TrackKind::Audio => 1,
-        };
-        self.origin[slot].get_or_insert(wall - at);
+        self.origin[kind.slot()].get_or_insert(wall - at);
         let (Some(video), Some(audio)) = (self.origin[0], self.origin[1]) else {
             return None;
         };
