@@ -154,7 +154,7 @@ def bench_edgerec(binary, clip, n, window, flush_ms, extra=""):
     work = tempfile.mkdtemp(prefix="edgerec-bench-")
     cfg = os.path.join(work, "edgerec.toml")
     with open(cfg, "w") as f:
-        f.write(f'data_dir = "{work}/data"\n[rtmp]\nlisten = "127.0.0.1:0"\nmax_connections = 256\n'
+        f.write(f'data_dir = "{work}/data"\n[rtmp]\nlisten = "127.0.0.1:0"\nmax_connections = 256\nmax_connections_per_ip = 256\n'
                 f'[http]\nlisten = "127.0.0.1:0"\n[record]\nflow_continue_duration_s = 0\n'
                 f'flush_interval_ms = {flush_ms}\n'
                 # Only a really full disk may refuse the bench's publishes, not a shared

@@ -647,3 +647,47 @@ fn an_unfinished_index_snapshot_from_a_power_cut_does_not_stop_the_start() {
     assert!(errors.trim().is_empty(), "{errors}");
     assert_still_records(&d, "after");
 }
+
+#[test]
+fn one_host_holding_idle_sockets_cannot_lock_other_publishers_out() {
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 0",
+        "handshake_timeout_s = 60",
+        "[rtsp]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_s = 60\nmax_connections_per_ip = 4",
+    );
+    d.spawn();
+    // As many idle sockets as the RTMP listener has slots (64), from a second address:
+    // that host keeps its share (16), the rest are closed at accept.
+    let hog = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut idle: Vec<RawClient> = (0..64)
+        .map(|_| RawClient::connect_from(&d.rtmp, hog))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = |clients: &mut Vec<RawClient>| {
+        clients
+            .iter_mut()
+            .map(|c| c.closed_by_server(Duration::from_millis(1)))
+            .filter(|&closed| closed)
+            .count()
+    };
+    assert_eq!(closed(&mut idle), 48, "{}", d.log());
+    assert!(
+        d.log()
+            .contains("rtmp connection refused: too many connections from this address (limit 16)"),
+        "{}",
+        d.log()
+    );
+    // Every other encoder still gets in, while the hog's sockets stay open.
+    assert_still_records(&d, "beside-the-hog");
+    idle.retain_mut(|c| !c.closed_by_server(Duration::from_millis(1)));
+    assert_eq!(idle.len(), 16, "the hog's share was closed early");
+    // The RTSP listener counts its own slots the same way.
+    let mut rtsp: Vec<RawClient> = (0..6)
+        .map(|_| RawClient::connect_from(&d.rtsp, hog))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(closed(&mut rtsp), 2, "{}", d.log());
+    let other = RawClient::connect_from(&d.rtsp, std::net::Ipv4Addr::new(127, 0, 0, 3));
+    let mut other = vec![other];
+    assert_eq!(closed(&mut other), 0, "another host was refused");
+}

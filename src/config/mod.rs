@@ -67,6 +67,9 @@ pub struct RtmpConfig {
     pub listen: SocketAddr,
     /// Most simultaneous RTMP connections; more are closed at accept. Default 64 (1-4096).
     pub max_connections: usize,
+    /// Most simultaneous connections from one address (IPv6: one /64), so one host cannot
+    /// take every slot. Default 16 (1-4096).
+    pub max_connections_per_ip: usize,
     /// A peer that has not completed the handshake and `publish` within this many seconds
     /// is disconnected. Default 10 (1-300).
     pub handshake_timeout_s: u64,
@@ -79,7 +82,7 @@ pub struct RtmpConfig {
 }
 
 /// `[rtmps]`: the RTMPS (RTMP over TLS) publish listener. It shares `[rtmp]`'s limits and
-/// timeouts (`max_connections` counts both listeners; the TLS handshake counts against
+/// timeouts (`max_connections` and `max_connections_per_ip` count both listeners; the TLS handshake counts against
 /// `handshake_timeout_s`). Certificates are read again on SIGHUP.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -169,6 +172,7 @@ impl Default for RtmpConfig {
         RtmpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
             max_connections: 64,
+            max_connections_per_ip: 16,
             handshake_timeout_s: 10,
             idle_timeout_s: 30,
             write_timeout_s: 10,
@@ -293,6 +297,12 @@ impl Config {
         };
         let r = &self.rtmp;
         range("rtmp.max_connections", r.max_connections as u64, 1, 4096);
+        range(
+            "rtmp.max_connections_per_ip",
+            r.max_connections_per_ip as u64,
+            1,
+            4096,
+        );
         range("rtmp.handshake_timeout_s", r.handshake_timeout_s, 1, 300);
         range("rtmp.idle_timeout_s", r.idle_timeout_s, 1, 3600);
         range("rtmp.write_timeout_s", r.write_timeout_s, 1, 300);

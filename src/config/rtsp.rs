@@ -15,6 +15,8 @@ pub struct RtspConfig {
     pub listen: String,
     /// Most simultaneous RTSP connections; more are closed at accept. Default 64 (1-4096).
     pub max_connections: usize,
+    /// Most simultaneous connections from one address (IPv6: one /64). Default 16 (1-4096).
+    pub max_connections_per_ip: usize,
     /// A publisher that has not sent RECORD within this many seconds of connecting is
     /// disconnected. Default 10 (1-300).
     pub handshake_timeout_s: u64,
@@ -34,6 +36,7 @@ impl Default for RtspConfig {
         RtspConfig {
             listen: String::new(),
             max_connections: 64,
+            max_connections_per_ip: 16,
             handshake_timeout_s: 10,
             idle_timeout_s: 30,
             max_packet_kb: 64,
@@ -72,6 +75,12 @@ pub(super) fn validate(r: &RtspConfig, problems: &mut Vec<ConfigProblem>) {
         }
     };
     range("max_connections", r.max_connections as u64, 1, 4096);
+    range(
+        "max_connections_per_ip",
+        r.max_connections_per_ip as u64,
+        1,
+        4096,
+    );
     range("handshake_timeout_s", r.handshake_timeout_s, 1, 300);
     range("idle_timeout_s", r.idle_timeout_s, 1, 3600);
     range("max_packet_kb", u64::from(r.max_packet_kb), 1, 64);

@@ -9,3 +9,4 @@ pub mod lowat;
 pub mod rate;
 pub mod rtmp;
 pub mod rtsp;
+pub mod slots;

@@ -3,7 +3,8 @@
 //! per stream) and forwards demuxed frames to the stream's recorder.
 //!
 //! RTMPS is the same code over a rustls stream (see [`Transport`]): the TLS handshake is
-//! bounded by `handshake_timeout_s`, both listeners share `max_connections`, and each
+//! bounded by `handshake_timeout_s`, both listeners share `max_connections` and `max_connections_per_ip`
+//! (see `slots`), and each
 //! connection takes the certificate current when it was accepted (`tls::ServerTls`), so a
 //! SIGHUP reload never touches a live publish. A failed TLS handshake is a warning and a
 //! closed socket. The receive low-water mark (`lowat`) applies to plain TCP only: under TLS
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use super::admission::PublishGate;
 use super::lowat::{self, PUBLISH_DRAIN, PUBLISH_LOW_WATER};
 use super::rate::RateMeter;
+use super::slots::ConnectionSlots;
 use crate::config::RtmpConfig;
 use crate::proto::rtmp::amf0;
 use crate::proto::rtmp::{DemuxEvent, FlvDemuxer, Limits, ServerSession, SessionEvent};
@@ -54,7 +55,7 @@ pub async fn run(
     recorders: Recorders,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let slots = ConnectionSlots::new(config.max_connections, config.max_connections_per_ip);
     let tracker = TaskTracker::new();
     let config = Arc::new(config);
     loop {
@@ -73,9 +74,12 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = config.max_connections, "{scheme} connection refused: too many connections");
-            continue;
+        let permit = match slots.try_take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                tracing::warn!(%peer, "{scheme} connection refused: {refused}");
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let (config, recorders, cancel) = (config.clone(), recorders.clone(), cancel.clone());

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use rtsp_types::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::PublishGate;
 use super::rate::RateMeter;
+use super::slots::ConnectionSlots;
 use crate::config::RtspConfig;
 use crate::media::{Frame, TrackKind, TICKS_PER_SECOND};
 use crate::proto::rtsp::{
@@ -48,7 +49,7 @@ pub async fn run(
     recorders: Recorders,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let slots = ConnectionSlots::new(config.max_connections, config.max_connections_per_ip);
     let tracker = TaskTracker::new();
     let bind_ip = listener
         .local_addr()
@@ -72,9 +73,12 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = config.max_connections, "rtsp connection refused: too many connections");
-            continue;
+        let permit = match slots.try_take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                tracing::warn!(%peer, "rtsp connection refused: {refused}");
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let mut conn = Connection::new(
