@@ -691,3 +691,59 @@ fn one_host_holding_idle_sockets_cannot_lock_other_publishers_out() {
     let mut other = vec![other];
     assert_eq!(closed(&mut other), 0, "another host was refused");
 }
+
+#[test]
+fn a_one_gigabyte_part_file_is_recovered_in_bounded_memory() {
+    let mut d = Daemon::start("flow_continue_duration_s = 60", "");
+    let clip = media::clip(Clip::AudioVideo, 20);
+    let mut ffmpeg = media::publish(&d.rtmp_url("live", "huge"), &clip, true);
+    // Killed mid-way through the first segment (4 s), after a flush (1 s) made part of it
+    // durable.
+    let rec = wait_for(
+        "media in the first segment",
+        Duration::from_secs(20),
+        || {
+            let streams = d.json("/api/v1/streams");
+            let received = streams[0]["media_received_ms"].as_u64().unwrap_or(0);
+            (received >= 2500)
+                .then(|| d.recordings().into_iter().next())
+                .flatten()
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    d.kill9();
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    // The .part a publisher that never sends a keyframe again would leave: 1 GiB. Its
+    // whole packets are repeated; a scan that reads it whole holds 1 GiB.
+    let part = d.recording_dir(&rec).join("00000001.ts.part");
+    let mut data = std::fs::read(&part).expect("the open segment's .part");
+    // Its packets (the file may end in preallocated zeros).
+    data.truncate(edgerec::mux::ts_scan::scan(&data, true).keep_len);
+    std::fs::write(&part, &data).unwrap();
+    assert!(data.len() > 50_000, "only {} bytes durable", data.len());
+    let mut file = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&part)
+            .unwrap(),
+    );
+    let mut size = data.len() as u64;
+    while size < 1 << 30 {
+        file.write_all(&data).unwrap();
+        size += data.len() as u64;
+    }
+    file.flush().unwrap();
+    drop(file);
+    d.spawn();
+    let recs = d.wait_recordings(1, "resumable", Duration::from_secs(60));
+    let rec = d.recording(recs[0]["id"].as_str().unwrap());
+    let adopted = &rec["segment_list"][0];
+    assert!(adopted["recovered"].as_bool().unwrap(), "{rec}");
+    assert!(
+        adopted["bytes"].as_u64().unwrap() > (1 << 30) - (1 << 20),
+        "{adopted}"
+    );
+    let peak = peak_rss_mib(&d);
+    assert!(peak <= 64, "recovery peaked at {peak} MiB");
+}

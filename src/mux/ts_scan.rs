@@ -3,13 +3,16 @@
 //! (ISO/IEC 13818-1 sections 2.4.3.2-2.4.3.7: packet header, adaptation field, PES
 //! header timestamps; ADTS frame headers per ISO/IEC 13818-7 section 6.2).
 //!
-//! Owns: [`scan`] and its [`TsScan`] summary. Never modifies or writes the file (the caller
-//! truncates to [`TsScan::keep_len`]), never panics on arbitrary bytes. Only the fixed PIDs
+//! Owns: [`Scanner`] (fed in chunks of any size, in bounded memory), [`scan`] and their
+//! [`TsScan`] summary. Never modifies or writes the file (the caller truncates to
+//! [`TsScan::keep_len`]), never panics on arbitrary bytes. Only the fixed PIDs
 //! the muxer uses ([`VIDEO_PID`], [`AUDIO_PID`]) are read; the PMT is not consulted.
 
 use super::ts::{
     read_timestamp, timestamp_delta, AUDIO_PID, PACKET_SIZE, TS_TIMESTAMP_OFFSET, VIDEO_PID,
 };
+use std::collections::{BTreeMap, VecDeque};
+
 use crate::media::Ticks;
 
 const SYNC_BYTE: u8 = 0x47;
@@ -54,9 +57,9 @@ impl TsScan {
     }
 }
 
-/// One PES as found in the file.
+/// The PES of one PID being read: its packets so far.
 #[derive(Debug)]
-struct Pes {
+struct OpenPes {
     /// Offset of its first (PUSI) packet.
     start: usize,
     /// Offset just past its last packet.
@@ -64,35 +67,200 @@ struct Pes {
     /// Raw 33-bit DTS (or PTS when there is no DTS); `None` if the header was unreadable.
     dts: Option<i64>,
     random_access: bool,
-    /// Audio: payload bytes, for counting ADTS frames.
+    /// Audio: payload bytes, for counting ADTS frames (at most one PES's worth is held).
     payload: Vec<u8>,
 }
 
-/// Scans `buf`. `complete == true`: the file was closed normally, keep everything that
-/// parses. `false`: a `.part` file — keep only whole 188-byte packets with sync bytes and
-/// drop from the start of the last (possibly incomplete) PES of each PID, i.e.
-/// keep_len = min over PIDs of the offset of that PID's last PUSI packet, so every kept
-/// PES is complete. A `.part` file without any complete media PES keeps nothing.
+/// A whole PES, reduced to what the summary needs.
+#[derive(Debug, Clone, Copy)]
+struct Pes {
+    end: usize,
+    dts: Option<i64>,
+    random_access: bool,
+    /// Audio: ADTS frames at the start of its payload and the ticks of one.
+    adts: (u64, Ticks),
+}
+
+/// One PID's state: the PES being read, whole ones not yet known to be kept, and the
+/// running summary of the kept ones.
+#[derive(Debug, Default)]
+struct PidState {
+    open: Option<OpenPes>,
+    /// Whole PES that end past where a `.part` file might be cut (see [`Scanner::fold`]).
+    waiting: VecDeque<Pes>,
+    kept: Summary,
+}
+
+/// Running summary of a PID's kept PES, in file order.
+#[derive(Debug, Default)]
+struct Summary {
+    /// A kept PES had a readable timestamp.
+    any: bool,
+    first_raw: Option<i64>,
+    first_random_access: Option<bool>,
+    frames: u64,
+    last_dts: Ticks,
+    frame_ticks: Ticks,
+    /// Video: how often each DTS step occurs (for the median), at most [`MAX_STEP_KINDS`]
+    /// distinct steps.
+    steps: BTreeMap<Ticks, u64>,
+}
+
+/// Distinct video DTS steps counted for the median: real streams have a handful.
+const MAX_STEP_KINDS: usize = 4096;
+
+impl Summary {
+    fn add_video(&mut self, pes: &Pes) {
+        let Some(raw) = pes.dts else { return };
+        self.any = true;
+        let first_raw = *self.first_raw.get_or_insert(raw);
+        self.first_random_access.get_or_insert(pes.random_access);
+        let dts = unwrap(raw, first_raw);
+        if self.frames > 0 && dts > self.last_dts {
+            let kinds = self.steps.len();
+            match self.steps.get_mut(&(dts - self.last_dts)) {
+                Some(n) => *n += 1,
+                None if kinds < MAX_STEP_KINDS => {
+                    self.steps.insert(dts - self.last_dts, 1);
+                }
+                None => {}
+            }
+        }
+        self.frames += 1;
+        self.last_dts = dts;
+    }
+
+    fn add_audio(&mut self, pes: &Pes) {
+        let Some(raw) = pes.dts else { return };
+        self.any = true;
+        let first_raw = *self.first_raw.get_or_insert(raw);
+        let (count, ticks) = pes.adts;
+        if count == 0 {
+            return;
+        }
+        self.frame_ticks = ticks;
+        self.frames += count;
+        self.last_dts = unwrap(raw, first_raw) + (count as i64 - 1) * ticks;
+    }
+
+    fn video(&self) -> Option<PidSummary> {
+        let first_raw = self.first_raw?;
+        let total: u64 = self.steps.values().sum();
+        let mut seen = 0;
+        let median = self.steps.iter().find_map(|(&step, &n)| {
+            seen += n;
+            (seen > total / 2).then_some(step)
+        });
+        Some(PidSummary {
+            frames: self.frames,
+            first_dts: first_raw - TS_TIMESTAMP_OFFSET,
+            last_dts: self.last_dts,
+            typical_frame_ticks: median.unwrap_or(0),
+        })
+    }
+
+    fn audio(&self) -> Option<PidSummary> {
+        (self.frames > 0).then(|| PidSummary {
+            frames: self.frames,
+            first_dts: self.first_raw.unwrap_or(0) - TS_TIMESTAMP_OFFSET,
+            last_dts: self.last_dts,
+            typical_frame_ticks: self.frame_ticks,
+        })
+    }
+}
+
+/// Scans `buf`: a [`Scanner`] over a buffer held whole.
+pub fn scan(buf: &[u8], complete: bool) -> TsScan {
+    let mut scanner = Scanner::new(complete);
+    scanner.feed(buf);
+    scanner.finish()
+}
+
+/// The scan, fed in pieces of any size, so a file of any length is scanned in bounded
+/// memory (recovery reads a segment in chunks: a `.part` is as large as its publisher
+/// kept the segment open).
+///
+/// `complete == true`: the file was closed normally, keep everything that parses.
+/// `false`: a `.part` file — keep only whole 188-byte packets with sync bytes and drop
+/// from the start of the last (possibly incomplete) PES of each PID, i.e. keep_len = min
+/// over PIDs of the offset of that PID's last PUSI packet, so every kept PES is complete.
+/// A `.part` file without any complete media PES keeps nothing.
 ///
 /// Parsing stops at the first packet without a sync byte or with a malformed adaptation
 /// field; what follows is garbage.
-pub fn scan(buf: &[u8], complete: bool) -> TsScan {
-    let mut video: Vec<Pes> = Vec::new();
-    let mut audio: Vec<Pes> = Vec::new();
-    let mut valid_len = 0;
-    for (index, packet) in buf.chunks_exact(PACKET_SIZE).enumerate() {
-        let offset = index * PACKET_SIZE;
+#[derive(Debug)]
+pub struct Scanner {
+    complete: bool,
+    /// Offset of the next packet.
+    offset: usize,
+    valid_len: usize,
+    stopped: bool,
+    /// The start of a packet split across two [`Scanner::feed`] calls.
+    carry: Vec<u8>,
+    video: PidState,
+    audio: PidState,
+}
+
+impl Scanner {
+    pub fn new(complete: bool) -> Scanner {
+        Scanner {
+            complete,
+            offset: 0,
+            valid_len: 0,
+            stopped: false,
+            carry: Vec::with_capacity(PACKET_SIZE),
+            video: PidState::default(),
+            audio: PidState::default(),
+        }
+    }
+
+    /// The next bytes of the file.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        if !self.carry.is_empty() {
+            let take = (PACKET_SIZE - self.carry.len()).min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.carry.len() < PACKET_SIZE {
+                return;
+            }
+            let mut packet = std::mem::take(&mut self.carry);
+            self.packet(&packet);
+            packet.clear();
+            self.carry = packet;
+        }
+        let mut packets = data.chunks_exact(PACKET_SIZE);
+        for packet in &mut packets {
+            self.packet(packet);
+        }
+        self.carry.extend_from_slice(packets.remainder());
+    }
+
+    fn packet(&mut self, packet: &[u8]) {
+        if self.stopped {
+            return;
+        }
+        let offset = self.offset;
+        self.offset += PACKET_SIZE;
         let Some(parsed) = parse_packet(packet) else {
-            break;
+            self.stopped = true;
+            return;
         };
-        valid_len = offset + PACKET_SIZE;
-        let list = match parsed.pid {
-            VIDEO_PID => &mut video,
-            AUDIO_PID => &mut audio,
-            _ => continue,
+        self.valid_len = offset + PACKET_SIZE;
+        let is_audio = match parsed.pid {
+            VIDEO_PID => false,
+            AUDIO_PID => true,
+            _ => return,
+        };
+        let state = if is_audio {
+            &mut self.audio
+        } else {
+            &mut self.video
         };
         if parsed.pusi {
-            list.push(Pes {
+            if let Some(done) = state.open.take() {
+                state.waiting.push_back(done.close(is_audio));
+            }
+            state.open = Some(OpenPes {
                 start: offset,
                 end: offset + PACKET_SIZE,
                 dts: pes_dts(parsed.payload),
@@ -100,41 +268,97 @@ pub fn scan(buf: &[u8], complete: bool) -> TsScan {
                 payload: Vec::new(),
             });
         } else if parsed.payload.is_empty() {
-            continue; // PCR-only packet
+            return; // PCR-only packet
         }
-        if let Some(pes) = list.last_mut() {
+        if let Some(pes) = state.open.as_mut() {
             pes.end = offset + PACKET_SIZE;
-            if parsed.pid == AUDIO_PID {
+            if is_audio {
                 pes.payload.extend_from_slice(parsed.payload);
             }
         }
+        if parsed.pusi {
+            self.fold();
+        }
     }
-    let keep_len = if complete {
-        valid_len
-    } else {
-        [video.last(), audio.last()]
+
+    /// Adds to the summaries the whole PES that are kept whatever follows: a `.part` is
+    /// cut at the start of some PID's last PES, which is no earlier than the earliest
+    /// start of a PES being read now (later PES of any PID start further on).
+    fn fold(&mut self) {
+        let Some(safe) = [&self.video, &self.audio]
             .iter()
-            .flatten()
-            .map(|p| p.start)
+            .filter_map(|s| s.open.as_ref().map(|p| p.start))
             .min()
-            .unwrap_or(0)
-    };
-    let kept = |list: Vec<Pes>| -> Vec<Pes> {
-        list.into_iter()
-            .filter(|p| p.end <= keep_len && p.dts.is_some())
-            .collect()
-    };
-    let (video, audio) = (kept(video), kept(audio));
-    let keep_len = if !complete && video.is_empty() && audio.is_empty() {
-        0 // tables alone are not a segment
-    } else {
-        keep_len
-    };
-    TsScan {
-        keep_len,
-        starts_with_keyframe: video.first().is_none_or(|p| p.random_access),
-        video: summarize_video(&video),
-        audio: summarize_audio(&audio),
+        else {
+            return;
+        };
+        fold_pid(&mut self.video, safe, false);
+        fold_pid(&mut self.audio, safe, true);
+    }
+
+    /// The summary of everything fed.
+    pub fn finish(mut self) -> TsScan {
+        let keep_len = if self.complete {
+            for (state, is_audio) in [(&mut self.video, false), (&mut self.audio, true)] {
+                if let Some(done) = state.open.take() {
+                    state.waiting.push_back(done.close(is_audio));
+                }
+            }
+            self.valid_len
+        } else {
+            [&self.video, &self.audio]
+                .iter()
+                .filter_map(|s| s.open.as_ref().map(|p| p.start))
+                .min()
+                .unwrap_or(0)
+        };
+        fold_pid(&mut self.video, keep_len, false);
+        fold_pid(&mut self.audio, keep_len, true);
+        let (video, audio) = (&self.video.kept, &self.audio.kept);
+        let keep_len = if !self.complete && !video.any && !audio.any {
+            0 // tables alone are not a segment
+        } else {
+            keep_len
+        };
+        TsScan {
+            keep_len,
+            starts_with_keyframe: video.first_random_access.unwrap_or(true),
+            video: video.video(),
+            audio: audio.audio(),
+        }
+    }
+}
+
+/// Moves a PID's whole PES that end by `keep_len` into its summary, in file order.
+fn fold_pid(state: &mut PidState, keep_len: usize, is_audio: bool) {
+    while let Some(pes) = state.waiting.front().filter(|p| p.end <= keep_len) {
+        if is_audio {
+            state.kept.add_audio(pes);
+        } else {
+            state.kept.add_video(pes);
+        }
+        state.waiting.pop_front();
+    }
+}
+
+impl OpenPes {
+    fn close(self, is_audio: bool) -> Pes {
+        Pes {
+            end: self.end,
+            dts: self.dts,
+            random_access: self.random_access,
+            adts: if is_audio {
+                count_adts(self.payload_after_header())
+            } else {
+                (0, 0)
+            },
+        }
+    }
+
+    /// The PES payload without its header.
+    fn payload_after_header(&self) -> &[u8] {
+        let header_len = self.payload.get(8).map_or(0, |&n| 9 + usize::from(n));
+        self.payload.get(header_len..).unwrap_or_default()
     }
 }
 
@@ -200,60 +424,6 @@ fn pes_dts(payload: &[u8]) -> Option<i64> {
 /// `first_raw - TS_TIMESTAMP_OFFSET`).
 fn unwrap(raw: i64, first_raw: i64) -> Ticks {
     first_raw - TS_TIMESTAMP_OFFSET + timestamp_delta(raw, first_raw)
-}
-
-fn summarize_video(pes: &[Pes]) -> Option<PidSummary> {
-    let first_raw = pes.first()?.dts?;
-    let dts: Vec<Ticks> = pes
-        .iter()
-        .filter_map(|p| p.dts)
-        .map(|raw| unwrap(raw, first_raw))
-        .collect();
-    let mut steps: Vec<Ticks> = dts
-        .windows(2)
-        .filter_map(|w| match w {
-            [a, b] if b > a => Some(b - a),
-            _ => None,
-        })
-        .collect();
-    steps.sort_unstable();
-    Some(PidSummary {
-        frames: dts.len() as u64,
-        first_dts: *dts.first()?,
-        last_dts: *dts.last()?,
-        typical_frame_ticks: steps.get(steps.len() / 2).copied().unwrap_or(0),
-    })
-}
-
-fn summarize_audio(pes: &[Pes]) -> Option<PidSummary> {
-    let first_raw = pes.first()?.dts?;
-    let mut frames = 0u64;
-    let mut last_dts = 0;
-    let mut frame_ticks = 0;
-    for p in pes {
-        let Some(raw) = p.dts else { continue };
-        let (count, ticks) = count_adts(p.payload_after_header());
-        if count == 0 {
-            continue;
-        }
-        frame_ticks = ticks;
-        frames += count;
-        last_dts = unwrap(raw, first_raw) + (count as i64 - 1) * ticks;
-    }
-    (frames > 0).then(|| PidSummary {
-        frames,
-        first_dts: first_raw - TS_TIMESTAMP_OFFSET,
-        last_dts,
-        typical_frame_ticks: frame_ticks,
-    })
-}
-
-impl Pes {
-    /// The PES payload without its header.
-    fn payload_after_header(&self) -> &[u8] {
-        let header_len = self.payload.get(8).map_or(0, |&n| 9 + usize::from(n));
-        self.payload.get(header_len..).unwrap_or_default()
-    }
 }
 
 /// Counts the ADTS frames at the start of `data` and the duration of one (1024 samples).
@@ -342,6 +512,21 @@ mod tests {
         let s = scan(&buf, false);
         assert_eq!(s.video.unwrap().frames, 49);
         assert!(scan(&buf[..PACKET_SIZE * 2], false).keep_len == 0);
+    }
+
+    #[test]
+    fn fed_in_pieces_it_scans_the_same_as_whole() {
+        let (buf, _) = segment(0);
+        for cut in [buf.len(), buf.len() - 1000, buf.len() / 3] {
+            for complete in [true, false] {
+                let whole = scan(&buf[..cut], complete);
+                for piece in [1, 7, 188, 1000, 65536] {
+                    let mut scanner = Scanner::new(complete);
+                    buf[..cut].chunks(piece).for_each(|p| scanner.feed(p));
+                    assert_eq!(scanner.finish(), whole, "cut {cut}, pieces of {piece}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,10 +13,11 @@
 //! A recording that never got a durable segment is removed (nothing to play or resume).
 //! Recordings marked `deleting` finish their two-phase delete (invariant 3). Finished
 //! recordings are not rescanned here (that is `fsck`'s job), which keeps start-up fast.
+//! Files are scanned in 1 MiB chunks: memory does not grow with a segment's size.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 use std::time::Duration;
 
@@ -214,8 +215,7 @@ pub fn reconcile_files(
             }
             continue;
         }
-        let data = std::fs::read(&path).map_err(io_err(&path))?;
-        let scan = ts_scan::scan(&data, !part);
+        let (scan, file_len) = scan_file(&path, !part).map_err(io_err(&path))?;
         let media_start = [scan.video.as_ref(), scan.audio.as_ref()]
             .into_iter()
             .flatten()
@@ -236,7 +236,7 @@ pub fn reconcile_files(
                 .map_err(io_err(&path))?;
             file.set_len(scan.keep_len as u64).map_err(io_err(&path))?;
             file.sync_all().map_err(io_err(&path))?;
-            report.bytes_truncated += (data.len() - scan.keep_len) as u64;
+            report.bytes_truncated += file_len - scan.keep_len as u64;
             let final_path = dir.join(&final_name);
             std::fs::rename(&path, &final_path).map_err(io_err(&path))?;
             sync_dir(&dir).map_err(io_err(&dir))?;
@@ -270,6 +270,30 @@ pub fn reconcile_files(
         .get_recording(&row.id)?
         .ok_or_else(|| IndexError::NoSuchRecording(row.id.clone()).into())
 }
+
+/// Scans a segment file in chunks of [`SCAN_CHUNK`] (a `.part` is as large as its
+/// publisher kept the segment open: never read it whole). Returns the scan and the
+/// file's length.
+fn scan_file(path: &Path, complete: bool) -> io::Result<(ts_scan::TsScan, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut scanner = ts_scan::Scanner::new(complete);
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        scanner.feed(&chunk[..n]);
+        len += n as u64;
+    }
+    Ok((scanner.finish(), len))
+}
+
+/// Bytes read at a time by [`scan_file`].
+const SCAN_CHUNK: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
