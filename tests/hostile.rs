@@ -747,3 +747,140 @@ fn a_one_gigabyte_part_file_is_recovered_in_bounded_memory() {
     let peak = peak_rss_mib(&d);
     assert!(peak <= 64, "recovery peaked at {peak} MiB");
 }
+
+/// Bytes of every media file under the data dir.
+fn media_bytes(d: &Daemon) -> u64 {
+    fn walk(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    }
+    walk(&d.data_dir().join("media"))
+}
+
+/// The AVC sequence header of an ffmpeg clip.
+fn avc_config() -> Vec<u8> {
+    let tags = read_tags(&media::clip(Clip::VideoOnly, 1));
+    tags.into_iter()
+        .find(|t| t.kind == 9 && t.body.get(1) == Some(&0))
+        .expect("a sequence header")
+        .body
+}
+
+#[test]
+fn tiny_frames_cannot_make_the_box_write_more_than_twice_what_they_send() {
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, _) = c.publish("live", "tiny", false);
+    let config = avc_config();
+    c.session.video(id, 0, &config);
+    let mut sent = config.len() as u64;
+    // 10,000 keyframes of one 4-byte NAL, 1 ms apart: each is a TS packet and the
+    // parameter sets on flash, 10-30 times what it is on the wire.
+    let tiny = [0x17, 1, 0, 0, 0, 0, 0, 0, 4, 0x65, 0x88, 0x84, 0x00];
+    for ts in 0..10_000u32 {
+        c.session.video(id, ts, &tiny);
+        sent += tiny.len() as u64;
+        if ts % 256 == 255 && c.flush().is_err() {
+            break;
+        }
+    }
+    let _ = c.flush();
+    assert!(c.closed_by_server(Duration::from_secs(10)), "not dropped");
+    d.wait_recordings(1, "finished", Duration::from_secs(20));
+    let log = d.log();
+    assert!(
+        log.contains("publisher dropped: the publisher's frames cost"),
+        "{log}"
+    );
+    // Twice what was sent, plus the allowance of the first seconds (256 KiB, and a TS
+    // packet per frame at 60 frames a second).
+    let written = media_bytes(&d);
+    assert!(
+        written <= 2 * sent + 512 * 1024,
+        "{written} bytes on flash for {sent} sent"
+    );
+    assert_still_records(&d, "after-tiny");
+}
+
+#[test]
+fn a_publisher_that_keeps_jumping_its_clock_is_dropped_after_ten_cuts_a_minute() {
+    let d = Daemon::start("flow_continue_duration_s = 30", "");
+    let tags = read_tags(&media::clip(Clip::VideoOnly, 2));
+    let reason = "more than 10 times within a minute";
+    // The 2 s clip again and again, each copy 100 s later than the one before: each copy
+    // starts with a jump, and each jump closes a segment.
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, _) = c.publish("live", "jumpy", false);
+    'copies: for copy in 0..20u32 {
+        for tag in &tags {
+            let ts = tag.timestamp + copy * 100_000;
+            match tag.kind {
+                9 => c.session.video(id, ts, &tag.body),
+                _ => continue,
+            }
+            if c.flush().is_err() {
+                break 'copies;
+            }
+        }
+    }
+    assert!(c.closed_by_server(Duration::from_secs(10)), "not dropped");
+    let recs = d.wait_recordings(1, "resumable", Duration::from_secs(20));
+    let id_of = recs[0]["id"].as_str().unwrap().to_owned();
+    // The first copy's segment and one for each of the ten jumps allowed.
+    let segments = d.recording(&id_of)["segments"].as_u64().unwrap();
+    assert_eq!(segments, 11, "{}", d.log());
+    // Reconnecting (a resume is a cut too) does not reset the count.
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, _) = c.publish("live", "jumpy", false);
+    for tag in tags.iter().filter(|t| t.kind == 9) {
+        c.session.video(id, tag.timestamp, &tag.body);
+        if c.flush().is_err() {
+            break;
+        }
+    }
+    assert!(c.closed_by_server(Duration::from_secs(10)), "not dropped");
+    d.wait_log(reason, 2, Duration::from_secs(10));
+    assert_eq!(d.recording(&id_of)["segments"], 11, "{}", d.log());
+    assert_still_records(&d, "after-jumps");
+}
+
+#[test]
+fn a_segment_without_keyframes_is_cut_after_four_target_durations() {
+    let d = Daemon::start("segment_duration_s = 1\nflow_continue_duration_s = 0", "");
+    let clip = media::clip(Clip::AudioVideo, 12);
+    let sent = media::probe(clip.to_str().unwrap());
+    // An encoder that flags only its first picture as a keyframe (the pictures are the
+    // clip's, so its IDRs still decode): no cut point after the first.
+    let mut tags = read_tags(&clip);
+    let mut first = true;
+    for t in tags.iter_mut().filter(|t| t.kind == 9 && t.body[1] == 1) {
+        if t.body[0] >> 4 == 1 && !std::mem::take(&mut first) {
+            t.body[0] = 0x27;
+        }
+    }
+    let mut c = RawClient::connect(&d.rtmp);
+    let (id, _) = c.publish("live", "long-gop", false);
+    send_tags(&mut c, id, &tags, |_, ts| ts);
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(20));
+    let rec = d.recording(recs[0]["id"].as_str().unwrap());
+    let segments = rec["segment_list"].as_array().unwrap();
+    // 4 s, 4 s, 4 s and what is left of the 12 s.
+    assert!((3..=4).contains(&segments.len()), "{rec}");
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s["keyframe"], i == 0, "{s}");
+        let duration = s["duration_s"].as_f64().unwrap();
+        assert!(duration <= 4.05, "{s}");
+    }
+    assert!(d.log().contains("no keyframe to cut the segment at"));
+    let url = d.http_url(rec["playlist"].as_str().unwrap());
+    let errors = media::decode_errors(&url);
+    assert!(errors.trim().is_empty(), "{errors}");
+    assert_eq!(media::probe(&url).video_frames, sent.video_frames);
+}

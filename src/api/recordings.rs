@@ -83,6 +83,10 @@ pub struct SegmentView {
     pub discontinuity: bool,
     pub gap: bool,
     pub recovered: bool,
+    /// Starts with a video keyframe (or has no video). False after recovery lost its start,
+    /// or when its publisher sent no keyframe for four segment durations (or 256 MiB)
+    /// and it was cut anyway: such a segment plays only after the one before it.
+    pub keyframe: bool,
 }
 
 impl RecordingView {
@@ -215,6 +219,7 @@ impl SegmentView {
             discontinuity: seg.discontinuity,
             gap: seg.gap,
             recovered: seg.recovered,
+            keyframe: seg.keyframe,
         }
     }
 }

@@ -223,8 +223,9 @@ pub struct SegmentRow {
     pub media_start: Ticks,
     /// Wall clock (unix ms) of the first frame.
     pub wall_start_ms: i64,
-    /// Starts with a keyframe (always, except a segment adopted by recovery whose start
-    /// was lost).
+    /// Starts with a keyframe (or has no video). Not a segment adopted by recovery whose
+    /// start was lost, nor one cut because its publisher sent no keyframe for too long
+    /// (`record::write_bounds`).
     pub keyframe: bool,
     /// Follows a discontinuity: `EXT-X-DISCONTINUITY` goes before it.
     pub discontinuity: bool,

@@ -264,6 +264,15 @@ impl<'a> Connection<'a> {
                     Ok(0) => return Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // A recorder that ended the publish (a limit crossed, a failed
+                        // write) is said at once, not at the next frame or the idle timeout.
+                        if self
+                            .publishing
+                            .as_ref()
+                            .is_some_and(|(_, h)| h.recorder_stopped())
+                        {
+                            return Err(self.recorder_failure());
+                        }
                         if Instant::now() >= deadline {
                             return Err(format!("no data for {} s", idle.as_secs()));
                         }
@@ -465,12 +474,10 @@ impl<'a> Connection<'a> {
     }
 
     fn recorder_failure(&self) -> String {
-        let reason = self
-            .publishing
-            .as_ref()
-            .and_then(|(_, h)| h.stats().failure())
-            .unwrap_or_else(|| "unknown".into());
-        format!("recording failed: {reason}")
+        self.publishing.as_ref().map_or_else(
+            || "the recorder stopped".into(),
+            |(_, h)| h.stats().stop_reason(),
+        )
     }
 }
 

@@ -667,6 +667,5 @@ fn forward(
 }
 
 fn recorder_failure(handle: &PublishHandle) -> String {
-    let reason = handle.stats().failure().unwrap_or_else(|| "unknown".into());
-    format!("recording failed: {reason}")
+    handle.stats().stop_reason()
 }

@@ -14,6 +14,7 @@ pub mod playlist;
 mod preroll;
 mod session;
 pub mod timeline;
+pub mod write_bounds;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -36,6 +37,7 @@ use crate::storage::Storage;
 use crate::stream_key::StreamKey;
 use catalog::{Catalog, Plan};
 use session::RecordingSession;
+use write_bounds::CutHistory;
 
 /// Frames are handed to the writer thread in batches, so it wakes a few times a second
 /// instead of once per frame: the ingest hands over what it collected each time it has
@@ -67,6 +69,10 @@ pub enum RecordError {
     Gone(String),
     #[error("the recorder thread panicked: {0}")]
     Panicked(String),
+    /// Not a failure of the recording: the publisher crossed a [`write_bounds`] limit, so
+    /// its publish ends (the recording stays resumable).
+    #[error("{0}")]
+    PublisherDropped(String),
 }
 
 impl RecordError {
@@ -147,6 +153,8 @@ pub struct LiveStats {
     heartbeat_ms: AtomicU64,
     tracks: Mutex<Tracks>,
     failure: Mutex<Option<String>>,
+    /// Why the recorder ended the publish (a [`write_bounds`] limit), if it did.
+    dropped: Mutex<Option<String>>,
     /// Why the publisher's audio is not recorded (a codec MPEG-TS cannot carry).
     audio_dropped: Mutex<Option<String>>,
 }
@@ -177,6 +185,22 @@ impl LiveStats {
     /// Why the recorder stopped, if it failed.
     pub fn failure(&self) -> Option<String> {
         lock(&self.failure).clone()
+    }
+
+    fn set_dropped(&self, reason: &str) {
+        *lock(&self.dropped) = Some(reason.to_owned());
+    }
+
+    /// Why the recorder stopped taking this publisher's frames, for the ingest's log line
+    /// and the reply it gives: a failed recording, or a limit the publisher crossed.
+    pub fn stop_reason(&self) -> String {
+        if let Some(reason) = lock(&self.dropped).clone() {
+            return format!("publisher dropped: {reason}");
+        }
+        match self.failure() {
+            Some(f) => format!("recording failed: {f}"),
+            None => "the recorder stopped".into(),
+        }
     }
 
     /// A JSON view for `GET /api/v1/streams`.
@@ -255,6 +279,8 @@ struct Inner {
     /// resume reaper re-plans its next check.
     ended: tokio::sync::Notify,
     disk: Arc<DiskState>,
+    /// Each stream's recent unplanned segment cuts, across its sessions.
+    cut_histories: Mutex<HashMap<String, Arc<Mutex<CutHistory>>>>,
 }
 
 /// The registry of live recorders. Cheap to clone.
@@ -289,6 +315,12 @@ impl PublishHandle {
 
     pub fn recording_id(&self) -> &str {
         &self.stats.recording_id
+    }
+
+    /// Whether the recorder has stopped taking this publish's frames (its recording failed,
+    /// or the publisher crossed a [`write_bounds`] limit); see [`LiveStats::stop_reason`].
+    pub fn recorder_stopped(&self) -> bool {
+        self.tx.is_some() && (lock(&self.stats.dropped).is_some() || self.stats.failure().is_some())
     }
 
     /// Whether this publish records anything (a rule may say it does not).
@@ -336,7 +368,7 @@ impl PublishHandle {
         if self.tx.is_none() || (self.audio_only && frame.kind == crate::media::TrackKind::Video) {
             return Ok(());
         }
-        let len = frame.data.len();
+        let len = charge(&frame);
         let in_flight = self.stats.in_flight.load(Ordering::Acquire);
         if in_flight + self.batch_bytes + len > self.budget {
             self.dropping += 1;
@@ -420,6 +452,7 @@ impl Recorders {
                 idle: tokio::sync::Notify::new(),
                 ended: tokio::sync::Notify::new(),
                 disk: Arc::new(DiskState::default()),
+                cut_histories: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -524,13 +557,12 @@ impl Recorders {
             config.flow_continue_duration_s = t.resume_window_s(config.flow_continue_duration_s);
         }
         let session = RecordingSession::new(
-            self.inner.index.clone(),
-            self.inner.storage.clone(),
+            (self.inner.index.clone(), self.inner.storage.clone()),
             config,
             stats.clone(),
             row,
-            resumed,
-            media_end,
+            resumed.then_some(media_end),
+            self.cut_history(&key),
         );
         self.inner.running.fetch_add(1, Ordering::AcqRel);
         let inner = self.inner.clone();
@@ -591,6 +623,15 @@ impl Recorders {
             batch_bytes: 0,
             first_dts: None,
         })
+    }
+
+    /// The unplanned-cut history of stream `key`, shared by its sessions; histories with
+    /// nothing in the last minute are dropped.
+    fn cut_history(&self, key: &str) -> Arc<Mutex<CutHistory>> {
+        let mut all = lock(&self.inner.cut_histories);
+        let now = std::time::Instant::now();
+        all.retain(|k, h| k == key || Arc::strong_count(h) > 1 || !lock(h).is_stale(now));
+        all.entry(key.to_owned()).or_default().clone()
     }
 
     /// Accepts a publish that a rule says not to record: it holds the stream name (one
@@ -700,6 +741,14 @@ impl Recorders {
     }
 }
 
+/// What a frame costs against the writer's byte budget: what it takes once muxed (TS
+/// packets of 184 payload bytes, a PES header), so a flood of tiny frames is charged
+/// for the flash it would cost, not the bytes it came in.
+fn charge(frame: &Frame) -> usize {
+    use crate::mux::ts::PACKET_SIZE;
+    (frame.data.len() + 40).div_ceil(PACKET_SIZE - 4) * PACKET_SIZE
+}
+
 fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
     LiveStats {
         app: app.to_owned(),
@@ -720,6 +769,7 @@ fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
         heartbeat_ms: AtomicU64::new(monotonic_ms()),
         tracks: Mutex::new(Tracks::default()),
         failure: Mutex::new(None),
+        dropped: Mutex::new(None),
         audio_dropped: Mutex::new(None),
     }
 }

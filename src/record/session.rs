@@ -28,12 +28,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::preroll::AudioPreroll;
 use super::timeline::{TimelineGuard, Verdict};
-use super::{now_ms, LiveStats, Msg, RecordError};
+use super::write_bounds::{self, Amplification, CutHistory};
+use super::{charge, lock, now_ms, LiveStats, Msg, RecordError};
 use crate::config::RecordConfig;
 use crate::index::{Index, RecordingRow, RecordingState, SegmentRow, Update};
 use crate::media::{CodecParams, Frame, Ticks, TrackKind, Tracks, TICKS_PER_MS, TICKS_PER_SECOND};
@@ -56,6 +57,10 @@ struct OpenSegment {
     start_dts: Ticks,
     end_dts: Ticks,
     wall_start_ms: i64,
+    /// When it was opened, for the cut by wall time ([`write_bounds::must_cut`]).
+    opened: Instant,
+    /// It starts with a video keyframe (or has no video); not after a forced cut.
+    keyframe: bool,
     discontinuity: bool,
     codec_change: bool,
     /// Fingerprint of the tracks its muxer was made for.
@@ -106,20 +111,23 @@ pub(super) struct RecordingSession {
     /// flush interval from its start, not its end, keeps media at risk within one interval
     /// even when the storage takes a good part of a second to sync.
     last_flush: Instant,
+    /// The stream's unplanned cuts, shared with its other sessions.
+    cuts: Arc<Mutex<CutHistory>>,
+    amplification: Amplification,
 }
 
 impl RecordingSession {
-    /// `resumed`: this session continues an existing recording, so its first segment
-    /// follows a discontinuity.
+    /// `resumed_at`: this session continues an existing recording whose media ends there,
+    /// so its first segment follows a discontinuity. `cuts`: the stream's unplanned cuts.
     pub(super) fn new(
-        index: Index,
-        storage: Storage,
+        (index, storage): (Index, Storage),
         config: RecordConfig,
         stats: Arc<LiveStats>,
         recording: RecordingRow,
-        resumed: bool,
-        media_end: Ticks,
+        resumed_at: Option<Ticks>,
+        cuts: Arc<Mutex<CutHistory>>,
     ) -> RecordingSession {
+        let resumed = resumed_at.is_some();
         let dir = storage.recording_dir(&recording.app, &recording.stream, &recording.id);
         let next_seq = recording.next_seq;
         RecordingSession {
@@ -141,26 +149,35 @@ impl RecordingSession {
             timeline: TimelineGuard::default(),
             offset: 0,
             reanchor: resumed,
-            media_end,
+            media_end: resumed_at.unwrap_or(0),
             last_out: [None, None],
             wall_anchor: None,
             dated_by_reports: None,
             first_seq: next_seq,
             wall_skew_logged: false,
             last_flush: Instant::now(),
+            cuts,
+            amplification: Amplification::new(Instant::now()),
         }
     }
 
     /// Runs until the publisher leaves (the sender side is dropped) or writing fails.
     pub(super) fn run(&mut self, rx: Receiver<Msg>) {
         let interval = self.config.flush_interval();
+        // A resumed session starts a segment after a discontinuity: an unplanned cut.
+        if self.reanchor {
+            if let Err(e) = self.unplanned_cut() {
+                self.end_with(e);
+                return;
+            }
+        }
         loop {
             self.stats
                 .heartbeat_ms
                 .store(super::monotonic_ms(), Ordering::Relaxed);
             let result = match rx.recv_timeout(interval) {
                 Ok(Msg::Frames(frames)) => {
-                    let bytes: usize = frames.iter().map(|f| f.data.len()).sum();
+                    let bytes: usize = frames.iter().map(charge).sum();
                     let r = frames.into_iter().try_for_each(|f| self.on_frame(f));
                     self.stats.in_flight.fetch_sub(bytes, Ordering::AcqRel);
                     r
@@ -180,7 +197,7 @@ impl RecordingSession {
             };
             let result = result.and_then(|()| self.flush_if_due());
             if let Err(e) = result {
-                self.fail(e);
+                self.end_with(e);
                 return;
             }
         }
@@ -189,7 +206,30 @@ impl RecordingSession {
         }
     }
 
+    /// Stops on `e`: a publisher that crossed a [`write_bounds`] limit is dropped and its
+    /// recording ends as if it had left (resumable); anything else fails the recording.
+    fn end_with(&mut self, e: RecordError) {
+        let RecordError::PublisherDropped(reason) = e else {
+            self.fail(e);
+            return;
+        };
+        tracing::warn!(recording = %self.recording.id, stream = %self.recording.stream_key(), %reason,
+            "dropping the publisher");
+        self.stats.set_dropped(&reason);
+        if let Err(e) = self.finish() {
+            self.fail(e);
+        }
+    }
+
+    /// Counts a segment cut the publisher caused (see [`write_bounds`]).
+    fn unplanned_cut(&mut self) -> Result<(), RecordError> {
+        lock(&self.cuts)
+            .record(Instant::now())
+            .map_err(RecordError::PublisherDropped)
+    }
+
     fn on_frame(&mut self, mut frame: Frame) -> Result<(), RecordError> {
+        self.amplification.received(frame.data.len());
         match self.timeline.check(&mut frame) {
             Verdict::InOrder => {}
             Verdict::Adjusted => {
@@ -200,6 +240,7 @@ impl RecordingSession {
             Verdict::Jump { step } => {
                 tracing::warn!(stream = %self.recording.stream_key(), step_s = step as f64 / TICKS_PER_SECOND as f64,
                     "timestamps jumped; starting a new segment after a discontinuity");
+                self.unplanned_cut()?;
                 self.close_segment()?;
                 self.discontinuity_next = true;
                 self.reanchor = true;
@@ -268,21 +309,28 @@ impl RecordingSession {
             return Ok(());
         }
         self.last_out[slot] = Some(frame.dts);
+        let keyframe =
+            self.tracks.video.is_none() || frame.kind == TrackKind::Video && frame.keyframe;
         if self.segment.is_none() {
-            self.open_segment(frame.dts)?;
+            self.open_segment(frame.dts, keyframe)?;
         } else if self.should_cut_before(&frame) {
-            self.cut_segment(frame.dts)?;
+            self.cut_segment(frame.dts, keyframe)?;
         }
         let frame_ticks = self.frame_ticks(frame.kind);
         let (Some(segment), Some(muxer)) = (self.segment.as_mut(), self.muxer.as_mut()) else {
             return Ok(());
         };
+        let before = segment.writer.buffer().len();
         if let Err(e) = muxer.write_frame(&frame, segment.writer.buffer()) {
             // A malformed access unit costs that frame only.
             self.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(stream = %self.recording.stream_key(), error = %e, "frame not muxed");
             return Ok(());
         }
+        let muxed = segment.writer.buffer().len() - before;
+        self.amplification
+            .written(muxed, Instant::now())
+            .map_err(RecordError::PublisherDropped)?;
         segment.end_dts = segment.end_dts.max(frame.dts + frame_ticks);
         segment
             .writer
@@ -320,6 +368,8 @@ impl RecordingSession {
         false
     }
 
+    /// At a cut point (a video keyframe; any audio frame without video) once the target
+    /// duration is reached; at any frame once the segment is too long without one.
     fn should_cut_before(&self, frame: &Frame) -> bool {
         let Some(segment) = &self.segment else {
             return false;
@@ -329,7 +379,22 @@ impl RecordingSession {
             Some(_) => frame.kind == TrackKind::Video && frame.keyframe,
             None => frame.kind == TrackKind::Audio,
         };
-        cut_point && frame.dts - segment.start_dts >= target
+        let media = frame.dts - segment.start_dts;
+        if cut_point && media >= target {
+            return true;
+        }
+        let forced = write_bounds::must_cut(
+            segment.writer.len(),
+            Duration::from_millis((media.max(0) / TICKS_PER_MS) as u64),
+            segment.opened.elapsed(),
+            Duration::from_secs(u64::from(self.config.segment_duration_s)),
+        );
+        if forced {
+            tracing::warn!(stream = %self.recording.stream_key(), bytes = segment.writer.len(),
+                media_s = media as f64 / TICKS_PER_SECOND as f64,
+                "no keyframe to cut the segment at; cutting it anyway (the next one starts without a keyframe)");
+        }
+        forced
     }
 
     fn on_config(&mut self, params: CodecParams) -> Result<(), RecordError> {
@@ -344,6 +409,7 @@ impl RecordingSession {
         self.skipped(held);
         if self.muxer.is_some() {
             // The track set or its parameters changed mid-recording.
+            self.unplanned_cut()?;
             self.close_segment()?;
             self.muxer = None;
             self.discontinuity_next = true;
@@ -364,19 +430,19 @@ impl RecordingSession {
         Ok(())
     }
 
-    fn open_segment(&mut self, start_dts: Ticks) -> Result<(), RecordError> {
-        let segment = self.new_segment(start_dts, SegmentWriter::create)?;
+    fn open_segment(&mut self, start_dts: Ticks, keyframe: bool) -> Result<(), RecordError> {
+        let segment = self.new_segment(start_dts, keyframe, SegmentWriter::create)?;
         self.segment = Some(segment);
         Ok(())
     }
 
     /// Ends the open segment where the next one starts. The next file is created first, so
     /// the old one's seal makes both folder changes durable with one fsync.
-    fn cut_segment(&mut self, start_dts: Ticks) -> Result<(), RecordError> {
+    fn cut_segment(&mut self, start_dts: Ticks, keyframe: bool) -> Result<(), RecordError> {
         let Some(old) = self.segment.take() else {
-            return self.open_segment(start_dts);
+            return self.open_segment(start_dts, keyframe);
         };
-        let mut next = match self.new_segment(start_dts, SegmentWriter::create_deferred) {
+        let mut next = match self.new_segment(start_dts, keyframe, SegmentWriter::create_deferred) {
             Ok(next) => next,
             Err(e) => {
                 // No next file (a full disk, no inodes): the old segment is still sealed.
@@ -392,6 +458,7 @@ impl RecordingSession {
     fn new_segment(
         &mut self,
         start_dts: Ticks,
+        keyframe: bool,
         create: fn(&Path, &str) -> std::io::Result<SegmentWriter>,
     ) -> Result<OpenSegment, RecordError> {
         if self.muxer.is_none() {
@@ -416,6 +483,8 @@ impl RecordingSession {
                 Some(true) => self.wall_at(start_dts),
                 _ => now_ms(),
             },
+            opened: Instant::now(),
+            keyframe,
             discontinuity: std::mem::take(&mut self.discontinuity_next),
             codec_change: std::mem::take(&mut self.codec_change_next),
             params: self.tracks.fingerprint(),
@@ -496,7 +565,7 @@ impl RecordingSession {
             bytes: sealed.bytes,
             media_start: segment.start_dts,
             wall_start_ms: segment.wall_start_ms,
-            keyframe: true,
+            keyframe: segment.keyframe,
             discontinuity: segment.discontinuity,
             gap: false,
             recovered: false,

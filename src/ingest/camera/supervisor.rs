@@ -212,10 +212,7 @@ fn forward(
 }
 
 fn recorder_failure(handle: &PublishHandle) -> String {
-    handle.stats().failure().map_or_else(
-        || "the recorder stopped".into(),
-        |f| format!("recorder failed: {f}"),
-    )
+    handle.stats().stop_reason()
 }
 
 /// Received bytes and the bitrate into the stream's stats.
