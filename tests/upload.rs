@@ -762,3 +762,62 @@ fn an_object_that_keeps_failing_is_parked_then_retried_from_the_api() {
     let rec = wait_uploaded(&d, &id, Duration::from_secs(60));
     check_store_matches(&d, &store, &rec);
 }
+
+#[test]
+fn an_object_the_store_denies_is_parked_alone_and_the_queue_goes_on() {
+    let store = S3sFs::start();
+    let relay = relay_to(&store);
+    // A policy that denies one stream's prefix: every request for it gets 403 AccessDenied.
+    relay.deny(Some("/denied/"));
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 1",
+        "",
+        &sections(
+            &store,
+            Some(&relay.url()),
+            "max_attempts = 2\nconcurrency = 1",
+            "",
+        ),
+    );
+    d.spawn();
+    // The denied recording is older, so it is first in the queue.
+    let clip = media::clip(Clip::AudioVideo, 5);
+    media::publish_and_wait(&d.rtmp_url("live", "denied"), &clip, false);
+    media::publish_and_wait(&d.rtmp_url("live", "allowed"), &clip, false);
+    let recs = d.wait_recordings(2, "finished", Duration::from_secs(30));
+    let id_of = |stream: &str| {
+        recs.iter()
+            .find(|r| r["stream"] == stream)
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let (denied, allowed) = (id_of("denied"), id_of("allowed"));
+    // The other recording uploads whole while the denied one's objects are refused...
+    let rec = wait_uploaded(&d, &allowed, Duration::from_secs(90));
+    check_store_matches(&d, &store, &rec);
+    // ... and those are parked after max_attempts, with the store's answer, the store ok.
+    let parked = wait_for("the denied objects parked", Duration::from_secs(60), || {
+        let u = d.json("/api/v1/uploads?state=failed");
+        let objects = u["objects"].as_array()?.clone();
+        (objects.len() >= 2).then_some(objects)
+    });
+    for o in &parked {
+        assert_eq!(o["recording_id"], denied.as_str(), "{o}");
+        assert_eq!(o["failures"], 2, "{o}");
+        assert!(
+            o["last_error"].as_str().unwrap().contains("AccessDenied"),
+            "{o}"
+        );
+    }
+    assert_eq!(d.json("/api/v1/uploads")["store"]["state"], "ok");
+    assert!(relay.denied() >= 4, "{} requests denied", relay.denied());
+    // The policy is lifted; retried from the API, they go up.
+    relay.deny(None);
+    for o in &parked {
+        let path = format!("/api/v1/uploads/{}/retry", o["id"].as_str().unwrap());
+        let answer = support::http::post(&d.http, &path).unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let rec = wait_uploaded(&d, &denied, Duration::from_secs(60));
+    check_store_matches(&d, &store, &rec);
+}

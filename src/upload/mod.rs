@@ -6,9 +6,12 @@
 //! worker behind one store-wide backoff (1 s doubling to 5 min, with jitter) and never
 //! park an object, so a venue offline for days catches up by itself; a fault of one
 //! object (a rejected request, an unreadable file) backs that object off and parks it as
-//! failed after `max_attempts`, kept and shown until retried from the API.
+//! failed after `max_attempts`, kept and shown until retried from the API. A 401/403 is
+//! taken as the credentials' fault until another object goes through while this one is
+//! still refused (`refusals`): then it is this object's.
 
 mod planner;
+mod refusals;
 mod resume;
 pub mod s3;
 pub mod throttle;
@@ -30,6 +33,7 @@ use crate::index::{CallbackRow, Index, IndexError, UploadRow, UploadState};
 use crate::storage::Storage;
 
 pub use planner::{render_name, store_path};
+use refusals::{Refusals, Refused};
 use s3::{FaultKind, S3Store};
 use throttle::{backoff, Throttle};
 use worker::Failure;
@@ -58,6 +62,8 @@ pub(crate) struct Shared {
     public_base: String,
     callback: CallbackConfig,
     health: Mutex<StoreHealth>,
+    /// Which 401/403 refusals concern one object rather than the credentials.
+    refusals: Mutex<Refusals>,
     /// Objects being sent, with the bytes sent in the current attempt.
     in_flight: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Wakes the planner and idle workers.
@@ -102,6 +108,7 @@ impl Uploader {
                 callback: config.callback.clone(),
                 config: upload,
                 health: Mutex::new(StoreHealth::default()),
+                refusals: Mutex::new(Refusals::default()),
                 in_flight: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 callbacks_due,
@@ -257,22 +264,32 @@ impl Shared {
         h.last_error = Some(message.to_owned());
     }
 
-    /// Claims the next object that is due (oldest recording first).
+    /// Claims the next object that is due (oldest recording first), preferring objects
+    /// the store has not refused since its last success (see `refusals`).
     fn claim_next(&self) -> Result<Option<(UploadRow, Arc<AtomicU64>)>, IndexError> {
         let now = now_ms();
         let mut in_flight = lock(&self.in_flight);
+        let refusals = lock(&self.refusals);
+        let mut pick = None;
         for row in self.index.uploads() {
             let row = row?;
             let due = matches!(row.state, UploadState::Queued | UploadState::Uploading)
                 && row.next_attempt_ms <= now
                 && !in_flight.contains_key(&row.id);
-            if due {
-                let progress = Arc::new(AtomicU64::new(0));
-                in_flight.insert(row.id.clone(), progress.clone());
-                return Ok(Some((row, progress)));
+            if !due {
+                continue;
             }
+            if !refusals.is_suspect(&row.id) {
+                pick = Some(row);
+                break;
+            }
+            pick.get_or_insert(row);
         }
-        Ok(None)
+        Ok(pick.map(|row| {
+            let progress = Arc::new(AtomicU64::new(0));
+            in_flight.insert(row.id.clone(), progress.clone());
+            (row, progress)
+        }))
     }
 
     fn callback_for(
@@ -406,6 +423,7 @@ async fn worker_loop(shared: Arc<Shared>, n: usize, cancel: CancellationToken) {
         match outcome {
             None => return,
             Some(Ok(())) => {
+                lock(&shared.refusals).succeeded(&row.id);
                 shared.store_ok();
                 tracing::info!(object = %row.key, bytes = row.size, "uploaded");
                 shared.wake.notify_waiters();
@@ -419,6 +437,20 @@ async fn worker_loop(shared: Arc<Shared>, n: usize, cancel: CancellationToken) {
 async fn record_failure(shared: &Arc<Shared>, mut row: UploadRow, failure: Failure) {
     let now = now_ms();
     match failure {
+        Failure::Store(e)
+            if e.kind == FaultKind::Credentials
+                && lock(&shared.refusals).refused(&row.id) == Refused::Object =>
+        {
+            // Other objects went through since this one was last refused: a policy on its
+            // prefix, or (on some stores) an upload id the store no longer knows.
+            tracing::warn!(object = %row.key, "the store refuses this object while others go through; it backs off alone, its multipart upload starts over");
+            row.multipart = None;
+            row.state = UploadState::Queued;
+            object_failed(shared, &mut row, e.message, now);
+            if row.state == UploadState::Failed {
+                lock(&shared.refusals).forget(&row.id);
+            }
+        }
         Failure::Store(e) if matches!(e.kind, FaultKind::Unavailable | FaultKind::Credentials) => {
             // The wait is store-wide and held in memory: after a restart every object is
             // tried at once, not at a deadline computed during the outage.

@@ -24,6 +24,8 @@ pub struct RequestRecord {
     pub body_relayed: u64,
     /// When the request head had been read.
     pub at: Instant,
+    /// Answered 403 by the relay, not relayed.
+    pub denied: bool,
 }
 
 impl RequestRecord {
@@ -48,6 +50,8 @@ struct Shared {
     /// Both sockets of every live connection by id, to shut them down on `stop()`.
     conns: Mutex<BTreeMap<u64, [TcpStream; 2]>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Requests whose target contains this are answered 403 AccessDenied by the relay.
+    deny: Mutex<Option<String>>,
 }
 
 pub struct Relay {
@@ -85,6 +89,17 @@ impl Relay {
 
     pub fn is_running(&self) -> bool {
         self.running.is_some()
+    }
+
+    /// Answers every request whose path contains `part` with S3's 403 AccessDenied (as a
+    /// bucket policy on a prefix would) instead of relaying it; None relays all again.
+    pub fn deny(&self, part: Option<&str>) {
+        *self.shared.deny.lock().unwrap() = part.map(str::to_owned);
+    }
+
+    /// Requests answered with 403 by [`Relay::deny`].
+    pub fn denied(&self) -> usize {
+        self.requests().iter().filter(|r| r.denied).count()
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {
@@ -167,13 +182,15 @@ fn relay_connection(client: TcpStream, target: SocketAddr, shared: &Arc<Shared>)
     };
     let clones = [client.try_clone(), server.try_clone()];
     let clones2 = [client.try_clone(), server.try_clone()];
-    let ([Ok(client_w), Ok(server_r)], [Ok(c2), Ok(s2)]) = (clones, clones2) else {
+    let ([Ok(client_w), Ok(server_r)], [Ok(c2), Ok(s2)], Ok(answer)) =
+        (clones, clones2, client.try_clone())
+    else {
         return;
     };
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     shared.conns.lock().unwrap().insert(id, [c2, s2]);
     let sh = shared.clone();
-    std::thread::spawn(move || upstream(client, server, &sh));
+    std::thread::spawn(move || upstream(client, answer, server, &sh));
     let sh = shared.clone();
     std::thread::spawn(move || downstream(server_r, client_w, id, &sh));
 }
@@ -188,10 +205,12 @@ fn downstream(mut server: TcpStream, mut client: TcpStream, id: u64, shared: &Sh
 
 /// client -> server, parsing requests on the way. A request is recorded before its head
 /// is forwarded (so it is listed before any answer can arrive); body bytes are credited
-/// once forwarded.
-fn upstream(mut client: TcpStream, mut server: TcpStream, shared: &Shared) {
+/// once forwarded. A denied request (see [`Relay::deny`]) is read whole and answered on
+/// `answer` (clients do not pipeline, so no answer of the server is under way).
+fn upstream(mut client: TcpStream, mut answer: TcpStream, mut server: TcpStream, shared: &Shared) {
     let mut buf = vec![0u8; 64 * 1024];
     let (mut head, mut body_left, mut current) = (Vec::new(), 0u64, None::<usize>);
+    let mut denying = false;
     loop {
         let n = match client.read(&mut buf) {
             Ok(0) => {
@@ -202,13 +221,24 @@ fn upstream(mut client: TcpStream, mut server: TcpStream, shared: &Shared) {
             Ok(n) => n,
         };
         let mut credits = Vec::new();
+        let mut forward = Vec::with_capacity(n);
         let mut data = &buf[..n];
-        while !data.is_empty() {
+        while !data.is_empty() || (denying && body_left == 0) {
+            if denying && body_left == 0 {
+                denying = false;
+                if answer.write_all(ACCESS_DENIED.as_bytes()).is_err() {
+                    break;
+                }
+                continue;
+            }
             if body_left > 0 {
                 let take = body_left.min(data.len() as u64);
                 body_left -= take;
+                if !denying {
+                    forward.extend_from_slice(&data[..take as usize]);
+                    credits.extend(current.map(|i| (i, take)));
+                }
                 data = &data[take as usize..];
-                credits.extend(current.map(|i| (i, take)));
                 continue;
             }
             // Inside a request head: look for its end, carrying over partial heads.
@@ -218,14 +248,25 @@ fn upstream(mut client: TcpStream, mut server: TcpStream, shared: &Shared) {
                 break;
             };
             data = &data[end + 4 - old..];
-            let rec = parse_head(&head[..end]);
-            head.clear();
+            let mut rec = parse_head(&head[..end]);
             body_left = rec.content_length;
+            rec.denied = shared
+                .deny
+                .lock()
+                .unwrap()
+                .as_deref()
+                .is_some_and(|part| rec.target.contains(part));
+            if rec.denied {
+                denying = true;
+            } else {
+                forward.extend_from_slice(&head[..end + 4]);
+            }
+            head.clear();
             let mut records = shared.records.lock().unwrap();
             records.push(rec);
             current = Some(records.len() - 1);
         }
-        if server.write_all(&buf[..n]).is_err() {
+        if server.write_all(&forward).is_err() {
             break;
         }
         let mut records = shared.records.lock().unwrap();
@@ -236,6 +277,11 @@ fn upstream(mut client: TcpStream, mut server: TcpStream, shared: &Shared) {
     let _ = client.shutdown(Shutdown::Both);
     let _ = server.shutdown(Shutdown::Both);
 }
+
+/// What S3 answers a request a bucket policy denies.
+const ACCESS_DENIED: &str = "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n\
+    Content-Length: 110\r\n\r\n<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+    <Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
 
 fn parse_head(head: &[u8]) -> RequestRecord {
     let text = String::from_utf8_lossy(head);
@@ -254,5 +300,6 @@ fn parse_head(head: &[u8]) -> RequestRecord {
         content_length,
         body_relayed: 0,
         at: Instant::now(),
+        denied: false,
     }
 }
