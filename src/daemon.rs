@@ -241,12 +241,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     });
     let api_cancel = CancellationToken::new();
     let uploader_for_health = api_state.uploader.clone();
-    let api = tokio::spawn(api::serve(
+    let api = api::ApiServer::spawn(
         http,
         certificates.https.clone(),
         api_state,
         api_cancel.clone(),
-    ));
+    )
+    .context("start the API thread")?;
     // Always installed, so a stray SIGHUP never kills the recorder (its default action).
     let reloads = [certificates.rtmps, certificates.https];
     workers.push(tokio::spawn(tls::reload_on_sighup(
@@ -303,7 +304,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         let _ = w.await;
     }
     api_cancel.cancel();
-    let _ = api.await;
+    api.stopped().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,12 +3,14 @@
 //! stream's open recording. Playlists are rendered from the index on every request, so
 //! nothing but media is ever rewritten on flash.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use super::{ApiError, ApiState, PlaybackGrant};
+use super::{ranged, ApiError, ApiState, PlaybackGrant};
 use crate::index::RecordingRow;
 use crate::mux::hls::{render_media_playlist, PlaylistKind};
 use crate::record::playlist::{self, playlist_segments};
@@ -50,9 +52,11 @@ pub async fn recording_playlist(
     Ok(playlist_response(text))
 }
 
+/// A sealed segment file, streamed in chunks with `Range` support (`ranged`).
 pub async fn recording_segment(
     State(s): State<ApiState>,
     Path((id, file)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if !matches!(parse_segment_file_name(&file), Some((_, false))) {
         return Err(ApiError::not_found(format!("segment {file}")));
@@ -62,10 +66,26 @@ pub async fn recording_segment(
         .storage
         .recording_dir(&row.app, &row.stream, &row.id)
         .join(&file);
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|_| ApiError::not_found(format!("segment {file}")))?;
-    Ok(([(header::CONTENT_TYPE, "video/mp2t")], bytes).into_response())
+    let opened = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&path)?;
+        let len = f.metadata()?.len();
+        Ok::<_, std::io::Error>((Arc::new(f), len))
+    })
+    .await;
+    let Ok(Ok((f, len))) = opened else {
+        return Err(ApiError::not_found(format!("segment {file}")));
+    };
+    ranged::response(
+        &headers,
+        len,
+        &[(header::CONTENT_TYPE, "video/mp2t".to_owned())],
+        move |from, to| {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; (to - from) as usize];
+            f.read_exact_at(&mut buf, from)?;
+            Ok(buf.into())
+        },
+    )
 }
 
 /// Its segments live under the open recording's path, which a signed live URL does not

@@ -9,7 +9,9 @@ mod catalog;
 mod files;
 mod hls;
 mod https;
+mod ranged;
 mod recordings;
+mod server;
 mod sources;
 mod uploads;
 
@@ -99,6 +101,47 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The API server on its own thread and runtime: its handlers read the index and files
+/// (sled scans, segment reads) and must never hold up the ingest runtime, whose single
+/// thread serves every publisher.
+pub struct ApiServer {
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl ApiServer {
+    /// Starts serving `listener` (registered with the caller's runtime; moved to the API's
+    /// own) until `cancel`.
+    pub fn spawn(
+        listener: tokio::net::TcpListener,
+        tls: Option<Arc<crate::tls::ServerTls>>,
+        state: ApiState,
+        cancel: CancellationToken,
+    ) -> std::io::Result<ApiServer> {
+        let listener = listener.into_std()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener, tls, state, cancel).await,
+                        Err(e) => tracing::error!(error = %e, "http listener"),
+                    }
+                });
+                let _ = done.send(());
+            })?;
+        Ok(ApiServer { stopped })
+    }
+
+    /// Waits until the server has stopped (after its `cancel`).
+    pub async fn stopped(self) {
+        let _ = self.stopped.await;
+    }
+}
+
 /// Serves the API until `cancel`: over HTTPS with `tls`, else plain HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -106,25 +149,14 @@ pub async fn serve(
     state: ApiState,
     cancel: CancellationToken,
 ) {
-    let shutdown = cancel.clone();
-    let shutdown = async move { shutdown.cancelled().await };
-    let result = match tls {
-        None => {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => match https::TlsListener::new(listener, tls, cancel) {
-            Ok(listener) => {
-                axum::serve(listener, router(state))
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Err(e) => Err(e),
+    let max_connections = state.config.http.max_connections;
+    let router = router(state);
+    match tls {
+        None => server::serve(listener, router, max_connections, cancel).await,
+        Some(tls) => match https::TlsListener::new(listener, tls, cancel.clone()) {
+            Ok(listener) => server::serve(listener, router, max_connections, cancel).await,
+            Err(e) => tracing::error!(error = %e, "https listener"),
         },
-    };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "http server stopped");
     }
 }
 

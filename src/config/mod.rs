@@ -105,6 +105,8 @@ pub struct RtmpsConfig {
 pub struct HttpConfig {
     /// Listen address. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
+    /// Most simultaneous API connections; more are closed at accept. Default 256 (1-4096).
+    pub max_connections: usize,
     /// Bearer tokens (`Authorization: Bearer ...`). None: the API is open, which is only
     /// allowed on loopback unless `allow_unauthenticated` says otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -195,6 +197,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 256,
             tokens: Vec::new(),
             playback_key: None,
             playback_url_ttl_s: 86_400,
@@ -337,6 +340,12 @@ impl Config {
             c.writer_budget_kb as u64,
             256,
             1_048_576,
+        );
+        range(
+            "http.max_connections",
+            self.http.max_connections as u64,
+            1,
+            4096,
         );
         range(
             "http.playback_url_ttl_s",

@@ -182,6 +182,9 @@ struct Inner {
     index: Index,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// The ingest runtime: supervisors run there even when the API (on its own runtime)
+    /// adds a source.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Sources {
@@ -203,6 +206,7 @@ impl Sources {
                 index,
                 cancel,
                 tracker: TaskTracker::new(),
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         for spec in config {
@@ -270,9 +274,10 @@ impl Sources {
         self.entries().insert(entry.spec.name(), entry.clone());
         let connector = self.inner.connector.clone();
         let recorders = self.inner.recorders.clone();
-        self.inner
-            .tracker
-            .spawn(supervisor::run(entry, connector, recorders));
+        self.inner.tracker.spawn_on(
+            supervisor::run(entry, connector, recorders),
+            &self.inner.runtime,
+        );
     }
 
     /// Every source, by name.
