@@ -217,7 +217,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     };
     workers.push(tokio::spawn(retention::run(
         index.clone(),
-        storage,
+        storage.clone(),
         policy,
         recorders.disk_state(),
         background.clone(),
@@ -275,15 +275,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         background.clone(),
     )));
     // After READY=1, so the first watchdog ping never precedes it.
-    workers.push(tokio::spawn(system::run(
+    let health = tokio::spawn(system::run(
         system::Health {
             index: index.clone(),
+            storage,
             recorders: recorders.clone(),
             uploader: uploader_for_health,
             stuck_after: (config.record.flush_interval() * 3).max(Duration::from_secs(30)),
         },
         background.clone(),
-    )));
+        cancel.clone(),
+    ));
 
     cancel.cancelled().await;
     tracing::info!("shutting down: closing publishers and sealing segments");
@@ -305,6 +307,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     }
     api_cancel.cancel();
     api.stopped().await;
+    if let Ok(Some(reason)) = health.await {
+        anyhow::bail!("restart needed: {reason}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,9 +1,15 @@
 //! systemd integration: `READY=1` once the daemon records, `STATUS=` lines with stream,
 //! upload and disk counts, `STOPPING=1` at shutdown, and watchdog pings from a health loop
-//! that pings only while the recording pipeline works: the index answers, the blocking
-//! pool and the event loop run, and no recorder thread is stuck in IO. A wedged pipeline
-//! therefore gets the daemon restarted by systemd (`WatchdogSec=`), and startup recovery
-//! adopts what was on flash. Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
+//! that pings only while the recording pipeline works: the blocking pool and the event
+//! loop run, and no recorder thread is stuck in IO. A wedged pipeline therefore gets the
+//! daemon restarted by systemd (`WatchdogSec=`), and startup recovery adopts what was on
+//! flash. Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
+//!
+//! An index that cannot write (sled latches a failed write, typically a full disk, until
+//! it is opened again) is reported in `STATUS=` and `/healthz`; while the disk has no room
+//! a restart could not help, so the watchdog is still pinged and playback goes on. Once
+//! there is room again ([`ROOM_TO_REOPEN`]) the loop asks the daemon to exit, and systemd
+//! (`Restart=always`) starts it with the index reopened.
 
 use std::time::Duration;
 
@@ -12,10 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::index::Index;
 use crate::record::Recorders;
+use crate::storage::Storage;
 use crate::upload::Uploader;
 
 /// Without a watchdog the loop still refreshes `STATUS=` this often.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// Free space on the data filesystem that lets a restart reopen an index that could not
+/// write.
+pub const ROOM_TO_REOPEN: u64 = 16 * 1024 * 1024;
 
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -37,6 +47,7 @@ pub fn stopping() {
 /// What the health loop watches.
 pub struct Health {
     pub index: Index,
+    pub storage: Storage,
     pub recorders: Recorders,
     pub uploader: Option<Uploader>,
     /// A recorder thread silent this long is stuck.
@@ -44,18 +55,24 @@ pub struct Health {
 }
 
 impl Health {
-    /// `Ok(status line)` when healthy, `Err(problem)` otherwise. Blocking.
-    fn check(&self) -> Result<String, String> {
-        if !self.index.is_healthy() {
-            return Err("the index does not answer".into());
+    /// `Ok(status line)` when healthy, the problem otherwise. Blocking.
+    fn check(&self) -> Result<String, Unhealthy> {
+        if let Err(e) = self.index.probe_write() {
+            let room = self.storage.disk_space().map_or(0, |d| d.available_bytes);
+            let problem = format!("the index cannot write: {e}");
+            return Err(if room >= ROOM_TO_REOPEN {
+                Unhealthy::IndexNeedsReopen(problem)
+            } else {
+                Unhealthy::IndexWaitsForRoom(problem)
+            });
         }
         let wedged = self.recorders.wedged(self.stuck_after);
         if !wedged.is_empty() {
-            return Err(format!(
+            return Err(Unhealthy::Wedged(format!(
                 "recorder thread(s) stuck in IO for over {} s: {}",
                 self.stuck_after.as_secs(),
                 wedged.join(", ")
-            ));
+            )));
         }
         let streams = self.recorders.live().len();
         let uploads = self
@@ -77,8 +94,24 @@ impl Health {
     }
 }
 
+/// What is wrong, by what the loop does about it.
+enum Unhealthy {
+    /// Stop pinging the watchdog: systemd restarts the daemon.
+    Wedged(String),
+    /// Report it and keep pinging: a restart cannot make room on the disk.
+    IndexWaitsForRoom(String),
+    /// There is room again: exit, to be started with the index reopened.
+    IndexNeedsReopen(String),
+}
+
 /// Pings the watchdog (at half its period) while [`Health::check`] passes, until `cancel`.
-pub async fn run(health: Health, cancel: CancellationToken) {
+/// Returns `Some(reason)` when the daemon must exit to be restarted (after cancelling
+/// `stop`, the daemon's own shutdown).
+pub async fn run(
+    health: Health,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+) -> Option<String> {
     let watchdog = sd_notify::watchdog_enabled();
     let every = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
     let health = std::sync::Arc::new(health);
@@ -95,9 +128,24 @@ pub async fn run(health: Health, cancel: CancellationToken) {
                     notify(&[NotifyState::Status(&status)]);
                 }
             }
-            Ok(Ok(Err(problem))) => {
+            Ok(Ok(Err(Unhealthy::Wedged(problem)))) => {
                 tracing::error!(%problem, "pipeline unhealthy: not pinging the watchdog");
                 notify(&[NotifyState::Status(&format!("UNHEALTHY: {problem}"))]);
+            }
+            Ok(Ok(Err(Unhealthy::IndexWaitsForRoom(problem)))) => {
+                tracing::error!(%problem, "the index cannot write (no room on the disk); it is reopened by a restart once there is room");
+                let status = format!("UNHEALTHY: {problem}; waiting for disk space");
+                if watchdog.is_some() {
+                    notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+                } else {
+                    notify(&[NotifyState::Status(&status)]);
+                }
+            }
+            Ok(Ok(Err(Unhealthy::IndexNeedsReopen(problem)))) => {
+                tracing::error!(%problem, "the disk has room again: exiting so that the service manager restarts edgerec with the index reopened");
+                notify(&[NotifyState::Status(&format!("restarting: {problem}"))]);
+                stop.cancel();
+                return Some(problem);
             }
             Ok(Err(e)) => tracing::error!(error = %e, "health check task"),
             Err(_) => {
@@ -108,7 +156,7 @@ pub async fn run(health: Health, cancel: CancellationToken) {
             }
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return None,
             _ = tokio::time::sleep(every) => {}
         }
     }

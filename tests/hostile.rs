@@ -10,6 +10,7 @@ use std::time::Duration;
 use support::flv::{read_tags, Tag};
 use support::media::{self, Clip};
 use support::rtmp_client::RawClient;
+use support::tmpfs::Tmpfs;
 use support::{wait_for, Daemon};
 
 /// The daemon still accepts and records a normal ffmpeg publish.
@@ -361,32 +362,10 @@ fn a_client_that_stops_reading_is_dropped_and_others_keep_recording() {
 
 #[test]
 fn a_full_disk_fails_the_recording_cleanly_and_the_daemon_keeps_serving() {
-    if std::env::var_os("EDGEREC_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipped: needs root to mount a small tmpfs (EDGEREC_SKIP_ROOT_TESTS set)");
-        return;
-    }
     let mut d = Daemon::configure("flow_continue_duration_s = 0", "");
-    let media_dir = d.data_dir().join("media");
-    std::fs::create_dir_all(&media_dir).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=700k", "edgerec-test-full"])
-        .arg(&media_dir)
-        .status()
-        .expect("mount");
-    assert!(
-        mounted.success(),
-        "this test needs root to mount a 700 KB tmpfs (set EDGEREC_SKIP_ROOT_TESTS=1 to skip)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let unmount = Unmount(media_dir.clone());
+    let Some(unmount) = Tmpfs::mount(&d.data_dir().join("media"), "700k") else {
+        return;
+    };
     d.spawn();
     // Real time, so the publisher is still sending when the disk fills (~5 s in).
     let clip = media::clip(Clip::AudioVideo, 20);
@@ -883,4 +862,60 @@ fn a_segment_without_keyframes_is_cut_after_four_target_durations() {
     let errors = media::decode_errors(&url);
     assert!(errors.trim().is_empty(), "{errors}");
     assert_eq!(media::probe(&url).video_frames, sent.video_frames);
+}
+
+/// Fills the filesystem of `path` to the last byte with a file at `path`.
+fn fill_disk(path: &std::path::Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 4096, 1] {
+        let block = vec![0u8; chunk];
+        while f.write_all(&block).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn an_index_that_cannot_write_is_reported_and_reopened_once_the_disk_has_room() {
+    let mut d = Daemon::configure("flow_continue_duration_s = 0", "");
+    // The whole data dir, index and media, on one small card.
+    let Some(_card) = Tmpfs::mount(&d.data_dir(), "48m") else {
+        return;
+    };
+    d.spawn();
+    assert_eq!(d.get("/healthz").status, 200);
+    let filler = d.data_dir().join("filler");
+    fill_disk(&filler);
+    // The index takes writes into the log segment it has; once it needs another (sled
+    // writes whole 512 KiB segments) a write fails, and sled refuses every write from
+    // then on while reads still work. API writes get it there.
+    let refused = (0..20_000)
+        .map(|i| {
+            let body = format!(r#"{{"name":"filler-{i}","hls":{{}}}}"#);
+            support::http::send_json("POST", &d.http, "/api/v1/templates", &body).unwrap()
+        })
+        .find(|r| r.status != 201)
+        .expect("the index never ran out of room");
+    assert_eq!(refused.status, 500, "{}", refused.text());
+    let health = wait_for("/healthz to say so", Duration::from_secs(30), || {
+        let r = d.get("/healthz");
+        (r.status == 503).then(|| r.text())
+    });
+    assert!(health.contains("the index cannot write"), "{health}");
+    d.wait_log(
+        "it is reopened by a restart once there is room",
+        1,
+        Duration::from_secs(30),
+    );
+    assert!(d.is_running(), "exited while the disk is full");
+    // Room again: the daemon exits to be restarted with the index reopened (systemd's
+    // Restart=always; here the test starts it again).
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("the daemon to exit", Duration::from_secs(30), || {
+        (!d.is_running()).then_some(())
+    });
+    assert!(d.log().contains("the disk has room again"), "{}", d.log());
+    assert_eq!(d.stop(), Some(1), "a failure exit, for Restart=");
+    d.spawn();
+    assert_eq!(d.get("/healthz").status, 200);
+    assert_still_records(&d, "after-reopen");
 }

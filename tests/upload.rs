@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,6 +18,7 @@ use support::media::{self, Clip};
 use support::relay::Relay;
 use support::s3::{GarageCluster, S3sFs, Store};
 use support::tls::TlsFront;
+use support::tmpfs::Tmpfs;
 use support::{wait_for, Daemon};
 
 const PREFIX: &str = "venue-a";
@@ -418,44 +418,6 @@ fn wrong_credentials_are_reported_then_fixed() {
     d.spawn();
     let rec = wait_uploaded(&d, &id, Duration::from_secs(60));
     check_store_matches(&d, &store, &rec);
-}
-
-/// Mounts a tmpfs of `size` on `dir` for the test's lifetime.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        if std::env::var_os("EDGEREC_SKIP_ROOT_TESTS").is_some() {
-            eprintln!("skipped: needs root to mount a tmpfs (EDGEREC_SKIP_ROOT_TESTS set)");
-            return None;
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "edgerec-test-upload",
-            ])
-            .arg(dir)
-            .status()
-            .expect("mount");
-        assert!(
-            ok.success(),
-            "needs root to mount a tmpfs (set EDGEREC_SKIP_ROOT_TESTS=1 to skip)"
-        );
-        Some(Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// A daemon recording onto a 64 MB tmpfs with the `[storage]` keys in `storage`, its

@@ -228,11 +228,13 @@ impl IntoResponse for ApiError {
 
 pub use crate::clock::rfc3339;
 
-/// 200 when recording is possible: the index answers and the media folder is writable.
+/// 200 when recording is possible: the index takes a write and the media folder is
+/// writable.
 async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {
     let mut problems = Vec::new();
-    if !s.index.is_healthy() {
-        problems.push("index is not readable".to_owned());
+    let index = s.index.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || index.probe_write()).await {
+        problems.push(format!("the index cannot write: {e}"));
     }
     if !s.storage.is_writable() {
         problems.push(format!(

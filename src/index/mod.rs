@@ -289,9 +289,14 @@ impl Index {
             .map_err(|e| IndexError::sync(&self.log_path, e))
     }
 
-    /// Whether the database answers reads (for `/healthz`).
-    pub fn is_healthy(&self) -> bool {
-        self.db.get("__probe").is_ok()
+    /// Whether the database takes a write (for `/healthz` and the health loop). sled
+    /// latches the first failed log write (a full disk, an IO error) and refuses every
+    /// later write until it is opened again, while reads from its cache go on working, so
+    /// only a write tells. One small key, not flushed: no fsync, a few bytes of log.
+    pub fn probe_write(&self) -> Result<(), IndexError> {
+        self.db
+            .insert("__probe", &crate::clock::now_ms().to_be_bytes()[..])?;
+        Ok(())
     }
 
     /// Creates an open recording; fails if its stream already has one. A capture whose

@@ -16,6 +16,7 @@ pub mod relay;
 pub mod rtmp_client;
 pub mod s3;
 pub mod tls;
+pub mod tmpfs;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
