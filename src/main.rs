@@ -294,6 +294,9 @@ fn run_daemon(config: Config) -> ExitCode {
     // pool.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        // Bounded, so the unit's TasksMax holds (tokio's default is 512); more blocking
+        // work waits its turn.
+        .max_blocking_threads(edgerec::system::BLOCKING_THREADS)
         .enable_all()
         .build()
     {

@@ -21,6 +21,48 @@ use crate::record::Recorders;
 use crate::storage::Storage;
 use crate::upload::Uploader;
 
+/// Blocking-pool threads of the ingest runtime and of the API's (tokio's default is 512
+/// each): with the fixed threads and one writer thread per stream, what `TasksMax` counts.
+pub const BLOCKING_THREADS: usize = 32;
+pub const API_BLOCKING_THREADS: usize = 8;
+
+/// What a config can make the daemon hold at most, for sizing the unit's `MemoryMax`,
+/// `TasksMax` and `LimitNOFILE` (the board profiles' `limits.conf` are checked against it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub memory_bytes: u64,
+    pub tasks: u64,
+    pub files: u64,
+}
+
+impl Footprint {
+    /// Streams: RTMP(S) and RTSP publishers and config cameras. Memory: a base (binary,
+    /// sled's 8 MiB cache, upload parts, plans; 96 MiB measured with margin), the writer
+    /// budgets (the total, or every stream's own if less), 2 MiB per stream (its writer
+    /// thread, demuxer, segment buffer) and a 256 KiB body chunk per API connection.
+    /// Tasks: 24 fixed threads (runtimes, sled, signal), both blocking pools, a writer
+    /// thread per stream and a camera task's worth of slack. Files: sockets and segment
+    /// files per stream, API sockets, upload sockets and 64 for the index and logs.
+    pub fn of(config: &crate::config::Config) -> Footprint {
+        const MIB: u64 = 1024 * 1024;
+        let rtsp = if config.rtsp.listen.trim().is_empty() {
+            0
+        } else {
+            config.rtsp.max_connections as u64
+        };
+        let streams = config.rtmp.max_connections as u64 + rtsp + config.sources.len() as u64;
+        let r = &config.record;
+        let budgets =
+            (r.writer_budget_total_kb as u64).min(streams * r.writer_budget_kb as u64) * 1024;
+        let http = config.http.max_connections as u64;
+        Footprint {
+            memory_bytes: 96 * MIB + budgets + streams * 2 * MIB + http * MIB / 4,
+            tasks: 24 + (BLOCKING_THREADS + API_BLOCKING_THREADS) as u64 + streams + 16,
+            files: 64 + streams * 4 + http + config.upload.concurrency as u64 * 2,
+        }
+    }
+}
+
 /// Without a watchdog the loop still refreshes `STATUS=` this often.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// Free space on the data filesystem that lets a restart reopen an index that could not

@@ -150,6 +150,7 @@ STAGE="$stage" in_arm_userns '
   rm "$STAGE/tmp/edgerec.deb"'
 # The board profile, as an operator would install it (README beside this script).
 cp "$HERE/edgerec.toml" "$stage/etc/edgerec/edgerec.toml"
+install -D -m 0644 "$HERE/limits.conf" "$stage/etc/systemd/system/edgerec.service.d/limits.conf"
 cp "$vmlinuz_cached" "$out/vmlinuz"
 say "mkfs.ext4 -d ($IMAGE_SIZE)"
 mkfs.ext4 -q -L rootfs -d "$stage" "$out/image.ext4" "$IMAGE_SIZE"

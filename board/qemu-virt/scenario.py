@@ -259,6 +259,9 @@ def scenario(board):
     _, mode = board.run_in_guest("stat -c '%a %U %G' /etc/edgerec/edgerec.toml")
     check(mode.strip() == "640 root edgerec",
           f"the config, which may hold secrets, is 640 root:edgerec ({mode.strip()})")
+    _, limits = board.run_in_guest("systemctl show edgerec -p MemoryMax -p TasksMax -p LimitNOFILE")
+    check(set(limits.split()) == {"MemoryMax=335544320", "TasksMax=128", "LimitNOFILE=4096"},
+          f"the board's limits.conf is in force ({' '.join(limits.split())})")
 
     # 1. A clean publish.
     t = time.monotonic()

@@ -119,6 +119,7 @@ impl ApiServer {
     ) -> std::io::Result<ApiServer> {
         let listener = listener.into_std()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(crate::system::API_BLOCKING_THREADS)
             .enable_all()
             .build()?;
         let (done, stopped) = tokio::sync::oneshot::channel();
@@ -247,6 +248,7 @@ async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Res
         "status": if problems.is_empty() { "ok" } else { "unhealthy" },
         "problems": problems,
         "live_streams": s.recorders.live().len(),
+        "writer_backlog_bytes": s.recorders.writer_backlog_bytes(),
         "accepting_new_recordings": s.recorders.disk_state().accepting(),
         "disk": disk,
     });

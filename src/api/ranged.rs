@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use super::ApiError;
 
 /// Bytes produced per step of a response body.
-pub const CHUNK: u64 = 1024 * 1024;
+/// (256 KiB: with `[http] max_connections` clients each holding one, it bounds the API's
+/// memory, which the board profiles' `MemoryMax` counts.)
+pub const CHUNK: u64 = 256 * 1024;
 
 /// A single byte range from a `Range` header: `Ok(None)` = the whole body.
 pub fn parse_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {

@@ -147,6 +147,9 @@ pub struct RecordConfig {
     /// current segment is closed with a gap instead of stalling the encoder. Default 16384
     /// (256-1048576).
     pub writer_budget_kb: usize,
+    /// The same for all streams together, so a card that stalls for every stream cannot
+    /// make the daemon hold streams x `writer_budget_kb`. Default 262144 (1024-16777216).
+    pub writer_budget_total_kb: usize,
 }
 
 impl Default for Config {
@@ -216,6 +219,7 @@ impl Default for RecordConfig {
             flush_interval_ms: 1000,
             live_window_segments: 6,
             writer_budget_kb: 16384,
+            writer_budget_total_kb: 262_144,
         }
     }
 }
@@ -340,6 +344,12 @@ impl Config {
             c.writer_budget_kb as u64,
             256,
             1_048_576,
+        );
+        range(
+            "record.writer_budget_total_kb",
+            c.writer_budget_total_kb as u64,
+            1024,
+            16_777_216,
         );
         range(
             "http.max_connections",

@@ -8,6 +8,7 @@
 //! continues the same recording; [`run_resume_reaper`] finishes recordings whose window
 //! passed). Writing happens in [`session`], on one thread per live stream.
 
+mod budget;
 pub mod catalog;
 pub mod files;
 pub mod playlist;
@@ -114,8 +115,8 @@ pub(crate) enum Msg {
     Config(CodecParams),
     /// The publisher's metadata announced a video track.
     ExpectVideo,
-    /// A batch of frames in arrival order (see [`BATCH_TICKS`]).
-    Frames(Vec<Frame>),
+    /// A batch of frames in arrival order (see [`BATCH_TICKS`]), charged to the budgets.
+    Frames(budget::Batch),
     /// Frames were dropped because the writer fell behind the byte budget.
     Gap {
         dropped: u64,
@@ -281,6 +282,8 @@ struct Inner {
     disk: Arc<DiskState>,
     /// Each stream's recent unplanned segment cuts, across its sessions.
     cut_histories: Mutex<HashMap<String, Arc<Mutex<CutHistory>>>>,
+    /// Media in flight to every writer (`writer_budget_total_kb`).
+    total_budget: Arc<budget::Budget>,
 }
 
 /// The registry of live recorders. Cheap to clone.
@@ -301,6 +304,8 @@ pub struct PublishHandle {
     audio_only: bool,
     stats: Arc<LiveStats>,
     budget: usize,
+    /// Shared by every stream (see `budget`).
+    total_budget: Arc<budget::Budget>,
     dropping: u64,
     batch: Vec<Frame>,
     batch_bytes: usize,
@@ -370,15 +375,20 @@ impl PublishHandle {
         }
         let len = charge(&frame);
         let in_flight = self.stats.in_flight.load(Ordering::Acquire);
-        if in_flight + self.batch_bytes + len > self.budget {
+        if in_flight + self.batch_bytes + len > self.budget || !self.total_budget.try_take(len) {
             self.dropping += 1;
             self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         if self.dropping > 0 {
-            self.hand_over()?;
             let dropped = std::mem::take(&mut self.dropping);
-            self.send(Msg::Gap { dropped })?;
+            let gap = self
+                .hand_over()
+                .and_then(|()| self.send(Msg::Gap { dropped }));
+            if let Err(stopped) = gap {
+                self.total_budget.give_back(len);
+                return Err(stopped);
+            }
         }
         let span = self.batch.first().map_or(0, |first| frame.dts - first.dts);
         self.batch_bytes += len;
@@ -395,9 +405,7 @@ impl PublishHandle {
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.stats
-            .in_flight
-            .fetch_add(std::mem::take(&mut self.batch_bytes), Ordering::AcqRel);
+        let bytes = std::mem::take(&mut self.batch_bytes);
         if let Some(last) = self.batch.last() {
             let first = *self.first_dts.get_or_insert(self.batch[0].dts);
             let received_ms = (last.dts - first).max(0) / TICKS_PER_MS;
@@ -405,7 +413,9 @@ impl PublishHandle {
                 .media_received_ms
                 .fetch_max(received_ms as u64, Ordering::Relaxed);
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(32));
+        let frames = std::mem::replace(&mut self.batch, Vec::with_capacity(32));
+        let batch =
+            budget::Batch::new(frames, bytes, self.stats.clone(), self.total_budget.clone());
         self.send(Msg::Frames(batch))
     }
 }
@@ -440,6 +450,7 @@ impl Recorders {
         config: RecordConfig,
         catalog: Catalog,
     ) -> Recorders {
+        let total_budget = Arc::new(budget::Budget::new(config.writer_budget_total_kb * 1024));
         Recorders {
             inner: Arc::new(Inner {
                 index,
@@ -453,6 +464,7 @@ impl Recorders {
                 ended: tokio::sync::Notify::new(),
                 disk: Arc::new(DiskState::default()),
                 cut_histories: Mutex::new(HashMap::new()),
+                total_budget,
             }),
         }
     }
@@ -612,6 +624,7 @@ impl Recorders {
         }
         Ok(PublishHandle {
             budget: self.inner.config.writer_budget_kb * 1024,
+            total_budget: self.inner.total_budget.clone(),
             inner: self.inner.clone(),
             key,
             generation,
@@ -667,6 +680,7 @@ impl Recorders {
         tracing::info!(stream = %key, "a rule says this stream is not recorded; accepting the publish without recording");
         Ok(PublishHandle {
             budget: 0,
+            total_budget: self.inner.total_budget.clone(),
             inner: self.inner.clone(),
             key,
             generation,
@@ -729,6 +743,11 @@ impl Recorders {
                 return self.inner.running.load(Ordering::Acquire) == 0;
             }
         }
+    }
+
+    /// Media bytes queued for every writer thread (`writer_budget_total_kb` caps it).
+    pub fn writer_backlog_bytes(&self) -> usize {
+        self.inner.total_budget.used()
     }
 
     /// The disk policy's verdict, shared with `storage::retention`.

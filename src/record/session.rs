@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use super::preroll::AudioPreroll;
 use super::timeline::{TimelineGuard, Verdict};
 use super::write_bounds::{self, Amplification, CutHistory};
-use super::{charge, lock, now_ms, LiveStats, Msg, RecordError};
+use super::{lock, now_ms, LiveStats, Msg, RecordError};
 use crate::config::RecordConfig;
 use crate::index::{Index, RecordingRow, RecordingState, SegmentRow, Update};
 use crate::media::{CodecParams, Frame, Ticks, TrackKind, Tracks, TICKS_PER_MS, TICKS_PER_SECOND};
@@ -176,11 +176,10 @@ impl RecordingSession {
                 .heartbeat_ms
                 .store(super::monotonic_ms(), Ordering::Relaxed);
             let result = match rx.recv_timeout(interval) {
-                Ok(Msg::Frames(frames)) => {
-                    let bytes: usize = frames.iter().map(charge).sum();
-                    let r = frames.into_iter().try_for_each(|f| self.on_frame(f));
-                    self.stats.in_flight.fetch_sub(bytes, Ordering::AcqRel);
-                    r
+                Ok(Msg::Frames(mut batch)) => {
+                    // Dropping the batch after its frames are written gives its bytes back.
+                    let frames = std::mem::take(&mut batch.frames);
+                    frames.into_iter().try_for_each(|f| self.on_frame(f))
                 }
                 Ok(Msg::Config(params)) => self.on_config(params),
                 Ok(Msg::ExpectVideo) => {
