@@ -427,8 +427,12 @@ fn peak_rss_mib(d: &Daemon) -> u64 {
 
 #[test]
 fn huge_commands_and_media_before_a_publish_are_refused_at_their_header() {
-    let d = Daemon::start("", "");
+    let d = Daemon::start("flow_continue_duration_s = 0", "");
     let before = peak_rss_mib(&d);
+    // A legitimate encoder publishes all along.
+    let clip = media::clip(Clip::AudioVideo, 8);
+    let sent = media::probe(clip.to_str().unwrap());
+    let legit = media::publish(&d.rtmp_url("live", "beside-the-flood"), &clip, true);
     // 16 peers, each announcing an 8 MiB AMF0 command (type 20) and streaming AMF nulls:
     // parsed whole, each would cost the daemon hundreds of MiB.
     const LEN: usize = 8 * 1024 * 1024;
@@ -462,10 +466,28 @@ fn huge_commands_and_media_before_a_publish_are_refused_at_their_header() {
         log.matches("exceeds the limit of 65536").count() >= 16,
         "{log}"
     );
+    let out = legit.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let peak = peak_rss_mib(&d);
     assert!(
-        peak <= before + 16,
+        peak <= before + 16 && peak <= 64,
         "peak RSS grew from {before} to {peak} MiB"
+    );
+    // Every frame of the encoder beside the flood is recorded.
+    let rec = wait_for("the encoder's recording", Duration::from_secs(20), || {
+        d.recordings()
+            .into_iter()
+            .find(|r| r["stream"] == "beside-the-flood" && r["state"] == "finished")
+    });
+    let url = d.http_url(rec["playlist"].as_str().unwrap());
+    let got = media::probe(&url);
+    assert_eq!(
+        (got.video_frames, got.audio_frames),
+        (sent.video_frames, sent.audio_frames)
     );
     assert_still_records(&d, "after-amf-flood");
 }
