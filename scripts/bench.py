@@ -21,10 +21,15 @@ most 1.02).
 
 This is a benchmark, not a test: numbers depend on the machine. Usage:
     scripts/bench.py [--streams 1,8,32] [--window 20] [--repeat 3] [--no-nginx]
-                     [--by-thread] [--binary PATH]
+                     [--by-thread] [--binary PATH] [--loadgen]
+
+With --loadgen the streams come from one process (benches/publish_load) instead of an
+ffmpeg each, so hundreds fit on a small box (`--loadgen --no-nginx --streams 1,300`), and
+each row also reports frames dropped and the worst segment lateness.
 """
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -127,7 +132,27 @@ def sample(pids, port):
     }
 
 
-def push(url, clip, n, stream_prefix):
+LOADGEN = None  # benches/publish_load's executable, with --loadgen
+
+
+def loadgen_binary():
+    """Builds benches/publish_load (release) and returns its executable."""
+    out = subprocess.run(["cargo", "bench", "--locked", "--bench", "publish_load", "--no-run",
+                          "--message-format=json"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg["target"]["name"] == "publish_load":
+            return msg["executable"]
+    raise SystemExit("publish_load was not built")
+
+
+def push(url, clip, n, stream_prefix, seconds=3600):
+    if LOADGEN:
+        addr, app = url.removeprefix("rtmp://").split("/", 1)
+        return [subprocess.Popen([LOADGEN, addr, app, stream_prefix, str(n), clip, str(int(seconds))],
+                                 stdout=subprocess.DEVNULL)]
     return [subprocess.Popen(
         ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-re", "-stream_loop", "-1",
          "-i", clip, "-c", "copy", "-f", "flv", f"{url}/{stream_prefix}{i}"],
@@ -154,9 +179,9 @@ def bench_edgerec(binary, clip, n, window, flush_ms, extra=""):
     work = tempfile.mkdtemp(prefix="edgerec-bench-")
     cfg = os.path.join(work, "edgerec.toml")
     with open(cfg, "w") as f:
-        f.write(f'data_dir = "{work}/data"\n[rtmp]\nlisten = "127.0.0.1:0"\nmax_connections = 256\nmax_connections_per_ip = 256\n'
+        f.write(f'data_dir = "{work}/data"\n[rtmp]\nlisten = "127.0.0.1:0"\nmax_connections = 512\nmax_connections_per_ip = 512\n'
                 f'[http]\nlisten = "127.0.0.1:0"\n[record]\nflow_continue_duration_s = 0\n'
-                f'flush_interval_ms = {flush_ms}\n'
+                f'flush_interval_ms = {flush_ms}\nwriter_budget_total_kb = 4194304\n'
                 # Only a really full disk may refuse the bench's publishes, not a shared
                 # disk that happens to be past the default 90 % watermark.
                 f'[storage]\nhigh_watermark_percent = 100\nlow_watermark_percent = 99\n'
@@ -167,7 +192,7 @@ def bench_edgerec(binary, clip, n, window, flush_ms, extra=""):
     addrs = dict(part.split("=", 1) for part in line.split()[2:])
     pushers = push(f"rtmp://{addrs['rtmp']}/live", clip, n, "bench")
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 + n * 0.02
         while len(http_json(addrs["http"], "/api/v1/streams")) < n:
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {len(http_json(addrs['http'], '/api/v1/streams'))} of {n} streams came up")
@@ -177,12 +202,34 @@ def bench_edgerec(binary, clip, n, window, flush_ms, extra=""):
         s0 = sample([daemon.pid], port)
         time.sleep(window)
         s1 = sample([daemon.pid], port)
+        live = http_json(addrs["http"], "/api/v1/streams")
+        dropped = sum(s.get("frames_dropped", 0) for s in live)
+        lateness = max((segment_lateness_ms(addrs["http"], s["recording_id"]) for s in live),
+                       default=0)
     finally:
         stop_all(pushers)
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
-    return result(s0, s1, n)
+    r = result(s0, s1, n)
+    r.update(frames_dropped=dropped, lateness_ms=lateness, streams_live=len(live))
+    return r
+
+
+def segment_lateness_ms(http, recording_id):
+    """How much later than its media time a segment of the recording began (arrival
+    time), worst segment: a stalled ingest or writer shows here."""
+    rec = http_json(http, f"/api/v1/recordings/{recording_id}")
+    segs = rec.get("segment_list") or []
+    if not segs:
+        return 0
+    def ms(t):
+        return datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000
+    first, media, worst = ms(segs[0]["start_time"]), 0.0, 0.0
+    for s in segs:
+        worst = max(worst, ms(s["start_time"]) - first - media)
+        media += s["duration_s"] * 1000
+    return worst
 
 
 def bench_nginx(clip, n, window):
@@ -273,6 +320,10 @@ def main():
                     "(to compare two builds)")
     ap.add_argument("--by-thread", action="store_true",
                     help="also print CPU ms/s and context switches/s per thread group")
+    ap.add_argument("--loadgen", action="store_true",
+                    help="publish from one process (benches/publish_load) instead of an ffmpeg "
+                    "per stream: for hundreds of streams; also prints frames dropped and the "
+                    "worst segment lateness")
     ap.add_argument("--flush-ms", type=int, default=1000,
                     help="edgerec's flush_interval_ms (nginx never fsyncs; 60000 shows the cost of durability)")
     args = ap.parse_args()
@@ -284,6 +335,9 @@ def main():
         binary = os.path.join(ROOT, "target", "release", "edgerec")
     clip = os.path.join(tempfile.gettempdir(), "edgerec-bench-2mbps.flv")
     make_clip(clip)
+    if args.loadgen:
+        global LOADGEN
+        LOADGEN = loadgen_binary()
 
     with_nginx = (not args.no_nginx and shutil.which("nginx")
                   and os.path.exists("/usr/lib/nginx/modules/ngx_rtmp_module.so"))
@@ -343,6 +397,10 @@ def print_targets(rows, base_rss):
     print("  written/received at most 1.02: "
           + ", ".join(f"N={e['n']} {e['write_amp']:.3f} {verdict(e['write_amp'] <= 1.02)}"
                       for e, _ in rows))
+    print("load (issue 17): "
+          + ", ".join(f"N={e['n']} live {e['streams_live']}, frames dropped {e['frames_dropped']} "
+                      f"{verdict(e['frames_dropped'] == 0)}, worst segment lateness "
+                      f"{e['lateness_ms']:.0f} ms" for e, _ in rows))
 
 
 if __name__ == "__main__":
