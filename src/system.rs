@@ -136,6 +136,15 @@ impl Health {
     }
 }
 
+/// `STATUS=status`, with a watchdog ping when systemd watches.
+fn alive(watchdog: bool, status: &str) {
+    if watchdog {
+        notify(&[NotifyState::Watchdog, NotifyState::Status(status)]);
+    } else {
+        notify(&[NotifyState::Status(status)]);
+    }
+}
+
 /// What is wrong, by what the loop does about it.
 enum Unhealthy {
     /// Stop pinging the watchdog: systemd restarts the daemon.
@@ -163,13 +172,7 @@ pub async fn run(
         let verdict =
             tokio::time::timeout(every, tokio::task::spawn_blocking(move || h.check())).await;
         match verdict {
-            Ok(Ok(Ok(status))) => {
-                if watchdog.is_some() {
-                    notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
-                } else {
-                    notify(&[NotifyState::Status(&status)]);
-                }
-            }
+            Ok(Ok(Ok(status))) => alive(watchdog.is_some(), &status),
             Ok(Ok(Err(Unhealthy::Wedged(problem)))) => {
                 tracing::error!(%problem, "pipeline unhealthy: not pinging the watchdog");
                 notify(&[NotifyState::Status(&format!("UNHEALTHY: {problem}"))]);
@@ -177,11 +180,7 @@ pub async fn run(
             Ok(Ok(Err(Unhealthy::IndexWaitsForRoom(problem)))) => {
                 tracing::error!(%problem, "the index cannot write (no room on the disk); it is reopened by a restart once there is room");
                 let status = format!("UNHEALTHY: {problem}; waiting for disk space");
-                if watchdog.is_some() {
-                    notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
-                } else {
-                    notify(&[NotifyState::Status(&status)]);
-                }
+                alive(watchdog.is_some(), &status);
             }
             Ok(Ok(Err(Unhealthy::IndexNeedsReopen(problem)))) => {
                 tracing::error!(%problem, "the disk has room again: exiting so that the service manager restarts edgerec with the index reopened");
