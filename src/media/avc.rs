@@ -186,6 +186,10 @@ pub fn reorder_depth(sps_nal: &[u8]) -> Result<usize, MediaError> {
         offset: 0,
         detail,
     };
+    // h264-reader panics (capacity overflow) on an empty NAL: found by fuzzing.
+    if sps_nal.is_empty() {
+        return Err(invalid("empty NAL unit".into()));
+    }
     let rbsp = h264_reader::rbsp::decode_nal(sps_nal).map_err(|e| invalid(e.to_string()))?;
     let sps = SeqParameterSet::from_bits(h264_reader::rbsp::BitReader::new(&rbsp[..]))
         .map_err(|e| invalid(format!("{e:?}")))?;
