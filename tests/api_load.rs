@@ -185,3 +185,29 @@ fn api_connections_past_the_cap_are_closed_and_the_rest_served() {
     });
     assert_eq!(ok.status, 200);
 }
+
+#[test]
+fn one_address_holding_idle_api_connections_cannot_lock_others_out() {
+    let d = Daemon::start_with_http("max_connections = 16\nmax_connections_per_ip = 4", "");
+    let other_host = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| support::connect_from(&d.http, other_host))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Its fifth is closed at accept: the read sees the close, not an answer.
+    let mut fifth = support::connect_from(&d.http, other_host);
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = fifth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = fifth.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "served past the per-address cap");
+    assert!(d
+        .log()
+        .contains("http connection refused: too many connections from this address (limit 4)"));
+    // Every other address is served meanwhile.
+    let ok = http::get(&d.http, "/healthz").expect("served from 127.0.0.1");
+    assert_eq!(ok.status, 200);
+    drop(held);
+}

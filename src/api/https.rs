@@ -1,5 +1,6 @@
-//! HTTPS for the API: an `axum::serve::Listener` whose `accept` yields finished TLS
-//! streams. TCP accepts happen in one task; each TLS handshake runs in its own task,
+//! HTTPS for the API: an [`Incoming`] whose `accept` yields finished TLS streams, each
+//! with the connection slot it took at its TCP accept (so a peer's half-done handshakes
+//! count against its share too). TCP accepts happen in one task; each TLS handshake runs in its own task,
 //! bounded by [`HANDSHAKE_TIMEOUT`] and [`MAX_HANDSHAKES`], and finished streams reach axum
 //! through a bounded channel, so a client that stalls mid-handshake cannot stall accept.
 //!
@@ -15,6 +16,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use super::server::{accept_tcp, take_slot, Incoming};
+use crate::ingest::slots::{ConnectionSlots, Slot};
 use crate::tls::ServerTls;
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -24,10 +27,9 @@ pub const MAX_HANDSHAKES: usize = 64;
 /// Finished handshakes waiting for axum to take them.
 const READY_QUEUE: usize = 16;
 
-/// The HTTPS listener handed to `axum::serve`.
+/// The HTTPS listener handed to [`super::server::serve`].
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr, Slot)>,
 }
 
 impl TlsListener {
@@ -35,19 +37,20 @@ impl TlsListener {
     pub fn new(
         listener: TcpListener,
         tls: Arc<ServerTls>,
+        slots: ConnectionSlots,
         cancel: CancellationToken,
-    ) -> std::io::Result<TlsListener> {
-        let local_addr = listener.local_addr()?;
+    ) -> TlsListener {
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        tokio::spawn(accept_loop(listener, tls, tx, cancel));
-        Ok(TlsListener { ready, local_addr })
+        tokio::spawn(accept_loop(listener, tls, slots, tx, cancel));
+        TlsListener { ready }
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerTls>,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    slots: ConnectionSlots,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr, Slot)>,
     cancel: CancellationToken,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -55,15 +58,13 @@ async fn accept_loop(
         let (socket, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ready.closed() => return,
-            a = listener.accept() => match a {
-                Ok(v) => v,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "https accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            a = accept_tcp(&listener, "https") => match a {
+                Some(v) => v,
+                None => continue,
             },
+        };
+        let Some(slot) = take_slot(&slots, peer, "https") else {
+            continue;
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = MAX_HANDSHAKES, "https connection refused: too many TLS handshakes in progress");
@@ -80,7 +81,7 @@ async fn accept_loop(
             drop(permit);
             match done {
                 Ok(Ok(stream)) => {
-                    let _ = ready.send((stream, peer)).await;
+                    let _ = ready.send((stream, peer, slot)).await;
                 }
                 Ok(Err(e)) => tracing::warn!(%peer, reason = %e, "https TLS handshake failed"),
                 Err(_) => {
@@ -91,19 +92,14 @@ async fn accept_loop(
     }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl Incoming for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    async fn accept(&mut self) -> (Self::Io, SocketAddr, Slot) {
         match self.ready.recv().await {
             Some(v) => v,
             // The accept loop stopped (shutdown): nothing more will come.
             None => std::future::pending().await,
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }

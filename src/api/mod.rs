@@ -28,6 +28,7 @@ pub use files::PlanCache;
 
 use crate::config::Config;
 use crate::index::{Index, IndexError};
+use crate::ingest::slots::ConnectionSlots;
 use crate::record::Recorders;
 use crate::storage::Storage;
 use crate::upload::Uploader;
@@ -150,14 +151,18 @@ pub async fn serve(
     state: ApiState,
     cancel: CancellationToken,
 ) {
-    let max_connections = state.config.http.max_connections;
+    let http = &state.config.http;
+    let slots = ConnectionSlots::new(http.max_connections, http.max_connections_per_ip);
     let router = router(state);
     match tls {
-        None => server::serve(listener, router, max_connections, cancel).await,
-        Some(tls) => match https::TlsListener::new(listener, tls, cancel.clone()) {
-            Ok(listener) => server::serve(listener, router, max_connections, cancel).await,
-            Err(e) => tracing::error!(error = %e, "https listener"),
-        },
+        None => {
+            let incoming = server::PlainListener::new(listener, slots);
+            server::serve(incoming, router, cancel).await
+        }
+        Some(tls) => {
+            let incoming = https::TlsListener::new(listener, tls, slots, cancel.clone());
+            server::serve(incoming, router, cancel).await
+        }
     }
 }
 

@@ -1,44 +1,96 @@
 //! The API's HTTP/1.1 connection loop, in place of `axum::serve`: that one gives hyper no
 //! timer, so hyper's header-read timeout never fires and a client that sends half a
-//! request holds its connection forever. Here every connection takes a slot of
-//! `[http] max_connections` (more are closed at accept, with a log line), must finish each
-//! request head within [`HEADER_TIMEOUT`], and is shut down gracefully (the request in
-//! progress finishes) when the server stops.
+//! request holds its connection forever. Here every connection holds a slot of the API's
+//! [`ConnectionSlots`] from its TCP accept (before any TLS handshake) to its close:
+//! `[http] max_connections` in all and `max_connections_per_ip` from one address (more are
+//! closed at accept, with a log line), so one host cannot lock the page and the scraper
+//! out. Each request head must arrive within [`HEADER_TIMEOUT`]; at shutdown the request
+//! in progress finishes.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::Listener;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::ingest::slots::{ConnectionSlots, Slot};
 
 /// A client must send a whole request head within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// At shutdown, requests in progress get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `router` on `listener` until `cancel`, at most `max_connections` at once.
-pub async fn serve<L>(
-    mut listener: L,
-    router: Router,
-    max_connections: usize,
-    cancel: CancellationToken,
-) where
-    L: Listener<Addr = std::net::SocketAddr>,
-{
-    let slots = std::sync::Arc::new(Semaphore::new(max_connections));
+/// Connections ready for HTTP, each with the slot it took at its TCP accept.
+pub trait Incoming: Send {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection; waits forever once there will be none.
+    fn accept(&mut self) -> impl Future<Output = (Self::Io, SocketAddr, Slot)> + Send;
+}
+
+/// Plain HTTP: a TCP listener whose connections take their slot at accept.
+pub struct PlainListener {
+    listener: TcpListener,
+    slots: ConnectionSlots,
+}
+
+impl PlainListener {
+    pub fn new(listener: TcpListener, slots: ConnectionSlots) -> PlainListener {
+        PlainListener { listener, slots }
+    }
+}
+
+impl Incoming for PlainListener {
+    type Io = TcpStream;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr, Slot) {
+        loop {
+            let Some((socket, peer)) = accept_tcp(&self.listener, "http").await else {
+                continue;
+            };
+            if let Some(slot) = take_slot(&self.slots, peer, "http") {
+                return (socket, peer, slot);
+            }
+        }
+    }
+}
+
+/// One TCP accept; `None` after a failed accept (EMFILE and friends), having backed off
+/// instead of spinning.
+pub async fn accept_tcp(listener: &TcpListener, what: &str) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            tracing::warn!(error = %e, "{what} accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+/// A slot for a connection from `peer`, or `None` (logged: the connection is closed).
+pub fn take_slot(slots: &ConnectionSlots, peer: SocketAddr, what: &str) -> Option<Slot> {
+    match slots.try_take(peer.ip()) {
+        Ok(slot) => Some(slot),
+        Err(why) => {
+            tracing::warn!(%peer, "{what} connection refused: {why}");
+            None
+        }
+    }
+}
+
+/// Serves `router` to what `incoming` accepts until `cancel`.
+pub async fn serve<I: Incoming>(mut incoming: I, router: Router, cancel: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
-        let (io, peer) = tokio::select! {
+        let (io, peer, slot) = tokio::select! {
             _ = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = max_connections, "http connection refused: too many connections");
-            continue;
+            accepted = incoming.accept() => accepted,
         };
         let service = TowerToHyperService::new(router.clone());
         let cancel = cancel.clone();
@@ -64,7 +116,7 @@ pub async fn serve<L>(
             drop(slot);
         });
     }
-    drop(listener);
+    drop(incoming);
     tracker.close();
     tracker.wait().await;
 }

@@ -107,6 +107,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Most simultaneous API connections; more are closed at accept. Default 256 (1-4096).
     pub max_connections: usize,
+    /// Most simultaneous API connections from one address (IPv6: one /64), so one host
+    /// cannot lock the rest out. Default 64 (1-4096).
+    pub max_connections_per_ip: usize,
     /// Bearer tokens (`Authorization: Bearer ...`). None: the API is open, which is only
     /// allowed on loopback unless `allow_unauthenticated` says otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -201,6 +204,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_connections: 256,
+            max_connections_per_ip: 64,
             tokens: Vec::new(),
             playback_key: None,
             playback_url_ttl_s: 86_400,
@@ -354,6 +358,12 @@ impl Config {
         range(
             "http.max_connections",
             self.http.max_connections as u64,
+            1,
+            4096,
+        );
+        range(
+            "http.max_connections_per_ip",
+            self.http.max_connections_per_ip as u64,
             1,
             4096,
         );

@@ -1,6 +1,6 @@
-//! Connection slots of a publish listener: at most `max_connections` at once, and at most
-//! `max_connections_per_ip` from one peer, so one host holding idle sockets cannot lock
-//! every encoder out. A slot is taken at accept and given back when its guard drops.
+//! Connection slots of a listener (the publish listeners, and the API on top): at most
+//! `max_connections` at once, and at most `max_connections_per_ip` from one peer, so one
+//! host holding idle sockets cannot lock every encoder (or every operator) out. A slot is taken at accept and given back when its guard drops.
 //!
 //! IPv6 peers count per /64 (one host is routinely handed a whole /64 and can pick a new
 //! source address per connection); IPv4-mapped IPv6 addresses count as the IPv4 address.

@@ -55,6 +55,24 @@ pub struct Daemon {
     runs: u32,
 }
 
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.2, ...): another
+/// host, as far as per-address limits go.
+pub fn connect_from(addr: &str, from: std::net::Ipv4Addr) -> std::net::TcpStream {
+    let to: std::net::SocketAddr = addr.parse().expect("an address");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let sock = runtime.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind((from, 0).into()).expect("bind");
+        sock.connect(to).await.expect("connect")
+    });
+    let sock = sock.into_std().expect("a std socket");
+    sock.set_nonblocking(false).expect("blocking");
+    sock
+}
+
 /// A command running the daemon binary; through `$EDGEREC_TEST_RUNNER` (e.g.
 /// `qemu-aarch64`) when the tests run a cross-built binary under emulation.
 pub fn edgerec() -> Command {

@@ -20,19 +20,7 @@ impl RawClient {
     /// Connects to `addr` from the local address `from` (any of 127.0.0.0/8 on Linux), as
     /// a second host on the venue LAN would.
     pub fn connect_from(addr: &str, from: std::net::Ipv4Addr) -> RawClient {
-        let to: std::net::SocketAddr = addr.parse().expect("an address");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("runtime");
-        let sock = runtime.block_on(async {
-            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-            sock.bind((from, 0).into()).expect("bind");
-            sock.connect(to).await.expect("connect")
-        });
-        let sock = sock.into_std().expect("a std socket");
-        sock.set_nonblocking(false).unwrap();
-        RawClient::over(sock)
+        RawClient::over(super::connect_from(addr, from))
     }
 
     fn over(sock: TcpStream) -> RawClient {
