@@ -2,7 +2,7 @@
 # Installs the real peers the integration tests drive, only where missing:
 # ffmpeg/ffprobe (publish RTMP, decode recordings), socat and openssl (a TLS front with a
 # private CA for a store; RTMPS/HTTPS certificates), curl (HTTPS), GStreamer's RTSP server
-# with python3-gi (the camera stand-in) from apt (Debian/Ubuntu, as root or via sudo), and the
+# with python3-gi (the camera stand-in), promtool (Debian's prometheus) from apt (Debian/Ubuntu, as root or via sudo), and the
 # S3-compatible stores from crates.io with `cargo install`: s3s-fs 0.14.1 (~4 min to
 # build) and Garage 2.5.0 (~5 min, see below; cache ~/.cargo/bin).
 # The tests find them via $EDGEREC_S3S_FS / $EDGEREC_GARAGE, else ~/.cargo/bin, else PATH.
@@ -20,6 +20,7 @@ command -v socat >/dev/null 2>&1 || need+=(socat)      # TLS in front of a test 
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # its throwaway CA, TLS and HMAC checks
 command -v curl >/dev/null 2>&1 || need+=(curl)        # the API over HTTPS
 command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)  # token hashes
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool check metrics (/metrics)
 # The RTSP camera stand-in: GStreamer's RTSP server through the system python's gi.
 if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" >/dev/null 2>&1 \
    || ! gst-inspect-1.0 x264enc >/dev/null 2>&1 || ! gst-inspect-1.0 avenc_aac >/dev/null 2>&1 \

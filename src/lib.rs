@@ -19,6 +19,7 @@ pub mod index;
 pub mod ingest;
 pub mod media;
 pub mod memory;
+pub mod metrics;
 pub mod mux;
 pub mod notify;
 pub mod package;

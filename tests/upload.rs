@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::callback::CallbackReceiver;
 use support::media::{self, Clip};
+use support::metrics::Scrape;
 use support::relay::Relay;
 use support::s3::{GarageCluster, S3sFs, Store};
 use support::tls::TlsFront;
@@ -182,6 +183,26 @@ fn uploads_a_recording_and_delivers_a_signed_callback() {
         1,
         "one delivery when the receiver answers 200"
     );
+
+    // What /metrics says of it: every object sent, nothing waiting, the store fine.
+    let objects = store
+        .list_objects(&format!("{}/", store_prefix(&rec)))
+        .len() as f64;
+    let m = Scrape::get(&d);
+    m.assert_promtool_clean();
+    assert_eq!(m.value("edgerec_uploaded_objects_total"), objects);
+    assert_eq!(m.value("edgerec_uploaded_bytes_total"), sizes as f64);
+    assert_eq!(m.value("edgerec_upload_delay_seconds_count"), objects);
+    for state in ["queued", "uploading", "failed"] {
+        assert_eq!(
+            m.value(&format!("edgerec_upload_objects{{state=\"{state}\"}}")),
+            0.0
+        );
+    }
+    assert_eq!(m.value("edgerec_upload_backlog_bytes"), 0.0);
+    assert_eq!(m.value("edgerec_upload_oldest_pending_age_seconds"), 0.0);
+    assert_eq!(m.value("edgerec_upload_store_state{state=\"ok\"}"), 1.0);
+    assert_eq!(m.value("edgerec_callbacks{state=\"delivered\"}"), 1.0);
 }
 
 const MULTIPART: &str = "part_size_mb = 5\nconcurrency = 1\nbandwidth_limit_kbps = 40000";
@@ -413,6 +434,16 @@ fn wrong_credentials_are_reported_then_fixed() {
         "the secret is never logged"
     );
     assert_ne!(d.recording(&id)["upload_state"], "uploaded");
+    let m = Scrape::get(&d);
+    m.assert_promtool_clean();
+    assert_eq!(
+        m.value("edgerec_upload_store_state{state=\"credentials_rejected\"}"),
+        1.0
+    );
+    assert_eq!(m.value("edgerec_upload_store_state{state=\"ok\"}"), 0.0);
+    assert!(m.value("edgerec_upload_backlog_bytes") > 100_000.0);
+    assert!(m.value("edgerec_upload_oldest_pending_age_seconds") > 0.0);
+    assert_eq!(m.value("edgerec_uploaded_objects_total"), 0.0);
     d.stop();
     d.write_config("flow_continue_duration_s = 1", "", &good);
     d.spawn();

@@ -9,6 +9,7 @@ mod catalog;
 mod files;
 mod hls;
 mod https;
+mod metrics;
 mod ranged;
 mod recordings;
 mod server;
@@ -54,6 +55,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::scrape))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/recordings", get(recordings::list))
         .route("/api/v1/recordings/{id}", get(recordings::get_one))

@@ -289,6 +289,11 @@ impl Index {
             .map_err(|e| IndexError::sync(&self.log_path, e))
     }
 
+    /// Bytes the index takes on disk (sled's estimate), for `/metrics`.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     /// Whether the database takes a write (for `/healthz` and the health loop). sled
     /// latches the first failed log write (a full disk, an IO error) and refuses every
     /// later write until it is opened again, while reads from its cache go on working, so

@@ -32,6 +32,7 @@ use super::lowat::{self, PUBLISH_DRAIN, PUBLISH_LOW_WATER};
 use super::rate::RateMeter;
 use super::slots::ConnectionSlots;
 use crate::config::RtmpConfig;
+use crate::metrics::{self, RefusalReason};
 use crate::proto::rtmp::amf0;
 use crate::proto::rtmp::{DemuxEvent, FlvDemuxer, Limits, ServerSession, SessionEvent};
 use crate::record::{PublishHandle, PublishRefused, Recorders};
@@ -81,12 +82,16 @@ pub async fn run(
                 continue;
             }
         };
+        metrics::global()
+            .connections
+            .with_label_values(&[scheme])
+            .inc();
         let _ = socket.set_nodelay(true);
         let (config, recorders, cancel) = (config.clone(), recorders.clone(), cancel.clone());
         let gate = gate.clone();
         tracker.spawn(async move {
             let started = Instant::now();
-            let mut conn = Connection::new(peer, &config, gate, recorders);
+            let mut conn = Connection::new(peer, scheme, &config, gate, recorders);
             let served = match tls {
                 None => conn.serve(socket, started, cancel).await,
                 Some(tls) => {
@@ -161,6 +166,8 @@ impl Transport for TlsStream<TcpStream> {
 /// One publisher's connection.
 struct Connection<'a> {
     peer: SocketAddr,
+    /// `rtmp` or `rtmps`.
+    scheme: &'static str,
     config: &'a RtmpConfig,
     gate: PublishGate,
     recorders: Recorders,
@@ -174,6 +181,7 @@ struct Connection<'a> {
 impl<'a> Connection<'a> {
     fn new(
         peer: SocketAddr,
+        scheme: &'static str,
         config: &'a RtmpConfig,
         gate: PublishGate,
         recorders: Recorders,
@@ -184,6 +192,7 @@ impl<'a> Connection<'a> {
         };
         Connection {
             peer,
+            scheme,
             config,
             gate,
             recorders,
@@ -326,7 +335,7 @@ impl<'a> Connection<'a> {
             if let Some((_, handle)) = &self.publishing {
                 let received = self.session.bytes_received();
                 let stats = handle.stats();
-                stats.bytes_received.store(received, Ordering::Relaxed);
+                stats.set_bytes_received(received);
                 if let Some(bps) = rate.sample(received) {
                     stats.bitrate_bps.store(bps, Ordering::Relaxed);
                 }
@@ -400,6 +409,7 @@ impl<'a> Connection<'a> {
             if let Err(e) = validate_name(name) {
                 // Debug-escaped: a name from the network must not forge a journal line.
                 tracing::warn!(peer = %self.peer, ?app, ?stream, "publish refused: bad {what} name: {e}");
+                metrics::global().refused(RefusalReason::BadName);
                 self.session.reject_publish(
                     stream_id,
                     "NetStream.Publish.BadName",
@@ -413,6 +423,7 @@ impl<'a> Connection<'a> {
         // resumes one. The log names the reason, never a key or the received secret.
         if let Err(refusal) = self.gate.admit(&app, &stream, query, self.peer.ip()) {
             tracing::warn!(peer = %self.peer, stream = %StreamKey::new(&app, &stream), reason = %refusal, "publish refused: not authorized");
+            metrics::global().refused(RefusalReason::Unauthorized);
             self.session.reject_publish(
                 stream_id,
                 "NetStream.Publish.Unauthorized",
@@ -422,7 +433,7 @@ impl<'a> Connection<'a> {
         }
         match self
             .recorders
-            .start_publish(&app, &stream, query, self.peer.to_string())
+            .start_publish(&app, &stream, query, self.peer.to_string(), self.scheme)
             .await
         {
             Ok(handle) => {
@@ -436,6 +447,7 @@ impl<'a> Connection<'a> {
                     _ => "NetStream.Publish.Failed",
                 };
                 tracing::warn!(peer = %self.peer, stream = %StreamKey::new(&app, &stream), reason = %e, "publish refused");
+                metrics::global().refused(e.reason());
                 self.session.reject_publish(stream_id, code, &e.to_string());
             }
         }

@@ -31,6 +31,7 @@ use super::rate::RateMeter;
 use super::slots::ConnectionSlots;
 use crate::config::RtspConfig;
 use crate::media::{Frame, TrackKind, TICKS_PER_SECOND};
+use crate::metrics::{self, RefusalReason};
 use crate::proto::rtsp::{
     Limits, MediaEvent, RtpTrack, ServerSession, SessionEvent, TrackTransport, WallClock,
 };
@@ -80,6 +81,10 @@ pub async fn run(
                 continue;
             }
         };
+        metrics::global()
+            .connections
+            .with_label_values(&["rtsp"])
+            .inc();
         let _ = socket.set_nodelay(true);
         let mut conn = Connection::new(
             peer,
@@ -320,7 +325,7 @@ impl Connection {
             if let Some(handle) = &self.publishing {
                 let received = self.session.bytes_received() + self.udp_bytes;
                 let stats = handle.stats();
-                stats.bytes_received.store(received, Ordering::Relaxed);
+                stats.set_bytes_received(received);
                 if let Some(bps) = rate.sample(received) {
                     stats.bitrate_bps.store(bps, Ordering::Relaxed);
                 }
@@ -411,6 +416,7 @@ impl Connection {
         };
         let [app, stream] = path else {
             tracing::warn!(peer = %self.peer, ?path, "rtsp publish refused: the path is not /app/stream");
+            metrics::global().refused(RefusalReason::BadName);
             return refuse(
                 &mut self.session,
                 StatusCode::NotFound,
@@ -420,6 +426,7 @@ impl Connection {
         for (what, name) in [("app", app), ("stream", stream)] {
             if let Err(e) = validate_name(name) {
                 tracing::warn!(peer = %self.peer, ?app, ?stream, "rtsp publish refused: bad {what} name: {e}");
+                metrics::global().refused(RefusalReason::BadName);
                 return refuse(
                     &mut self.session,
                     StatusCode::BadRequest,
@@ -430,6 +437,7 @@ impl Connection {
         let key = StreamKey::new(app, stream);
         if let Err(refusal) = self.gate.admit(app, stream, query, self.peer.ip()) {
             tracing::warn!(peer = %self.peer, stream = %key, reason = %refusal, "rtsp publish refused: not authorized");
+            metrics::global().refused(RefusalReason::Unauthorized);
             return refuse(
                 &mut self.session,
                 StatusCode::Forbidden,
@@ -452,6 +460,7 @@ impl Connection {
         if !has_video && !has_audio {
             let reasons: Vec<_> = skipped.iter().map(|(_, r)| r.as_str()).collect();
             tracing::warn!(peer = %self.peer, stream = %key, ?reasons, "rtsp publish refused: nothing recordable");
+            metrics::global().refused(RefusalReason::NothingRecordable);
             return refuse(
                 &mut self.session,
                 StatusCode::UnsupportedMediaType,
@@ -460,7 +469,7 @@ impl Connection {
         }
         match self
             .recorders
-            .start_publish(app, stream, query, self.peer.to_string())
+            .start_publish(app, stream, query, self.peer.to_string(), "rtsp")
             .await
         {
             Ok(mut handle) => {
@@ -499,6 +508,7 @@ impl Connection {
                     _ => StatusCode::InternalServerError,
                 };
                 tracing::warn!(peer = %self.peer, stream = %key, reason = %e, "rtsp publish refused");
+                metrics::global().refused(e.reason());
                 refuse(&mut self.session, status, &e.to_string())
             }
         }

@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn a_dropped_batch_gives_its_bytes_back_to_both_budgets() {
         let total = Arc::new(Budget::new(1000));
-        let stats = Arc::new(super::super::placeholder_stats("live", "s"));
+        let stats = Arc::new(super::super::placeholder_stats("live", "s", "rtmp"));
         assert!(total.try_take(300));
         let batch = Batch::new(Vec::new(), 300, stats.clone(), total.clone());
         assert_eq!(stats.in_flight.load(Ordering::Acquire), 300);

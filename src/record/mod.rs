@@ -25,6 +25,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{RecordConfig, Template};
 use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
 use crate::media::{CodecParams, Frame, Ticks, Tracks, TICKS_PER_MS};
+use crate::metrics;
 use crate::mux::MuxError;
 use crate::storage::retention::DiskState;
 use crate::storage::Storage;
@@ -110,6 +112,21 @@ pub enum PublishRefused {
     NoTemplate { stream: String, reason: String },
 }
 
+impl PublishRefused {
+    /// The `reason` label this refusal is counted under.
+    pub fn reason(&self) -> metrics::RefusalReason {
+        use metrics::RefusalReason as R;
+        match self {
+            PublishRefused::AlreadyPublishing(_) | PublishRefused::StillClosing(_) => {
+                R::AlreadyPublishing
+            }
+            PublishRefused::DiskFull => R::DiskFull,
+            PublishRefused::Failed { .. } => R::Failed,
+            PublishRefused::NoTemplate { .. } => R::NoTemplate,
+        }
+    }
+}
+
 /// What the ingest sends to a recorder thread.
 pub(crate) enum Msg {
     Config(CodecParams),
@@ -134,16 +151,26 @@ pub struct LiveStats {
     pub app: String,
     pub stream: String,
     pub remote: String,
+    /// `rtmp`, `rtmps`, `rtsp` (publish) or `camera` (pull).
+    pub protocol: &'static str,
     pub since_ms: i64,
     pub recording_id: String,
     pub bytes_received: AtomicU64,
+    /// Frames the publisher sent (recorded or not).
+    pub frames_received: AtomicU64,
     pub bitrate_bps: AtomicU64,
     pub segments_written: AtomicU64,
     pub frames_skipped: AtomicU64,
     pub frames_rejected: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub timestamps_repaired: AtomicU64,
+    /// Holes in the recording: the writer fell behind and dropped frames, or the
+    /// publisher's timestamps jumped forward (media it never sent).
     pub gaps: AtomicU64,
+    /// Media the forward jumps skipped, in ms.
+    pub gap_ms: AtomicU64,
+    /// Segments that began after a discontinuity (jumps, codec changes, gaps, resumes).
+    pub discontinuities: AtomicU64,
     /// Media time handed to the writer on this connection: the newest frame's decode time
     /// minus the first's. What a power cut may lose is measured from here.
     pub media_received_ms: AtomicU64,
@@ -158,6 +185,9 @@ pub struct LiveStats {
     dropped: Mutex<Option<String>>,
     /// Why the publisher's audio is not recorded (a codec MPEG-TS cannot carry).
     audio_dropped: Mutex<Option<String>>,
+    /// This protocol's lifetime series (`edgerec_received_*_total`).
+    bytes_counter: IntCounter,
+    frames_counter: IntCounter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +198,13 @@ impl LiveStats {
     /// `app/stream` of this publisher.
     pub fn stream_key(&self) -> StreamKey {
         StreamKey::new(&self.app, &self.stream)
+    }
+
+    /// The connection has received `total` bytes so far (counted in the lifetime total
+    /// too).
+    pub fn set_bytes_received(&self, total: u64) {
+        let before = self.bytes_received.swap(total, Ordering::Relaxed);
+        self.bytes_counter.inc_by(total.saturating_sub(before));
     }
 
     fn set_tracks(&self, tracks: &Tracks) {
@@ -211,6 +248,7 @@ impl LiveStats {
             app: self.app.clone(),
             stream: self.stream.clone(),
             remote: self.remote.clone(),
+            protocol: self.protocol,
             since: crate::clock::rfc3339(self.since_ms),
             recording_id: self.recording_id.clone(),
             video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
@@ -223,12 +261,15 @@ impl LiveStats {
                 .map(|(w, h)| format!("{w}x{h}")),
             bitrate_bps: self.bitrate_bps.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            frames_received: self.frames_received.load(Ordering::Relaxed),
             segments_written: self.segments_written.load(Ordering::Relaxed),
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
             frames_rejected: self.frames_rejected.load(Ordering::Relaxed),
             frames_skipped: self.frames_skipped.load(Ordering::Relaxed),
             timestamps_repaired: self.timestamps_repaired.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
+            gap_ms: self.gap_ms.load(Ordering::Relaxed),
+            discontinuities: self.discontinuities.load(Ordering::Relaxed),
             media_received_ms: self.media_received_ms.load(Ordering::Relaxed),
         }
     }
@@ -240,6 +281,7 @@ pub struct StreamView {
     pub app: String,
     pub stream: String,
     pub remote: String,
+    pub protocol: &'static str,
     pub since: String,
     pub recording_id: String,
     pub video_codec: Option<&'static str>,
@@ -249,6 +291,7 @@ pub struct StreamView {
     pub resolution: Option<String>,
     pub bitrate_bps: u64,
     pub bytes_received: u64,
+    pub frames_received: u64,
     pub segments_written: u64,
     pub frames_dropped: u64,
     pub frames_rejected: u64,
@@ -256,6 +299,8 @@ pub struct StreamView {
     pub frames_skipped: u64,
     pub timestamps_repaired: u64,
     pub gaps: u64,
+    pub gap_ms: u64,
+    pub discontinuities: u64,
     pub media_received_ms: u64,
 }
 
@@ -370,6 +415,8 @@ impl PublishHandle {
     /// budget behind, the frame is dropped and counted; when room returns, the recorder
     /// is told to close the segment with a discontinuity.
     pub fn send_frame(&mut self, frame: Frame) -> Result<(), RecorderStopped> {
+        self.stats.frames_received.fetch_add(1, Ordering::Relaxed);
+        self.stats.frames_counter.inc();
         if self.tx.is_none() || (self.audio_only && frame.kind == crate::media::TrackKind::Video) {
             return Ok(());
         }
@@ -378,6 +425,7 @@ impl PublishHandle {
         if in_flight + self.batch_bytes + len > self.budget || !self.total_budget.try_take(len) {
             self.dropping += 1;
             self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::global().dropped_frames.inc();
             return Ok(());
         }
         if self.dropping > 0 {
@@ -478,11 +526,12 @@ impl Recorders {
         stream: &str,
         query: &str,
         remote: String,
+        protocol: &'static str,
     ) -> Result<PublishHandle, PublishRefused> {
         let key = StreamKey::new(app, stream).to_string();
         let template = match self.inner.catalog.plan(app, stream) {
             Ok(Plan::Record(t)) => *t,
-            Ok(Plan::Off) => return self.start_unrecorded(app, stream, remote),
+            Ok(Plan::Off) => return self.start_unrecorded(app, stream, remote, protocol),
             Err(reason) => {
                 return Err(PublishRefused::NoTemplate {
                     stream: key,
@@ -515,7 +564,7 @@ impl Recorders {
                             Slot {
                                 generation,
                                 active: true,
-                                stats: Arc::new(placeholder_stats(app, stream)),
+                                stats: Arc::new(placeholder_stats(app, stream, protocol)),
                                 done: rx,
                             },
                         );
@@ -547,7 +596,7 @@ impl Recorders {
         let stats = Arc::new(LiveStats {
             recording_id: row.id.clone(),
             remote,
-            ..placeholder_stats(app, stream)
+            ..placeholder_stats(app, stream, protocol)
         });
         let (done_tx, done_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel();
@@ -654,12 +703,13 @@ impl Recorders {
         app: &str,
         stream: &str,
         remote: String,
+        protocol: &'static str,
     ) -> Result<PublishHandle, PublishRefused> {
         let key = StreamKey::new(app, stream).to_string();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let stats = Arc::new(LiveStats {
             remote,
-            ..placeholder_stats(app, stream)
+            ..placeholder_stats(app, stream, protocol)
         });
         {
             let mut live = lock(&self.inner.live);
@@ -768,14 +818,17 @@ fn charge(frame: &Frame) -> usize {
     (frame.data.len() + 40).div_ceil(PACKET_SIZE - 4) * PACKET_SIZE
 }
 
-fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
+fn placeholder_stats(app: &str, stream: &str, protocol: &'static str) -> LiveStats {
+    let m = metrics::global();
     LiveStats {
         app: app.to_owned(),
         stream: stream.to_owned(),
         remote: String::new(),
+        protocol,
         since_ms: now_ms(),
         recording_id: String::new(),
         bytes_received: AtomicU64::new(0),
+        frames_received: AtomicU64::new(0),
         bitrate_bps: AtomicU64::new(0),
         segments_written: AtomicU64::new(0),
         frames_skipped: AtomicU64::new(0),
@@ -783,6 +836,8 @@ fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
         frames_dropped: AtomicU64::new(0),
         timestamps_repaired: AtomicU64::new(0),
         gaps: AtomicU64::new(0),
+        gap_ms: AtomicU64::new(0),
+        discontinuities: AtomicU64::new(0),
         media_received_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         heartbeat_ms: AtomicU64::new(monotonic_ms()),
@@ -790,6 +845,8 @@ fn placeholder_stats(app: &str, stream: &str) -> LiveStats {
         failure: Mutex::new(None),
         dropped: Mutex::new(None),
         audio_dropped: Mutex::new(None),
+        bytes_counter: m.received_bytes.with_label_values(&[protocol]),
+        frames_counter: m.received_frames.with_label_values(&[protocol]),
     }
 }
 

@@ -38,6 +38,7 @@ use super::{lock, now_ms, LiveStats, Msg, RecordError};
 use crate::config::RecordConfig;
 use crate::index::{Index, RecordingRow, RecordingState, SegmentRow, Update};
 use crate::media::{CodecParams, Frame, Ticks, TrackKind, Tracks, TICKS_PER_MS, TICKS_PER_SECOND};
+use crate::metrics;
 use crate::mux::ts::TsMuxer;
 use crate::storage::{recovery, SegmentWriter, Storage};
 
@@ -237,6 +238,15 @@ impl RecordingSession {
                     .fetch_add(1, Ordering::Relaxed);
             }
             Verdict::Jump { step } => {
+                if step > 0 {
+                    // Media the publisher never sent: a hole in the recording.
+                    self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                    let ms = (step / TICKS_PER_MS) as u64;
+                    self.stats.gap_ms.fetch_add(ms, Ordering::Relaxed);
+                    let m = metrics::global();
+                    m.gaps.inc();
+                    m.gap_seconds.inc_by(ms as f64 / 1000.0);
+                }
                 tracing::warn!(stream = %self.recording.stream_key(), step_s = step as f64 / TICKS_PER_SECOND as f64,
                     "timestamps jumped; starting a new segment after a discontinuity");
                 self.unplanned_cut()?;
@@ -421,6 +431,7 @@ impl RecordingSession {
         tracing::warn!(stream = %self.recording.stream_key(), dropped_frames = dropped,
             "the flash writer fell behind; frames were dropped and the segment is closed with a discontinuity");
         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        metrics::global().gaps.inc();
         self.close_segment()?;
         self.discontinuity_next = true;
         self.timeline.reset();
@@ -573,6 +584,12 @@ impl RecordingSession {
         };
         self.recording = self.index.commit_segment(&self.recording.id, &row)?;
         self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
+        let m = metrics::global();
+        m.segments.inc();
+        if row.discontinuity {
+            m.discontinuities.inc();
+            self.stats.discontinuities.fetch_add(1, Ordering::Relaxed);
+        }
         self.last_flush = sync_started;
         Ok(())
     }

@@ -254,6 +254,7 @@ pub fn check_once(
             OnFull::DeleteOldest => "delete_oldest",
         };
         s.evicted_recordings += evicted;
+        crate::metrics::global().evictions.inc_by(evicted);
         s.deleted_unuploaded_recordings += deleted;
         if action.is_some() {
             s.last_action = action;

@@ -31,8 +31,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use super::{sync_dir, PART_SUFFIX};
+use crate::metrics;
 
 /// The page size writes are aligned to before the seal.
 pub const PAGE: usize = 4096;
@@ -130,7 +132,7 @@ impl SegmentWriter {
     fn write_whole_pages(&mut self) -> io::Result<()> {
         let whole = self.buf.len() / PAGE * PAGE;
         if whole > 0 {
-            self.file.write_all(&self.buf[..whole])?;
+            write_timed(&mut self.file, &self.buf[..whole])?;
             self.written += whole as u64;
             self.buf.drain(..whole);
         }
@@ -142,7 +144,11 @@ impl SegmentWriter {
     pub fn make_durable(&mut self) -> io::Result<()> {
         self.write_whole_pages()?;
         if self.written != self.durable {
+            let started = Instant::now();
             self.file.sync_data()?;
+            metrics::global()
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
             if !self.entry_durable {
                 sync_dir(&self.dir)?;
                 self.entry_durable = true;
@@ -159,11 +165,15 @@ impl SegmentWriter {
     /// the same folder.
     pub fn seal(mut self, next: Option<&mut SegmentWriter>) -> io::Result<SealedSegment> {
         if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
+            write_timed(&mut self.file, &self.buf)?;
             self.written += self.buf.len() as u64;
             self.buf.clear();
         }
+        let started = Instant::now();
         self.file.sync_all()?;
+        metrics::global()
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         drop_behind(&self.file, self.durable, self.written);
         let part = self.dir.join(format!("{}{PART_SUFFIX}", self.name));
         std::fs::rename(&part, self.dir.join(&self.name))?;
@@ -185,6 +195,18 @@ impl SegmentWriter {
         let _ = self.file.sync_all();
         self.durable
     }
+}
+
+/// Writes `bytes` to `file`, counted in `edgerec_written_bytes_total` and timed in
+/// `edgerec_segment_write_seconds`.
+fn write_timed(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let started = Instant::now();
+    file.write_all(bytes)?;
+    let m = metrics::global();
+    m.segment_write_seconds
+        .observe(started.elapsed().as_secs_f64());
+    m.written_bytes.inc_by(bytes.len() as u64);
+    Ok(())
 }
 
 /// Drop-behind: tells the kernel the durable range `from..to` will not be read soon, so

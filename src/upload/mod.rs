@@ -72,6 +72,20 @@ pub(crate) struct Shared {
     pub(crate) callbacks_due: Arc<Notify>,
 }
 
+/// The upload queue at a glance (see [`Uploader::backlog_summary`]).
+#[derive(Debug, Default)]
+pub struct BacklogSummary {
+    /// Objects by state (`queued`, `uploading`, `failed`; `uploaded` until the
+    /// recording's rows go).
+    pub objects: HashMap<&'static str, u64>,
+    /// Bytes of the objects not yet uploaded.
+    pub bytes: u64,
+    /// When the oldest object not yet uploaded was queued.
+    pub oldest_created_ms: Option<i64>,
+    /// `ok`, `unavailable` or `credentials_rejected`.
+    pub store_state: &'static str,
+}
+
 /// The running uploader; cheap to clone, for the API.
 #[derive(Clone)]
 pub struct Uploader {
@@ -216,6 +230,31 @@ impl Uploader {
         } else {
             "queued"
         })
+    }
+
+    /// What is waiting for the store, for `/metrics`.
+    pub fn backlog_summary(&self) -> Result<BacklogSummary, IndexError> {
+        let mut summary = BacklogSummary {
+            store_state: match lock(&self.shared.health).kind {
+                None => "ok",
+                Some(FaultKind::Credentials) => "credentials_rejected",
+                Some(_) => "unavailable",
+            },
+            ..BacklogSummary::default()
+        };
+        for row in self.shared.index.uploads() {
+            let row = row?;
+            *summary.objects.entry(row.state.as_str()).or_default() += 1;
+            if row.state != UploadState::Uploaded {
+                summary.bytes += row.size;
+                summary.oldest_created_ms = Some(
+                    summary
+                        .oldest_created_ms
+                        .map_or(row.created_ms, |t| t.min(row.created_ms)),
+                );
+            }
+        }
+        Ok(summary)
     }
 
     /// Pending objects and store state, for `sd_notify` status lines and logs.

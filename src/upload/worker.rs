@@ -160,10 +160,18 @@ async fn persist(shared: &Shared, row: &UploadRow) -> Result<(), Failure> {
 }
 
 async fn mark_uploaded(shared: &Shared, row: &mut UploadRow) -> Result<(), Failure> {
+    let now = crate::clock::now_ms();
     row.state = UploadState::Uploaded;
-    row.uploaded_ms = Some(crate::clock::now_ms());
+    row.uploaded_ms = Some(now);
     row.last_error = None;
-    persist(shared, row).await
+    persist(shared, row).await?;
+    let m = crate::metrics::global();
+    m.uploaded_objects.inc();
+    m.uploaded_bytes.inc_by(row.size);
+    // Queued when its file was sealed: the wait an offline venue's recordings see.
+    m.upload_delay_seconds
+        .observe((now - row.created_ms).max(0) as f64 / 1000.0);
+    Ok(())
 }
 
 async fn send_playlist(

@@ -12,6 +12,7 @@ pub mod flv;
 pub mod hevc;
 pub mod http;
 pub mod media;
+pub mod metrics;
 pub mod relay;
 pub mod rtmp_client;
 pub mod s3;

@@ -123,9 +123,12 @@ async fn session(
     };
     let remote = format!("rtsp-pull {}", spec.redacted_url());
     let mut handle = recorders
-        .start_publish(&spec.app, &spec.stream, "", remote)
+        .start_publish(&spec.app, &spec.stream, "", remote, "camera")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            crate::metrics::global().refused(e.reason());
+            e.to_string()
+        })?;
     tracing::info!(source = %spec.name(), stream = %spec.stream_key(), recording = handle.recording_id(), video = ?info.video, audio = ?info.audio, "camera recording");
     handle.stats().set_audio_dropped(info.audio_dropped.clone());
     if info.video.is_some() {
