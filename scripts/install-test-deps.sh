@@ -21,6 +21,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)  # its throwaway CA, TLS a
 command -v curl >/dev/null 2>&1 || need+=(curl)        # the API over HTTPS
 command -v sha256sum >/dev/null 2>&1 || need+=(coreutils)  # token hashes
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool check metrics (/metrics)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)      # the status page in a real browser
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)        # drives it (puppeteer-core)
 # The RTSP camera stand-in: GStreamer's RTSP server through the system python's gi.
 if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" >/dev/null 2>&1 \
    || ! gst-inspect-1.0 x264enc >/dev/null 2>&1 || ! gst-inspect-1.0 avenc_aac >/dev/null 2>&1 \
@@ -47,6 +49,13 @@ else
   $sudo apt-get update -qq || echo "install-test-deps: apt-get update reported errors (above); trying the install anyway" >&2
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   ffmpeg -version | head -n1
+fi
+
+# --- npm: puppeteer-core for the browser test (no browser download: Debian's chromium) ---
+browser_dir="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
+if [ ! -d "$browser_dir/node_modules/puppeteer-core" ]; then
+  echo "test peers: npm ci in tests/browser"
+  (cd "$browser_dir" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # --- cargo: S3 stores ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Who may call the API: the bearer-token guard in front of every route, and the signed
 //! playback URLs that let players (which cannot send headers) fetch playlists, segments
-//! and files. `/healthz` stays open: it names no stream or recording.
+//! and files. `/healthz` stays open: it names no stream or recording; so do the status
+//! page and its script, which hold no data (the page asks for a token).
 //!
 //! With no tokens configured the API is open (the config allows that only on loopback or
 //! with `http.allow_unauthenticated`). A valid playback signature admits only a GET or
@@ -84,7 +85,7 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 /// The guard in front of every route.
 pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    if path == "/healthz" {
+    if path == "/healthz" || super::page::is_public(&path) {
         return next.run(req).await;
     }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);

@@ -10,6 +10,7 @@ mod files;
 mod hls;
 mod https;
 mod metrics;
+mod page;
 mod ranged;
 mod recordings;
 mod server;
@@ -56,6 +57,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
+        .route("/", get(page::index))
+        .route("/assets/hls.light.min.js", get(page::hls_js))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/recordings", get(recordings::list))
         .route("/api/v1/recordings/{id}", get(recordings::get_one))

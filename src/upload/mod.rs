@@ -561,6 +561,8 @@ pub struct ObjectView {
     pub state: &'static str,
     pub bytes_sent: u64,
     pub bytes_total: u64,
+    /// When it joined the queue (its file was sealed).
+    pub queued_at: String,
     pub attempts: u32,
     pub failures: u32,
     pub last_error: Option<String>,
@@ -584,6 +586,7 @@ impl ObjectView {
                 .map_or(done, |s| s.max(done))
                 .min(row.size.max(done)),
             bytes_total: row.size,
+            queued_at: crate::clock::rfc3339(row.created_ms),
             attempts: row.attempts,
             failures: row.failures,
             last_error: row.last_error.clone(),

@@ -1,0 +1,39 @@
+//! The status page: `GET /` (`page/index.html`) and the player it uses,
+//! `GET /assets/hls.light.min.js` (hls.js 1.7.4, light build, Apache-2.0, vendored from npm
+//! in `vendor/hls.js` with its licence). Both are compiled into the binary: a venue box
+//! may have no internet, so nothing is loaded from a CDN. Neither holds any data: the
+//! page reads the JSON API with the browser's token, so both are served without one.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const HLS_JS: &[u8] = include_bytes!("../../vendor/hls.js/hls.light.min.js");
+
+/// Paths served without a token.
+pub fn is_public(path: &str) -> bool {
+    path == "/" || path == "/assets/hls.light.min.js"
+}
+
+pub async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+pub async fn hls_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            // Versioned with the binary: a day is safe, and a phone on a slow link keeps it.
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        HLS_JS,
+    )
+        .into_response()
+}
