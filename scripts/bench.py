@@ -21,11 +21,15 @@ most 1.02).
 
 This is a benchmark, not a test: numbers depend on the machine. Usage:
     scripts/bench.py [--streams 1,8,32] [--window 20] [--repeat 3] [--no-nginx]
-                     [--by-thread] [--binary PATH] [--loadgen]
+                     [--by-thread] [--binary PATH] [--loadgen] [--scrape]
 
 With --loadgen the streams come from one process (benches/publish_load) instead of an
 ffmpeg each, so hundreds fit on a small box (`--loadgen --no-nginx --streams 1,300`), and
 each row also reports frames dropped and the worst segment lateness.
+
+With --scrape each N runs without and with a poller that fetches /metrics and every API
+path the status page polls, once a second, and prints CPU per stream for both (issue 18:
+an operator watching must not cost the recordings): `--scrape --no-nginx --streams 8`.
 """
 
 import argparse
@@ -38,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -174,8 +179,20 @@ def http_json(addr, path):
         return json.load(r)
 
 
-def bench_edgerec(binary, clip, n, window, flush_ms, extra=""):
-    """One run; `extra` is appended to the config (e.g. `[[template]]` sections)."""
+def scraper(http, stop):
+    """What a Prometheus server and an open status page ask for, every second: /metrics
+    and every JSON path the page polls."""
+    paths = ["/metrics", "/healthz", "/api/v1/streams", "/api/v1/recordings",
+             "/api/v1/storage", "/api/v1/uploads", "/api/v1/callbacks"]
+    while not stop.wait(1.0):
+        for path in paths:
+            with urllib.request.urlopen(f"http://{http}{path}", timeout=5) as r:
+                r.read()
+
+
+def bench_edgerec(binary, clip, n, window, flush_ms, extra="", scrape=False):
+    """One run; `extra` is appended to the config (e.g. `[[template]]` sections); `scrape`
+    polls /metrics and the status page's API paths every second during the window."""
     work = tempfile.mkdtemp(prefix="edgerec-bench-")
     cfg = os.path.join(work, "edgerec.toml")
     with open(cfg, "w") as f:
@@ -199,9 +216,16 @@ def bench_edgerec(binary, clip, n, window, flush_ms, extra=""):
             time.sleep(0.2)
         time.sleep(5)  # warm-up: first segments, allocator steady state
         port = int(addrs["rtmp"].rsplit(":", 1)[1])
+        stop = threading.Event()
+        poller = threading.Thread(target=scraper, args=(addrs["http"], stop), daemon=True)
+        if scrape:
+            poller.start()
         s0 = sample([daemon.pid], port)
         time.sleep(window)
         s1 = sample([daemon.pid], port)
+        stop.set()
+        if scrape:
+            poller.join()
         live = http_json(addrs["http"], "/api/v1/streams")
         dropped = sum(s.get("frames_dropped", 0) for s in live)
         lateness = max((segment_lateness_ms(addrs["http"], s["recording_id"]) for s in live),
@@ -326,6 +350,9 @@ def main():
                     "worst segment lateness")
     ap.add_argument("--flush-ms", type=int, default=1000,
                     help="edgerec's flush_interval_ms (nginx never fsyncs; 60000 shows the cost of durability)")
+    ap.add_argument("--scrape", action="store_true",
+                    help="for each N, runs without and with a scraper polling /metrics and the "
+                    "status page's API paths every second, and prints CPU per stream for both")
     args = ap.parse_args()
     counts = [int(x) for x in args.streams.split(",")]
 
@@ -338,6 +365,21 @@ def main():
     if args.loadgen:
         global LOADGEN
         LOADGEN = loadgen_binary()
+
+    if args.scrape:
+        print(f"window {args.window:.0f} s per run, {args.repeat} run(s) each, median CPU; "
+              "scraper: /metrics + the page's 6 API paths every second")
+        print(f"{'N':>3} | {'CPU %/stream':>12} | {'with scraper':>12} | {'scraper %/core':>14} | {'dropped':>7}")
+        for n in counts:
+            plain, scraped = [], []
+            for _ in range(args.repeat):
+                plain.append(bench_edgerec(binary, clip, n, args.window, args.flush_ms))
+                scraped.append(bench_edgerec(binary, clip, n, args.window, args.flush_ms, scrape=True))
+            a, b = median_run(plain), median_run(scraped)
+            extra = (b["cpu_per_stream_pct"] - a["cpu_per_stream_pct"]) * n
+            print(f"{n:>3} | {a['cpu_per_stream_pct']:>12.3f} | {b['cpu_per_stream_pct']:>12.3f} | "
+                  f"{extra:>14.3f} | {a['frames_dropped'] + b['frames_dropped']:>7}")
+        return
 
     with_nginx = (not args.no_nginx and shutil.which("nginx")
                   and os.path.exists("/usr/lib/nginx/modules/ngx_rtmp_module.so"))

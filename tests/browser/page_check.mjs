@@ -41,63 +41,43 @@ try {
   page.on("pageerror", (e) => findings.console_errors.push(String(e)));
   await page.goto(base + "/", { waitUntil: "load", timeout: 30000 });
 
-  // The recording is listed (the page refreshes the list itself).
-  const playRecorded = async () => {
-    await page.waitForFunction((stream) => {
-      return [...document.querySelectorAll("#recordings tr")].some((tr) =>
-        tr.textContent.includes("/" + stream) && tr.querySelector("button.play"));
-    }, { timeout: 30000, polling: 500 }, recorded);
-    await page.evaluate((stream) => {
-      const tr = [...document.querySelectorAll("#recordings tr")].find((r) =>
-        r.textContent.includes("/" + stream) && r.querySelector("button.play"));
-      tr.querySelector("button.play").click();
-    }, recorded);
+  // Waits for `stream`'s row in table `tbody` (the page refreshes its lists itself) and
+  // presses its play button.
+  const pressPlay = async (tbody, stream) => {
+    const row = (tbody, stream) => [...document.querySelectorAll(`#${tbody} tr`)].find((tr) =>
+      tr.textContent.includes("/" + stream) && tr.querySelector("button.play"));
+    await page.waitForFunction(`(${row})(${JSON.stringify(tbody)}, ${JSON.stringify(stream)}) !== undefined`,
+      { timeout: 30000, polling: 500 });
+    await page.evaluate(`(${row})(${JSON.stringify(tbody)}, ${JSON.stringify(stream)}).querySelector("button.play").click()`);
   };
 
-  const playsPast3s = async (what) => {
+  // Waits until the player's clock has moved more than 3 s past `from` with no error.
+  const playsPast = async (what, from) => {
     try {
-      await page.waitForFunction(() => {
+      await page.waitForFunction((from) => {
         const v = document.getElementById("video");
-        return v.currentTime > 3 && document.getElementById("player-error").textContent === "";
-      }, { timeout: 40000, polling: 250 });
+        return v.currentTime > from + 3 && document.getElementById("player-error").textContent === "";
+      }, { timeout: 40000, polling: 250 }, from);
     } catch (e) {
       const state = await page.evaluate(() => ({
         time: document.getElementById("video").currentTime,
         error: document.getElementById("player-error").textContent,
         readyState: document.getElementById("video").readyState,
       }));
-      fail(`${what} did not play past 3 s: ${JSON.stringify(state)}`);
+      fail(`${what} did not play 3 s: ${JSON.stringify(state)}`);
     }
     return page.evaluate(() => document.getElementById("video").currentTime);
   };
 
-  await playRecorded();
-  findings.recorded = await playsPast3s("the recording");
+  await pressPlay("recordings", recorded);
+  findings.recorded = await playsPast("the recording", 0);
 
-  await page.waitForFunction((stream) => {
-    return [...document.querySelectorAll("#live tr")].some((tr) =>
-      tr.textContent.includes("/" + stream) && tr.querySelector("button.play"));
-  }, { timeout: 20000, polling: 500 }, live);
-  await page.evaluate((stream) => {
-    const tr = [...document.querySelectorAll("#live tr")].find((r) =>
-      r.textContent.includes("/" + stream) && r.querySelector("button.play"));
-    tr.querySelector("button.play").click();
-  }, live);
+  await pressPlay("live", live);
   // The player restarts at the live edge; its clock has to move past 3 s from there.
   await page.waitForFunction(() => document.getElementById("player-title").textContent.startsWith("Live"),
     { timeout: 5000 });
   const liveStart = await page.evaluate(() => document.getElementById("video").currentTime);
-  await page.waitForFunction((from) => {
-    const v = document.getElementById("video");
-    return v.currentTime > from + 3 && document.getElementById("player-error").textContent === "";
-  }, { timeout: 40000, polling: 250 }, liveStart).catch(async () => {
-    const state = await page.evaluate(() => ({
-      time: document.getElementById("video").currentTime,
-      error: document.getElementById("player-error").textContent,
-    }));
-    fail(`the live stream did not play 3 s: ${JSON.stringify(state)}`);
-  });
-  findings.live = await page.evaluate(() => document.getElementById("video").currentTime);
+  findings.live = (await playsPast("the live stream", liveStart)) - liveStart;
 
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: screenshot, fullPage: true });
