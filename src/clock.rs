@@ -6,8 +6,40 @@
 
 /// Wall clock now, unix milliseconds.
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    chrono::Utc::now().timestamp_millis() + test_skew_ms()
 }
+
+/// The wall clock minus the boot clock (`CLOCK_BOOTTIME`, which counts suspend and is
+/// never set), in ms: constant while nobody sets the wall clock, so a change in it is a
+/// jump (an NTP step, a board without an RTC that booted in 1970 getting its first time).
+pub fn wall_minus_boot_ms() -> i64 {
+    use nix::time::{clock_gettime, ClockId};
+    // time_t and c_long are 32-bit on armv7: the conversions are not useless there.
+    #[allow(clippy::useless_conversion)]
+    let ms = |id| {
+        clock_gettime(id).map_or(0, |t| {
+            i64::from(t.tv_sec()) * 1000 + i64::from(t.tv_nsec()) / 1_000_000
+        })
+    };
+    ms(ClockId::CLOCK_REALTIME) + test_skew_ms() - ms(ClockId::CLOCK_BOOTTIME)
+}
+
+/// Debug builds only (the integration tests run them): milliseconds added to the wall
+/// clock, so a test can make the daemon's clock jump (`clock_watch` reads them from the
+/// file `$EDGEREC_TEST_CLOCK_SKEW_FILE`). Always 0 in release builds.
+pub fn test_skew_ms() -> i64 {
+    #[cfg(debug_assertions)]
+    {
+        TEST_SKEW_MS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        0
+    }
+}
+
+#[cfg(debug_assertions)]
+pub static TEST_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Milliseconds on a monotonic clock since the process started (immune to NTP steps).
 pub fn monotonic_ms() -> u64 {

@@ -270,6 +270,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     println!("edgerec: listening {listening}");
     system::ready(&format!("listening {listening}"));
     workers.push(tokio::spawn(crate::memory::run_trim(background.clone())));
+    workers.push(tokio::spawn(crate::clock_watch::run(background.clone())));
     workers.push(tokio::spawn(record::files::run_file_planner(
         index.clone(),
         background.clone(),

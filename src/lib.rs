@@ -7,12 +7,14 @@
 //! [`api`]; [`daemon`] wires them; [`tls`] holds the RTMPS/HTTPS certificates; `main.rs`
 //! is the CLI.
 
-// One reviewed exception, `ingest::lowat` (a setsockopt no safe crate offers).
+// Reviewed exceptions: `ingest::lowat` (a setsockopt), `memory` (mallopt, malloc_trim)
+// and `clock_watch` (adjtimex): calls no safe crate offers.
 #![deny(unsafe_code)]
 
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod clock_watch;
 pub mod config;
 pub mod daemon;
 pub mod index;

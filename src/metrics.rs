@@ -51,6 +51,8 @@ pub struct Metrics {
     pub upload_delay_seconds: Histogram,
     /// Recordings removed by the disk policy.
     pub evictions: IntCounter,
+    /// Jumps of the wall clock (see `clock_watch`).
+    pub clock_jumps: IntCounter,
 }
 
 /// Why a publish was refused: the `reason` label of `edgerec_publish_refusals_total`.
@@ -193,6 +195,11 @@ impl Metrics {
                 &r,
                 "evictions_total",
                 "Recordings removed by the disk policy",
+            ),
+            clock_jumps: counter(
+                &r,
+                "clock_jumps_total",
+                "Jumps of the wall clock beyond 1 s (NTP steps, a first time on a board without an RTC)",
             ),
             registry: r,
             started_unix_s: crate::clock::now_ms() as f64 / 1000.0,

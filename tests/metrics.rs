@@ -197,3 +197,50 @@ fn refused_publishes_are_counted_by_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A board without a real-time clock: the daemon starts in 1970 (the test's skew, debug
+/// builds only) and the clock then gets its real time, as when NTP first syncs.
+#[test]
+fn a_clock_that_jumps_is_counted_and_shown_and_durations_stay_media_based() {
+    let mut d = Daemon::configure("flow_continue_duration_s = 0", "");
+    let skew_file = d.data_dir().join("clock-skew-ms");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // 2 January 1970.
+    let in_1970 = -now_ms + 86_400_000;
+    std::fs::write(&skew_file, in_1970.to_string()).unwrap();
+    d.spawn_with_env(&[("EDGEREC_TEST_CLOCK_SKEW_FILE", skew_file.to_str().unwrap())]);
+    let before = d.json("/healthz");
+    assert_eq!(before["clock"]["jumps"], 0, "{before}");
+
+    let clip = media::clip(Clip::AudioVideo, 8);
+    let publisher = media::publish(&d.rtmp_url("live", "rtcless"), &clip, true);
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&skew_file, "0").unwrap();
+    let health = wait_for("the jump seen", Duration::from_secs(10), || {
+        let h = d.json("/healthz");
+        (h["clock"]["jumps"] == 1).then_some(h)
+    });
+    let step = health["clock"]["last_jump_ms"].as_i64().unwrap();
+    assert!(
+        (step + in_1970).abs() < 3_000,
+        "jumped {step} ms, skew was {in_1970}"
+    );
+    let m = Scrape::get(&d);
+    assert_eq!(m.value("edgerec_clock_jumps_total"), 1.0);
+    m.assert_promtool_clean();
+    assert!(d.log().contains("the wall clock jumped"));
+
+    let out = publisher.wait_with_output().expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = d.wait_recordings(1, "finished", Duration::from_secs(30));
+    // 53 years of wall clock passed during it; its duration is its media.
+    let duration = recs[0]["duration_s"].as_f64().unwrap();
+    assert!((7.0..9.5).contains(&duration), "duration {duration} s");
+}

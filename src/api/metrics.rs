@@ -137,6 +137,13 @@ fn process(scrape: &Scrape, s: &ApiState) {
         "When the process started, unix seconds",
         crate::metrics::global().started_unix_s,
     );
+    if let Some(synced) = crate::clock_watch::status().synchronized {
+        scrape.int_gauge(
+            "clock_synchronized",
+            "1 when the kernel says the wall clock is synchronized (NTP), else 0",
+            i64::from(synced),
+        );
+    }
     scrape.int_gauge(
         "index_size_bytes",
         "Bytes the index takes on disk",

@@ -261,6 +261,7 @@ async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Res
         "writer_backlog_bytes": s.recorders.writer_backlog_bytes(),
         "accepting_new_recordings": s.recorders.disk_state().accepting(),
         "disk": disk,
+        "clock": crate::clock_watch::status(),
     });
     let status = if problems.is_empty() {
         StatusCode::OK
