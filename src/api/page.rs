@@ -1,14 +1,16 @@
 //! The status page: `GET /` (`page/index.html`) and the player it uses,
 //! `GET /assets/hls.light.min.js` (hls.js 1.7.4, light build, Apache-2.0, vendored from npm
-//! in `vendor/hls.js` with its licence). Both are compiled into the binary: a venue box
-//! may have no internet, so nothing is loaded from a CDN. Neither holds any data: the
+//! in `vendor/hls.js` with its licence, stored gzipped and sent as such: 120 KB instead of
+//! 389 KB in the binary, which has a 10 MB budget, and on a phone's link). Both are
+//! compiled into the binary: a venue box may have no internet, so nothing is loaded from
+//! a CDN. Neither holds any data: the
 //! page reads the JSON API with the browser's token, so both are served without one.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 const INDEX_HTML: &str = include_str!("page/index.html");
-const HLS_JS: &[u8] = include_bytes!("../../vendor/hls.js/hls.light.min.js");
+const HLS_JS_GZ: &[u8] = include_bytes!("../../vendor/hls.js/hls.light.min.js.gz");
 
 /// Paths served without a token.
 pub fn is_public(path: &str) -> bool {
@@ -26,14 +28,16 @@ pub async fn index() -> Response {
         .into_response()
 }
 
+/// Every browser that can run hls.js accepts gzip, so the stored bytes go out as they are.
 pub async fn hls_js() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_ENCODING, "gzip"),
             // Versioned with the binary: a day is safe, and a phone on a slow link keeps it.
             (header::CACHE_CONTROL, "public, max-age=86400"),
         ],
-        HLS_JS,
+        HLS_JS_GZ,
     )
         .into_response()
 }
