@@ -11,11 +11,15 @@
 mod budget;
 pub mod catalog;
 pub mod files;
+mod live_stats;
 pub mod playlist;
 mod preroll;
 mod session;
 pub mod timeline;
 pub mod write_bounds;
+
+use live_stats::placeholder_stats;
+pub use live_stats::{LiveStats, StreamView};
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -25,14 +29,12 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus::IntCounter;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RecordConfig, Template};
 use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
-use crate::media::{CodecParams, Frame, Ticks, Tracks, TICKS_PER_MS};
+use crate::media::{CodecParams, Frame, Ticks, TICKS_PER_MS};
 use crate::metrics;
 use crate::mux::MuxError;
 use crate::storage::retention::DiskState;
@@ -146,162 +148,8 @@ pub(crate) enum Msg {
     },
 }
 
-/// Live numbers about one publisher, shared by the ingest, its recorder and the API.
-pub struct LiveStats {
-    pub app: String,
-    pub stream: String,
-    pub remote: String,
-    /// `rtmp`, `rtmps`, `rtsp` (publish) or `camera` (pull).
-    pub protocol: &'static str,
-    pub since_ms: i64,
-    pub recording_id: String,
-    pub bytes_received: AtomicU64,
-    /// Frames the publisher sent (recorded or not).
-    pub frames_received: AtomicU64,
-    pub bitrate_bps: AtomicU64,
-    pub segments_written: AtomicU64,
-    pub frames_skipped: AtomicU64,
-    pub frames_rejected: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub timestamps_repaired: AtomicU64,
-    /// Holes in the recording: the writer fell behind and dropped frames, or the
-    /// publisher's timestamps jumped forward (media it never sent).
-    pub gaps: AtomicU64,
-    /// Media the forward jumps skipped, in ms.
-    pub gap_ms: AtomicU64,
-    /// Segments that began after a discontinuity (jumps, codec changes, gaps, resumes).
-    pub discontinuities: AtomicU64,
-    /// Media time handed to the writer on this connection: the newest frame's decode time
-    /// minus the first's. What a power cut may lose is measured from here.
-    pub media_received_ms: AtomicU64,
-    /// Media bytes waiting in the channel to the writer.
-    in_flight: AtomicUsize,
-    /// [`monotonic_ms`] when the writer thread last came round its loop (it does at least
-    /// every `flush_interval`); a stale value means it is stuck in IO.
-    heartbeat_ms: AtomicU64,
-    tracks: Mutex<Tracks>,
-    failure: Mutex<Option<String>>,
-    /// Why the recorder ended the publish (a [`write_bounds`] limit), if it did.
-    dropped: Mutex<Option<String>>,
-    /// Why the publisher's audio is not recorded (a codec MPEG-TS cannot carry).
-    audio_dropped: Mutex<Option<String>>,
-    /// This protocol's lifetime series (`edgerec_received_*_total`).
-    bytes_counter: IntCounter,
-    frames_counter: IntCounter,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl LiveStats {
-    /// `app/stream` of this publisher.
-    pub fn stream_key(&self) -> StreamKey {
-        StreamKey::new(&self.app, &self.stream)
-    }
-
-    /// The connection has received `total` bytes so far (counted in the lifetime total
-    /// too).
-    pub fn set_bytes_received(&self, total: u64) {
-        let before = self.bytes_received.swap(total, Ordering::Relaxed);
-        self.bytes_counter.inc_by(total.saturating_sub(before));
-    }
-
-    fn set_tracks(&self, tracks: &Tracks) {
-        *lock(&self.tracks) = tracks.clone();
-    }
-
-    fn set_failure(&self, reason: &str) {
-        *lock(&self.failure) = Some(reason.to_owned());
-    }
-
-    /// Says why the publisher's audio track is left out (shown in the stream's entry).
-    pub fn set_audio_dropped(&self, reason: Option<String>) {
-        *lock(&self.audio_dropped) = reason;
-    }
-
-    /// Why the recorder stopped, if it failed.
-    pub fn failure(&self) -> Option<String> {
-        lock(&self.failure).clone()
-    }
-
-    fn set_dropped(&self, reason: &str) {
-        *lock(&self.dropped) = Some(reason.to_owned());
-    }
-
-    /// Why the recorder stopped taking this publisher's frames, for the ingest's log line
-    /// and the reply it gives: a failed recording, or a limit the publisher crossed.
-    pub fn stop_reason(&self) -> String {
-        if let Some(reason) = lock(&self.dropped).clone() {
-            return format!("publisher dropped: {reason}");
-        }
-        match self.failure() {
-            Some(f) => format!("recording failed: {f}"),
-            None => "the recorder stopped".into(),
-        }
-    }
-
-    /// A JSON view for `GET /api/v1/streams`.
-    pub fn view(&self) -> StreamView {
-        let tracks = lock(&self.tracks).clone();
-        StreamView {
-            app: self.app.clone(),
-            stream: self.stream.clone(),
-            remote: self.remote.clone(),
-            protocol: self.protocol,
-            since: crate::clock::rfc3339(self.since_ms),
-            recording_id: self.recording_id.clone(),
-            video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
-            audio_codec: tracks.audio.as_ref().map(|p| p.codec_name()),
-            audio_dropped: lock(&self.audio_dropped).clone(),
-            resolution: tracks
-                .video
-                .as_ref()
-                .and_then(|p| p.resolution())
-                .map(|(w, h)| format!("{w}x{h}")),
-            bitrate_bps: self.bitrate_bps.load(Ordering::Relaxed),
-            bytes_received: self.bytes_received.load(Ordering::Relaxed),
-            frames_received: self.frames_received.load(Ordering::Relaxed),
-            segments_written: self.segments_written.load(Ordering::Relaxed),
-            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
-            frames_rejected: self.frames_rejected.load(Ordering::Relaxed),
-            frames_skipped: self.frames_skipped.load(Ordering::Relaxed),
-            timestamps_repaired: self.timestamps_repaired.load(Ordering::Relaxed),
-            gaps: self.gaps.load(Ordering::Relaxed),
-            gap_ms: self.gap_ms.load(Ordering::Relaxed),
-            discontinuities: self.discontinuities.load(Ordering::Relaxed),
-            media_received_ms: self.media_received_ms.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// One live publisher as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct StreamView {
-    pub app: String,
-    pub stream: String,
-    pub remote: String,
-    pub protocol: &'static str,
-    pub since: String,
-    pub recording_id: String,
-    pub video_codec: Option<&'static str>,
-    pub audio_codec: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audio_dropped: Option<String>,
-    pub resolution: Option<String>,
-    pub bitrate_bps: u64,
-    pub bytes_received: u64,
-    pub frames_received: u64,
-    pub segments_written: u64,
-    pub frames_dropped: u64,
-    pub frames_rejected: u64,
-    /// Frames not recorded while waiting for a keyframe (start, after a discontinuity).
-    pub frames_skipped: u64,
-    pub timestamps_repaired: u64,
-    pub gaps: u64,
-    pub gap_ms: u64,
-    pub discontinuities: u64,
-    pub media_received_ms: u64,
 }
 
 struct Slot {
@@ -816,38 +664,6 @@ impl Recorders {
 fn charge(frame: &Frame) -> usize {
     use crate::mux::ts::PACKET_SIZE;
     (frame.data.len() + 40).div_ceil(PACKET_SIZE - 4) * PACKET_SIZE
-}
-
-fn placeholder_stats(app: &str, stream: &str, protocol: &'static str) -> LiveStats {
-    let m = metrics::global();
-    LiveStats {
-        app: app.to_owned(),
-        stream: stream.to_owned(),
-        remote: String::new(),
-        protocol,
-        since_ms: now_ms(),
-        recording_id: String::new(),
-        bytes_received: AtomicU64::new(0),
-        frames_received: AtomicU64::new(0),
-        bitrate_bps: AtomicU64::new(0),
-        segments_written: AtomicU64::new(0),
-        frames_skipped: AtomicU64::new(0),
-        frames_rejected: AtomicU64::new(0),
-        frames_dropped: AtomicU64::new(0),
-        timestamps_repaired: AtomicU64::new(0),
-        gaps: AtomicU64::new(0),
-        gap_ms: AtomicU64::new(0),
-        discontinuities: AtomicU64::new(0),
-        media_received_ms: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-        heartbeat_ms: AtomicU64::new(monotonic_ms()),
-        tracks: Mutex::new(Tracks::default()),
-        failure: Mutex::new(None),
-        dropped: Mutex::new(None),
-        audio_dropped: Mutex::new(None),
-        bytes_counter: m.received_bytes.with_label_values(&[protocol]),
-        frames_counter: m.received_frames.with_label_values(&[protocol]),
-    }
 }
 
 /// A new recording id: sortable by creation time, readable, URL- and path-safe.
