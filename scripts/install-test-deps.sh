@@ -2,7 +2,9 @@
 # Installs the real peers the integration tests drive, only where missing:
 # ffmpeg/ffprobe (publish RTMP, decode recordings), socat and openssl (a TLS front with a
 # private CA for a store; RTMPS/HTTPS certificates), curl (HTTPS), GStreamer's RTSP server
-# with python3-gi (the camera stand-in), promtool (Debian's prometheus) from apt (Debian/Ubuntu, as root or via sudo), and the
+# with python3-gi (the camera stand-in), promtool (Debian's prometheus), Chromium and node
+# (the status page) from apt (Debian/Ubuntu, as root or via sudo), puppeteer-core from npm,
+# schemathesis from PyPI (the OpenAPI test), and the
 # S3-compatible stores from crates.io with `cargo install`: s3s-fs 0.14.1 (~4 min to
 # build) and Garage 2.5.0 (~5 min, see below; cache ~/.cargo/bin).
 # The tests find them via $EDGEREC_S3S_FS / $EDGEREC_GARAGE, else ~/.cargo/bin, else PATH.
@@ -56,6 +58,21 @@ browser_dir="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
 if [ ! -d "$browser_dir/node_modules/puppeteer-core" ]; then
   echo "test peers: npm ci in tests/browser"
   (cd "$browser_dir" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# --- PyPI: schemathesis for the OpenAPI test, in its own venv (Debian's python3 refuses
+# pip installs into the system; the venv is cached under ~/.cache across clones) ---------
+SCHEMATHESIS_VERSION=4.32.5 # tests/openapi.rs looks for this version's venv
+st_venv="${XDG_CACHE_HOME:-$HOME/.cache}/edgerec/schemathesis-$SCHEMATHESIS_VERSION"
+if [ -z "${EDGEREC_SCHEMATHESIS:-}" ] && [ ! -x "$st_venv/bin/st" ]; then
+  echo "test peers: schemathesis $SCHEMATHESIS_VERSION into $st_venv"
+  if ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  rm -rf "$st_venv"
+  /usr/bin/python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # --- cargo: S3 stores ----------------------------------------------------------------

@@ -44,6 +44,7 @@ impl JumpDetector {
 
 /// The wall clock as the daemon sees it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct ClockStatus {
     /// The kernel's NTP state; `None` where it cannot be read.
     pub synchronized: Option<bool>,

@@ -1,7 +1,8 @@
 //! Who may call the API: the bearer-token guard in front of every route, and the signed
 //! playback URLs that let players (which cannot send headers) fetch playlists, segments
 //! and files. `/healthz` stays open: it names no stream or recording; so do the status
-//! page and its script, which hold no data (the page asks for a token).
+//! page and its script, which hold no data (the page asks for a token), and the OpenAPI
+//! description, which says what the source code says.
 //!
 //! With no tokens configured the API is open (the config allows that only on loopback or
 //! with `http.allow_unauthenticated`). A valid playback signature admits only a GET or
@@ -66,13 +67,16 @@ fn now_s() -> u64 {
 }
 
 /// Paths a signed URL may open: HLS playlists and segments, and file downloads.
-fn is_playback_path(path: &str) -> bool {
+pub(super) fn is_playback_path(path: &str) -> bool {
     path.starts_with("/hls/")
         || (path.starts_with("/api/v1/recordings/") && path.ends_with("/file"))
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
-    let mut r = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    let body = super::ErrorBody {
+        error: message.to_owned(),
+    };
+    let mut r = (status, Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -85,7 +89,7 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 /// The guard in front of every route.
 pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    if path == "/healthz" || super::page::is_public(&path) {
+    if path == "/healthz" || path == super::openapi::PATH || super::page::is_public(&path) {
         return next.run(req).await;
     }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);

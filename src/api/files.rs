@@ -9,10 +9,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 
+use super::extract::Path;
 use super::{ranged, ApiError, ApiState};
 use crate::index::{FileRow, FileState};
 use crate::package::{DerivedFile, PackageError};
@@ -77,6 +78,23 @@ async fn plan(s: &ApiState, row: &FileRow) -> Result<Arc<DerivedFile>, ApiError>
     Ok(plan)
 }
 
+/// The file, packaged from the capture's segments on the fly (an open one as far as it
+/// has recorded), with `Range` support.
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/recordings/{id}/file", operation_id = "download_file", tag = "recordings",
+    params(
+        ("id" = String, Path, description = "A file recording's id (`<capture>_<format><n>`)"),
+        ("Range" = Option<String>, Header, nullable = false, description = "One byte range, `bytes=FROM-[TO]` or `bytes=-SUFFIX`; others are ignored"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", content(
+            (Vec<u8> = "video/mp4"), (Vec<u8> = "video/x-flv"), (Vec<u8> = "audio/mp4"))),
+        (status = 206, description = "The range asked for", content(
+            (Vec<u8> = "video/mp4"), (Vec<u8> = "video/x-flv"), (Vec<u8> = "audio/mp4"))),
+        (status = 400, description = "A malformed path", body = super::ErrorBody),
+        (status = 404, description = "No such file recording", body = super::ErrorBody),
+        (status = 410, description = "Evicted after upload, or nothing to make (skipped)", body = super::ErrorBody),
+        (status = 416, description = "The range is outside the file"),
+    )))]
 pub async fn download(
     State(s): State<ApiState>,
     Path(id): Path<String>,

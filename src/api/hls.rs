@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
+use super::extract::Path;
 use super::{ranged, ApiError, ApiState, PlaybackGrant};
 use crate::index::RecordingRow;
 use crate::mux::hls::{render_media_playlist, PlaylistKind};
@@ -36,7 +37,16 @@ fn recording(s: &ApiState, id: &str) -> Result<RecordingRow, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("recording {id}")))
 }
 
-/// Fetched under a playback signature (`grant`), the segment URIs carry it too.
+/// A recording's playlist. Fetched under a playback signature (`grant`), the segment
+/// URIs carry it too.
+#[cfg_attr(test, utoipa::path(get, path = "/hls/recordings/{id}/index.m3u8", tag = "playback",
+    params(("id" = String, Path, description = "An HLS recording's id (its capture's)")),
+    responses(
+        (status = 200, description = "`EVENT` while open, `VOD` with `EXT-X-ENDLIST` when finished",
+            body = String, content_type = "application/vnd.apple.mpegurl"),
+        (status = 400, description = "A malformed path", body = super::ErrorBody),
+        (status = 404, description = "No such recording", body = super::ErrorBody),
+    )))]
 pub async fn recording_playlist(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -53,6 +63,19 @@ pub async fn recording_playlist(
 }
 
 /// A sealed segment file, streamed in chunks with `Range` support (`ranged`).
+#[cfg_attr(test, utoipa::path(get, path = "/hls/recordings/{id}/{file}", tag = "playback",
+    params(
+        ("id" = String, Path, description = "The recording's id"),
+        ("file" = String, Path, description = "A segment's file name, `00000001.ts`"),
+        ("Range" = Option<String>, Header, nullable = false, description = "One byte range; others are ignored"),
+    ),
+    responses(
+        (status = 200, description = "The segment", body = Vec<u8>, content_type = "video/mp2t"),
+        (status = 206, description = "The range asked for", body = Vec<u8>, content_type = "video/mp2t"),
+        (status = 400, description = "A malformed path", body = super::ErrorBody),
+        (status = 404, description = "No such recording or segment (or evicted)", body = super::ErrorBody),
+        (status = 416, description = "The range is outside the segment"),
+    )))]
 pub async fn recording_segment(
     State(s): State<ApiState>,
     Path((id, file)): Path<(String, String)>,
@@ -88,8 +111,20 @@ pub async fn recording_segment(
     )
 }
 
-/// Its segments live under the open recording's path, which a signed live URL does not
-/// cover: under a grant they are signed for that path with the same expiry.
+/// The live playlist of a stream. Its segments live under the open recording's path,
+/// which a signed live URL does not cover: under a grant they are signed for that path
+/// with the same expiry.
+#[cfg_attr(test, utoipa::path(get, path = "/hls/live/{app}/{stream}/index.m3u8", tag = "playback",
+    params(
+        ("app" = String, Path, description = "The publisher's app"),
+        ("stream" = String, Path, description = "The publisher's stream"),
+    ),
+    responses(
+        (status = 200, description = "The sliding window of the stream's open recording",
+            body = String, content_type = "application/vnd.apple.mpegurl"),
+        (status = 400, description = "A malformed path", body = super::ErrorBody),
+        (status = 404, description = "No live recording of that stream", body = super::ErrorBody),
+    )))]
 pub async fn live_playlist(
     State(s): State<ApiState>,
     Path((app, stream)): Path<(String, String)>,

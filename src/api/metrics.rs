@@ -92,6 +92,9 @@ impl prometheus::core::Collector for AsCounter {
     }
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "status",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+        body = String, content_type = "text/plain"))))]
 pub async fn scrape(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let text = tokio::task::spawn_blocking(move || render(&s))
         .await

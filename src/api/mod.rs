@@ -2,14 +2,19 @@
 //! recordings and live streams. Handlers read the index and the live registry; they never
 //! write media. Errors map to HTTP statuses with a JSON `{"error": ...}` body. Every route
 //! but `/healthz` sits behind `access::guard` (bearer tokens, signed playback URLs).
-//! Served over plain HTTP, or HTTPS when `[http] cert_file` is set (see `https`).
+//! Served over plain HTTP, or HTTPS when `[http] cert_file` is set (see `https`). The
+//! routes, their parameters and JSON shapes are described by `openapi` at
+//! `/api/v1/openapi.json`.
 
 mod access;
 mod catalog;
+mod extract;
 mod files;
+mod gzipped;
 mod hls;
 mod https;
 mod metrics;
+mod openapi;
 mod page;
 mod ranged;
 mod recordings;
@@ -59,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::scrape))
         .route("/", get(page::index))
         .route("/assets/hls.light.min.js", get(page::hls_js))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/recordings", get(recordings::list))
         .route("/api/v1/recordings/{id}", get(recordings::get_one))
@@ -227,20 +233,49 @@ impl From<IndexError> for ApiError {
     }
 }
 
+/// The body of every error the API answers.
+#[derive(Debug, serde::Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
 pub use crate::clock::rfc3339;
 
+/// `GET /healthz`.
+#[derive(Debug, serde::Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+pub struct HealthView {
+    /// `ok`, or `unhealthy` (then the status is 503 and `problems` says why).
+    pub status: &'static str,
+    pub problems: Vec<String>,
+    pub live_streams: usize,
+    /// Media received but not yet written to flash.
+    pub writer_backlog_bytes: usize,
+    /// False while the disk policy refuses new publishes.
+    pub accepting_new_recordings: bool,
+    /// The media folder's filesystem; absent when it cannot be read.
+    pub disk: Option<crate::storage::DiskSpace>,
+    pub clock: crate::clock_watch::ClockStatus,
+}
+
 /// 200 when recording is possible: the index takes a write and the media folder is
 /// writable.
+#[cfg_attr(test, utoipa::path(get, path = "/healthz", tag = "status",
+    responses(
+        (status = 200, description = "Recording is possible", body = HealthView),
+        (status = 503, description = "Recording is not possible; `problems` says why", body = HealthView),
+    )))]
 async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {
     let mut problems = Vec::new();
     let index = s.index.clone();
@@ -253,17 +288,17 @@ async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Res
             s.storage.media_dir().display()
         ));
     }
-    let disk = s.storage.disk_space().ok();
-    let body = serde_json::json!({
-        "status": if problems.is_empty() { "ok" } else { "unhealthy" },
-        "problems": problems,
-        "live_streams": s.recorders.live().len(),
-        "writer_backlog_bytes": s.recorders.writer_backlog_bytes(),
-        "accepting_new_recordings": s.recorders.disk_state().accepting(),
-        "disk": disk,
-        "clock": crate::clock_watch::status(),
-    });
-    let status = if problems.is_empty() {
+    let healthy = problems.is_empty();
+    let body = HealthView {
+        status: if healthy { "ok" } else { "unhealthy" },
+        problems,
+        live_streams: s.recorders.live().len(),
+        writer_backlog_bytes: s.recorders.writer_backlog_bytes(),
+        accepting_new_recordings: s.recorders.disk_state().accepting(),
+        disk: s.storage.disk_space().ok(),
+        clock: crate::clock_watch::status(),
+    };
+    let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -271,24 +306,34 @@ async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Res
     (status, Json(body)).into_response()
 }
 
+/// One live publisher with its live playlist.
+#[derive(Debug, serde::Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
+pub struct LiveStreamView {
+    #[serde(flatten)]
+    pub stream: crate::record::StreamView,
+    /// The live playlist's URL here (signed when a playback key is set).
+    pub playlist: String,
+}
+
 /// Live publishers, each with its live playlist URL (signed when a playback key is set).
-async fn streams(axum::extract::State(s): axum::extract::State<ApiState>) -> Response {
-    let views: Vec<serde_json::Value> = s
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/streams", operation_id = "list_streams", tag = "live",
+    responses((status = 200, description = "Live publishers", body = Vec<LiveStreamView>))))]
+async fn streams(
+    axum::extract::State(s): axum::extract::State<ApiState>,
+) -> Json<Vec<LiveStreamView>> {
+    let views = s
         .recorders
         .live()
         .iter()
         .map(|st| {
-            let view = st.view();
+            let stream = st.view();
             let playlist = s.access.playback_url(&format!(
                 "/hls/live/{}/{}/index.m3u8",
-                view.app, view.stream
+                stream.app, stream.stream
             ));
-            let mut v = serde_json::to_value(view).unwrap_or_default();
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("playlist".into(), playlist.into());
-            }
-            v
+            LiveStreamView { stream, playlist }
         })
         .collect();
-    Json(views).into_response()
+    Json(views)
 }

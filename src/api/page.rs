@@ -6,7 +6,7 @@
 //! a CDN. Neither holds any data: the
 //! page reads the JSON API with the browser's token, so both are served without one.
 
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 
 const INDEX_HTML: &str = include_str!("page/index.html");
@@ -17,6 +17,8 @@ pub fn is_public(path: &str) -> bool {
     path == "/" || path == "/assets/hls.light.min.js"
 }
 
+#[cfg_attr(test, utoipa::path(get, path = "/", operation_id = "status_page", tag = "status",
+    responses((status = 200, description = "The status page", body = String, content_type = "text/html"))))]
 pub async fn index() -> Response {
     (
         [
@@ -29,15 +31,17 @@ pub async fn index() -> Response {
 }
 
 /// Every browser that can run hls.js accepts gzip, so the stored bytes go out as they are.
-pub async fn hls_js() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CONTENT_ENCODING, "gzip"),
-            // Versioned with the binary: a day is safe, and a phone on a slow link keeps it.
-            (header::CACHE_CONTROL, "public, max-age=86400"),
-        ],
+#[cfg_attr(test, utoipa::path(get, path = "/assets/hls.light.min.js", operation_id = "hls_js", tag = "status",
+    responses(
+        (status = 200, description = "hls.js, gzipped", body = String, content_type = "text/javascript"),
+        (status = 406, description = "The client does not accept gzip", body = super::ErrorBody),
+    )))]
+pub async fn hls_js(request: HeaderMap) -> Response {
+    // Versioned with the binary: a day is safe, and a phone on a slow link keeps it.
+    super::gzipped::response(
+        &request,
+        "text/javascript; charset=utf-8",
+        "public, max-age=86400",
         HLS_JS_GZ,
     )
-        .into_response()
 }

@@ -3,24 +3,32 @@
 //! recording of a capture (id = the capture's id) or one MP4/FLV/AAC file over it (id =
 //! `<capture id>_<format><n>`); both have the same shape, told apart by `format`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::extract::{Path, Query};
+#[cfg(test)]
+use super::ErrorBody;
 use super::{rfc3339, ApiError, ApiState};
 use crate::config::Format;
 use crate::index::{FileRow, FileState, RecordingRow, RecordingState, SegmentRow};
 
+/// Filters of `GET /api/v1/recordings`; absent or empty = any.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 pub struct ListQuery {
     app: Option<String>,
     stream: Option<String>,
+    /// `recording`, `resumable`, `finished`, `failed` (HLS) or `skipped` (files).
     state: Option<String>,
+    /// `hls`, `mp4`, `flv` or `aac`.
     format: Option<String>,
 }
 
 /// One recording as the API shows it.
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct RecordingView {
     pub id: String,
     /// `hls`, `mp4`, `flv` or `aac`.
@@ -73,7 +81,9 @@ pub struct RecordingView {
     pub segment_list: Option<Vec<SegmentView>>,
 }
 
+/// One segment of a recording.
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct SegmentView {
     pub seq: u32,
     pub uri: String,
@@ -224,6 +234,13 @@ impl SegmentView {
     }
 }
 
+/// Recordings (HLS and files), filtered; each file recording follows its capture's HLS one.
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/recordings", operation_id = "list_recordings", tag = "recordings",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The recordings", body = Vec<RecordingView>),
+        (status = 400, description = "An unknown state or format", body = ErrorBody),
+    )))]
 pub async fn list(
     State(s): State<ApiState>,
     Query(q): Query<ListQuery>,
@@ -282,6 +299,14 @@ pub async fn list(
     Ok(Json(out))
 }
 
+/// One recording with its segments.
+#[cfg_attr(test, utoipa::path(get, path = "/api/v1/recordings/{id}", operation_id = "get_recording", tag = "recordings",
+    params(("id" = String, Path, description = "A recording id: a capture's, or a file's (`<capture>_<format><n>`)")),
+    responses(
+        (status = 200, description = "The recording, with `segment_list`", body = RecordingView),
+        (status = 400, description = "A malformed path", body = ErrorBody),
+        (status = 404, description = "No such recording", body = ErrorBody),
+    )))]
 pub async fn get_one(
     State(s): State<ApiState>,
     Path(id): Path<String>,

@@ -15,6 +15,7 @@ use crate::stream_key::{validate_name, StreamKey};
 /// How RTP reaches the box from a camera.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub enum RtspTransport {
     /// Interleaved on the RTSP TCP connection (works through NAT and firewalls).
     #[default]
@@ -35,6 +36,7 @@ impl RtspTransport {
 /// One camera to pull.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct SourceSpec {
     /// Names the source in the API. Default `<app>-<stream>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +53,7 @@ pub struct SourceSpec {
     pub idle_timeout_s: u64,
     /// `rtsps://` only: a PEM bundle the camera's certificate must chain to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schema(value_type = Option<String>))]
     pub ca_file: Option<std::path::PathBuf>,
     /// `rtsps://` only: the SHA-256 fingerprint of the camera's (self-signed)
     /// certificate, `AA:BB:...` as `openssl x509 -fingerprint -sha256` prints it.

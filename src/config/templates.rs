@@ -24,6 +24,7 @@ pub const DEFAULT_FILE_NAME: &str = "{StreamID}_{StartYear}-{StartMonth}-{StartD
 /// The four deliverable formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub enum Format {
     Hls,
     Mp4,
@@ -70,6 +71,7 @@ impl Format {
 /// `hls = { ... }` in a template.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct HlsOutput {
     /// Default true once the table is given.
     pub enabled: bool,
@@ -96,6 +98,7 @@ impl Default for HlsOutput {
 /// `mp4`, `flv` or `aac = { ... }` in a template.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct FileOutput {
     /// Default true once the table is given.
     pub enabled: bool,
@@ -128,6 +131,7 @@ impl FileOutput {
 /// `[[template]]`: which deliverables a capture gets.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct Template {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,6 +272,7 @@ impl Template {
 /// `[[rule]]`: `(app, stream?) -> template`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct Rule {
     pub app: String,
     /// Absent: every stream of the app.

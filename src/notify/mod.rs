@@ -142,6 +142,7 @@ async fn deliver(
 
 /// One callback as `GET /api/v1/callbacks` shows it.
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct CallbackView {
     pub id: String,
     pub recording_id: String,

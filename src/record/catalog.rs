@@ -19,6 +19,7 @@ use crate::index::{Index, IndexError};
 /// Where a template or rule was defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub enum Source {
     /// The config file (or the built-in default): read-only over the API.
     Config,

@@ -142,6 +142,7 @@ impl LiveStats {
 
 /// One live publisher as the API shows it.
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct StreamView {
     pub app: String,
     pub stream: String,

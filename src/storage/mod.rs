@@ -96,6 +96,7 @@ impl Storage {
 
 /// Filesystem capacity.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct DiskSpace {
     pub total_bytes: u64,
     pub available_bytes: u64,

@@ -31,6 +31,7 @@ pub struct DiskState {
 
 /// `GET /api/v1/storage`.
 #[derive(Debug, Default, Clone, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct DiskStatus {
     pub total_bytes: u64,
     pub used_bytes: u64,

@@ -534,6 +534,7 @@ fn object_failed(shared: &Shared, row: &mut UploadRow, message: String, now: i64
 
 /// `GET /api/v1/uploads`.
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct UploadsView {
     pub enabled: bool,
     pub store: StoreView,
@@ -542,6 +543,7 @@ pub struct UploadsView {
 }
 
 #[derive(Debug, Serialize, Default)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct StoreView {
     pub endpoint: String,
     pub bucket: String,
@@ -551,8 +553,21 @@ pub struct StoreView {
     pub retry_at: Option<String>,
 }
 
+impl UploadsView {
+    /// What the API shows when uploads are off.
+    pub fn disabled() -> UploadsView {
+        UploadsView {
+            enabled: false,
+            store: StoreView::default(),
+            counts: HashMap::new(),
+            objects: Vec::new(),
+        }
+    }
+}
+
 /// One object in the queue.
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct ObjectView {
     pub id: String,
     pub recording_id: String,

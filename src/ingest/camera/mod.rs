@@ -48,6 +48,7 @@ pub enum Pulled {
 
 /// What a connected camera offers, as the API shows it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct FeedInfo {
     /// The recorded video codec (`h264`, `h265`), if any.
     pub video: Option<String>,
@@ -73,6 +74,7 @@ pub trait CameraConnector: Send + Sync + 'static {
 /// Where a source's supervisor is.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub enum SourceState {
     Connecting,
     Recording,
@@ -82,6 +84,7 @@ pub enum SourceState {
 
 /// A source as `GET /api/v1/sources` shows it. Never carries credentials.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(utoipa::ToSchema))]
 pub struct SourceView {
     pub name: String,
     pub app: String,
@@ -91,6 +94,7 @@ pub struct SourceView {
     pub transport: &'static str,
     pub idle_timeout_s: u64,
     /// `config` (read-only over the API) or `api`.
+    #[cfg_attr(test, schema(value_type = crate::record::catalog::Source))]
     pub source: Origin,
     pub state: SourceState,
     pub last_error: Option<String>,
