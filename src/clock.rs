@@ -13,15 +13,20 @@ pub fn now_ms() -> i64 {
 /// never set), in ms: constant while nobody sets the wall clock, so a change in it is a
 /// jump (an NTP step, a board without an RTC that booted in 1970 getting its first time).
 pub fn wall_minus_boot_ms() -> i64 {
-    use nix::time::{clock_gettime, ClockId};
+    read_ms(nix::time::ClockId::CLOCK_REALTIME) + test_skew_ms() - boot_ms()
+}
+
+/// The boot clock (`CLOCK_BOOTTIME`), ms since boot.
+pub fn boot_ms() -> i64 {
+    read_ms(nix::time::ClockId::CLOCK_BOOTTIME)
+}
+
+fn read_ms(id: nix::time::ClockId) -> i64 {
     // time_t and c_long are 32-bit on armv7: the conversions are not useless there.
     #[allow(clippy::useless_conversion)]
-    let ms = |id| {
-        clock_gettime(id).map_or(0, |t| {
-            i64::from(t.tv_sec()) * 1000 + i64::from(t.tv_nsec()) / 1_000_000
-        })
-    };
-    ms(ClockId::CLOCK_REALTIME) + test_skew_ms() - ms(ClockId::CLOCK_BOOTTIME)
+    nix::time::clock_gettime(id).map_or(0, |t| {
+        i64::from(t.tv_sec()) * 1000 + i64::from(t.tv_nsec()) / 1_000_000
+    })
 }
 
 /// Debug builds only (the integration tests run them): milliseconds added to the wall

@@ -7,8 +7,12 @@
 //! shows as "System clock synchronized": `adjtimex` reports no `STA_UNSYNC`), and the jumps
 //! seen (a change of the wall clock against the boot clock beyond [`JUMP_THRESHOLD_MS`]),
 //! counted in `edgerec_clock_jumps_total`; and the once-a-second check ([`run`]).
-//! Recordings' times are not corrected here: segments keep the wall time they were given
-//! when they opened (re-anchoring open recordings after a jump is still to come).
+//!
+//! Also the clock recordings are stamped with, [`recording_now`]: the boot clock plus the
+//! wall-minus-boot offset as of the last check, with the sum of the jumps seen so far
+//! (the clock's epoch). Between a jump and the check that sees it (up to a second),
+//! stamps stay on the old clock, so every stamp belongs to a known epoch and
+//! `record::clock_anchor` moves exactly the stamps a jump made wrong.
 //!
 //! Hand-written `unsafe` (one reviewed call): no crate wraps `adjtimex`, which with
 //! `modes = 0` only reads the kernel's NTP state into a struct we own.
@@ -40,6 +44,51 @@ impl JumpDetector {
         let step = wall_minus_boot_ms - last;
         (step.abs() > JUMP_THRESHOLD_MS).then_some(step)
     }
+}
+
+/// The recording clock's state: the offset it adds to the boot clock, and the jumps
+/// seen since start (what a stamp taken at `jumped_ms` is corrected by, later).
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    wall_minus_boot_ms: i64,
+    jumped_ms: i64,
+}
+
+static ANCHOR: Mutex<Option<Anchor>> = Mutex::new(None);
+
+fn with_anchor<T>(f: impl FnOnce(&mut Anchor) -> T) -> T {
+    let mut guard = ANCHOR.lock().unwrap_or_else(|e| e.into_inner());
+    let anchor = guard.get_or_insert_with(|| Anchor {
+        wall_minus_boot_ms: clock::wall_minus_boot_ms(),
+        jumped_ms: 0,
+    });
+    f(anchor)
+}
+
+/// Wall time to stamp recordings with (unix ms), and the epoch it belongs to: the sum of
+/// the jumps seen when it was taken. A stamp taken at epoch `e` is right at epoch `e'`
+/// once moved by `e' - e`.
+pub fn recording_now() -> (i64, i64) {
+    let (offset, epoch) = with_anchor(|a| (a.wall_minus_boot_ms, a.jumped_ms));
+    (clock::boot_ms() + offset, epoch)
+}
+
+/// [`recording_now`]'s time as a stamp of `epoch` (an older epoch: the time minus the
+/// jumps seen since), for a value stored next to stamps of that epoch.
+pub fn recording_now_at(epoch: i64) -> i64 {
+    let (now, current) = recording_now();
+    now - (current - epoch)
+}
+
+/// Notified at each jump (after [`epoch`] has moved), for work that must follow at once.
+pub fn jumped() -> &'static tokio::sync::Notify {
+    static JUMPED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+    &JUMPED
+}
+
+/// The recording clock's current epoch (see [`recording_now`]).
+pub fn epoch() -> i64 {
+    with_anchor(|a| a.jumped_ms)
 }
 
 /// The wall clock as the daemon sees it.
@@ -110,7 +159,14 @@ pub async fn run(cancel: CancellationToken) {
     let mut detector = JumpDetector::default();
     loop {
         read_test_skew();
-        if let Some(step) = detector.observe(clock::wall_minus_boot_ms()) {
+        let offset = clock::wall_minus_boot_ms();
+        let jump = detector.observe(offset);
+        with_anchor(|a| {
+            a.wall_minus_boot_ms = offset;
+            a.jumped_ms += jump.unwrap_or(0);
+        });
+        if let Some(step) = jump {
+            jumped().notify_waiters();
             let now = clock::now_ms();
             tracing::warn!(
                 jump_s = step as f64 / 1000.0,

@@ -241,7 +241,7 @@ fn live(scrape: &Scrape, s: &ApiState, now_ms: i64) -> f64 {
             .set(v.discontinuities as f64);
         expected
             .with_label_values(&l)
-            .set((now_ms - st.since_ms).max(0) as f64 / 1000.0);
+            .set((now_ms - st.since_ms()).max(0) as f64 / 1000.0);
         media
             .with_label_values(&l)
             .set(v.media_received_ms as f64 / 1000.0);

@@ -387,6 +387,45 @@ impl Index {
         Ok(row)
     }
 
+    /// Moves an open recording's wall times by `delta_ms`, in one transaction: the wall
+    /// clock jumped while it was recorded (see `record::clock_anchor`). Its span and resume
+    /// deadline, every segment's start, and its open files' spans (closed files keep
+    /// theirs: their names and objects are fixed). Returns the row as it is now.
+    pub fn shift_wall_clock(&self, id: &str, delta_ms: i64) -> Result<RecordingRow, IndexError> {
+        let segments = self.segments(id)?;
+        let open_files: Vec<FileRow> = self
+            .files_of(id)?
+            .into_iter()
+            .filter(|f| f.state == FileState::Recording)
+            .collect();
+        let row = (&self.recordings, &self.segments, &self.files)
+            .transaction(|(recordings, segment_tree, files)| {
+                let bytes = recordings
+                    .get(id.as_bytes())?
+                    .ok_or_else(|| abort(IndexError::NoSuchRecording(id.to_owned())))?;
+                let mut row: RecordingRow = decode(id.as_bytes(), &bytes).map_err(abort)?;
+                row.start_ms += delta_ms;
+                row.end_ms += delta_ms;
+                row.resumable_until_ms = row.resumable_until_ms.map(|t| t + delta_ms);
+                recordings.insert(id.as_bytes(), encode(&row))?;
+                for seg in &segments {
+                    let mut seg = seg.clone();
+                    seg.wall_start_ms += delta_ms;
+                    segment_tree.insert(segment_key(id, seg.seq), encode(&seg))?;
+                }
+                for file in &open_files {
+                    let mut file = file.clone();
+                    file.start_ms += delta_ms;
+                    file.end_ms += delta_ms;
+                    files.insert(file.id.as_bytes(), encode(&file))?;
+                }
+                Ok(row)
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(row)
+    }
+
     /// Commits a sealed segment and folds it into its recording, in one transaction.
     /// Call only after the segment file is durable under its final name.
     pub fn commit_segment(

@@ -3,14 +3,14 @@
 //! the writer's heartbeat and backlog, why it stopped), and [`StreamView`], its JSON for
 //! `GET /api/v1/streams` and the status page.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use prometheus::IntCounter;
 use serde::Serialize;
 
 use super::lock;
-use crate::clock::{monotonic_ms, now_ms};
+use crate::clock::monotonic_ms;
 use crate::media::Tracks;
 use crate::metrics;
 use crate::stream_key::StreamKey;
@@ -22,7 +22,8 @@ pub struct LiveStats {
     pub remote: String,
     /// `rtmp`, `rtmps`, `rtsp` (publish) or `camera` (pull).
     pub protocol: &'static str,
-    pub since_ms: i64,
+    /// When the publish began (unix ms, moved when the wall clock jumps: [`Self::since_ms`]).
+    pub(super) since_ms: AtomicI64,
     pub recording_id: String,
     pub bytes_received: AtomicU64,
     /// Frames the publisher sent (recorded or not).
@@ -76,6 +77,16 @@ impl LiveStats {
         *lock(&self.tracks) = tracks.clone();
     }
 
+    /// When the publish began, unix ms.
+    pub fn since_ms(&self) -> i64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// The wall clock jumped by `delta_ms`: `since` moves with it.
+    pub(super) fn shift_since(&self, delta_ms: i64) {
+        self.since_ms.fetch_add(delta_ms, Ordering::Relaxed);
+    }
+
     pub(super) fn set_failure(&self, reason: &str) {
         *lock(&self.failure) = Some(reason.to_owned());
     }
@@ -114,7 +125,7 @@ impl LiveStats {
             stream: self.stream.clone(),
             remote: self.remote.clone(),
             protocol: self.protocol,
-            since: crate::clock::rfc3339(self.since_ms),
+            since: crate::clock::rfc3339(self.since_ms()),
             recording_id: self.recording_id.clone(),
             video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
             audio_codec: tracks.audio.as_ref().map(|p| p.codec_name()),
@@ -177,7 +188,7 @@ pub(super) fn placeholder_stats(app: &str, stream: &str, protocol: &'static str)
         stream: stream.to_owned(),
         remote: String::new(),
         protocol,
-        since_ms: now_ms(),
+        since_ms: AtomicI64::new(crate::clock_watch::recording_now().0),
         recording_id: String::new(),
         bytes_received: AtomicU64::new(0),
         frames_received: AtomicU64::new(0),

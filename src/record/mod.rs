@@ -10,6 +10,7 @@
 
 mod budget;
 pub mod catalog;
+mod clock_anchor;
 pub mod files;
 mod live_stats;
 pub mod playlist;
@@ -177,6 +178,8 @@ struct Inner {
     cut_histories: Mutex<HashMap<String, Arc<Mutex<CutHistory>>>>,
     /// Media in flight to every writer (`writer_budget_total_kb`).
     total_budget: Arc<budget::Budget>,
+    /// Open recordings' clock epochs (wall-clock jumps).
+    clock: Arc<clock_anchor::ClockAnchors>,
 }
 
 /// The registry of live recorders. Cheap to clone.
@@ -361,6 +364,7 @@ impl Recorders {
                 disk: Arc::new(DiskState::default()),
                 cut_histories: Mutex::new(HashMap::new()),
                 total_budget,
+                clock: Arc::default(),
             }),
         }
     }
@@ -466,7 +470,11 @@ impl Recorders {
             config.flow_continue_duration_s = t.resume_window_s(config.flow_continue_duration_s);
         }
         let session = RecordingSession::new(
-            (self.inner.index.clone(), self.inner.storage.clone()),
+            (
+                self.inner.index.clone(),
+                self.inner.storage.clone(),
+                self.inner.clock.clone(),
+            ),
             config,
             stats.clone(),
             row,
@@ -703,25 +711,32 @@ fn begin_recording(
     start: StartInfo,
 ) -> Result<(RecordingRow, bool, Ticks), RecordError> {
     let key = StreamKey::new(app, stream).to_string();
-    let now = now_ms();
     if let Some(open) = inner.index.open_recording(&key)? {
-        let row = inner.index.update_recording(&open.id, |r| {
-            let in_window = match r.state {
-                RecordingState::Resumable => r.resumable_until_ms.is_some_and(|until| now <= until),
-                // Left `recording` by a recorder that is gone: continue it.
-                RecordingState::Recording => true,
-                _ => false,
-            };
-            if in_window {
-                r.state = RecordingState::Recording;
-                r.resumable_until_ms = None;
-                r.sessions += 1;
-            } else {
-                r.state = RecordingState::Finished;
-                r.resumable_until_ms = None;
-            }
-            Update::Write
-        })?;
+        // On the clock its deadline was stamped with (moved if the clock jumped since).
+        let row = inner
+            .clock
+            .on_current_clock(&inner.index, &open.id, true, |epoch| {
+                let now = crate::clock_watch::recording_now_at(epoch);
+                inner.index.update_recording(&open.id, |r| {
+                    let in_window = match r.state {
+                        RecordingState::Resumable => {
+                            r.resumable_until_ms.is_some_and(|until| now <= until)
+                        }
+                        // Left `recording` by a recorder that is gone: continue it.
+                        RecordingState::Recording => true,
+                        _ => false,
+                    };
+                    if in_window {
+                        r.state = RecordingState::Recording;
+                        r.resumable_until_ms = None;
+                        r.sessions += 1;
+                    } else {
+                        r.state = RecordingState::Finished;
+                        r.resumable_until_ms = None;
+                    }
+                    Update::Write
+                })
+            })?;
         if row.state == RecordingState::Recording {
             tracing::info!(recording = %row.id, stream = %key, session = row.sessions, "resuming recording inside its window");
             let media_end = inner
@@ -733,12 +748,14 @@ fn begin_recording(
         }
         tracing::info!(recording = %row.id, stream = %key, "resume window passed; recording finished");
     }
+    let (now, epoch) = crate::clock_watch::recording_now();
     let mut row = RecordingRow::new(
         new_recording_id(now),
         app.to_owned(),
         stream.to_owned(),
         now,
     );
+    inner.clock.track(&row.id, epoch);
     row.template = Some(start.template);
     row.record_id = start.record_id;
     row.stream_param = start.stream_param;
@@ -778,6 +795,8 @@ pub async fn run_resume_reaper(recorders: Recorders, cancel: CancellationToken) 
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             _ = recorders.inner.ended.notified() => {}
+            // Move waiting recordings' times (and deadlines) with the clock at once.
+            _ = crate::clock_watch::jumped().notified() => {}
         }
     }
 }
@@ -789,34 +808,48 @@ const REAPER_MAX_SLEEP: Duration = Duration::from_secs(5);
 /// epoch), if any recording is waiting for one.
 fn finish_expired(recorders: &Recorders) -> Result<Option<i64>, IndexError> {
     let index = recorders.index();
-    let now = now_ms();
+    let clock = &recorders.inner.clock;
+    let open = index.open_entries()?;
+    clock.retain(|id| open.iter().any(|(_, open_id)| open_id == id));
     let mut next_due: Option<i64> = None;
-    for (stream_key, id) in index.open_entries()? {
+    for (stream_key, id) in open {
         if recorders.is_live(&stream_key) {
             continue;
         }
-        let Some(row) = index.get_recording(&id)? else {
-            continue;
-        };
-        if row.state != RecordingState::Resumable {
-            continue;
-        }
-        if let Some(until) = row.resumable_until_ms.filter(|u| *u > now) {
-            next_due = Some(next_due.map_or(until, |n| n.min(until)));
-            continue;
-        }
-        let row = index.update_recording(&id, |r| {
-            if r.state == RecordingState::Resumable && r.resumable_until_ms.is_none_or(|u| u <= now)
-            {
-                r.state = RecordingState::Finished;
-                r.resumable_until_ms = None;
-                Update::Write
-            } else {
-                Update::Skip
+        // Its deadline on the clock it was stamped with (moved if the clock jumped since).
+        let row = clock.on_current_clock(index, &id, true, |epoch| {
+            let now = crate::clock_watch::recording_now_at(epoch);
+            let row = index.update_recording(&id, |r| {
+                if r.state == RecordingState::Resumable
+                    && r.resumable_until_ms.is_none_or(|u| u <= now)
+                {
+                    r.state = RecordingState::Finished;
+                    r.resumable_until_ms = None;
+                    Update::Write
+                } else {
+                    Update::Skip
+                }
+            });
+            match row {
+                Err(IndexError::NoSuchRecording(_)) => Ok(None),
+                other => other.map(|row| Some((row, now))),
             }
         })?;
-        if row.state == RecordingState::Finished {
-            tracing::info!(recording = %id, segments = row.segments, duration_s = row.duration_s(), "resume window passed; recording finished");
+        let Some((row, now)) = row else {
+            continue;
+        };
+        match row.state {
+            RecordingState::Finished => {
+                tracing::info!(recording = %id, segments = row.segments, duration_s = row.duration_s(), "resume window passed; recording finished");
+            }
+            RecordingState::Resumable => {
+                if let Some(until) = row.resumable_until_ms {
+                    // As a deadline on the wall clock the sleep is measured against.
+                    let until = until + (crate::clock::now_ms() - now);
+                    next_due = Some(next_due.map_or(until, |n| n.min(until)));
+                }
+            }
+            _ => {}
         }
     }
     Ok(next_due)

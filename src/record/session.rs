@@ -24,6 +24,10 @@
 //! that comes after the session's first segment was committed is not adopted, since the
 //! dates would step back. Reports map presentation time; segments start at a decode time,
 //! so with B-frames a date is early by the reorder delay (a frame or two).
+//!
+//! Arrival times come from `clock_watch::recording_now`, with the clock epoch they belong
+//! to: when the wall clock jumps, the recording's stored times are moved with it
+//! ([`super::clock_anchor`]) and a segment stamped before the jump is moved as it commits.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -31,10 +35,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::clock_anchor::ClockAnchors;
 use super::preroll::AudioPreroll;
 use super::timeline::{TimelineGuard, Verdict};
 use super::write_bounds::{self, Amplification, CutHistory};
-use super::{lock, now_ms, LiveStats, Msg, RecordError};
+use super::{lock, LiveStats, Msg, RecordError};
+use crate::clock_watch::recording_now;
 use crate::config::RecordConfig;
 use crate::index::{Index, RecordingRow, RecordingState, SegmentRow, Update};
 use crate::media::{CodecParams, Frame, Ticks, TrackKind, Tracks, TICKS_PER_MS, TICKS_PER_SECOND};
@@ -58,6 +64,8 @@ struct OpenSegment {
     start_dts: Ticks,
     end_dts: Ticks,
     wall_start_ms: i64,
+    /// The clock epoch `wall_start_ms` was stamped at (see [`ClockAnchors`]).
+    wall_epoch: i64,
     /// When it was opened, for the cut by wall time ([`write_bounds::must_cut`]).
     opened: Instant,
     /// It starts with a video keyframe (or has no video); not after a forced cut.
@@ -115,13 +123,17 @@ pub(super) struct RecordingSession {
     /// The stream's unplanned cuts, shared with its other sessions.
     cuts: Arc<Mutex<CutHistory>>,
     amplification: Amplification,
+    /// The recordings' clock epochs, shared with the registry.
+    clock: Arc<ClockAnchors>,
+    /// The clock epoch the stored times were last brought to.
+    clock_seen: i64,
 }
 
 impl RecordingSession {
     /// `resumed_at`: this session continues an existing recording whose media ends there,
     /// so its first segment follows a discontinuity. `cuts`: the stream's unplanned cuts.
     pub(super) fn new(
-        (index, storage): (Index, Storage),
+        (index, storage, clock): (Index, Storage, Arc<ClockAnchors>),
         config: RecordConfig,
         stats: Arc<LiveStats>,
         recording: RecordingRow,
@@ -159,6 +171,8 @@ impl RecordingSession {
             last_flush: Instant::now(),
             cuts,
             amplification: Amplification::new(Instant::now()),
+            clock,
+            clock_seen: crate::clock_watch::epoch(),
         }
     }
 
@@ -195,7 +209,9 @@ impl RecordingSession {
                 Err(RecvTimeoutError::Timeout) => Ok(()),
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let result = result.and_then(|()| self.flush_if_due());
+            let result = result
+                .and_then(|()| self.flush_if_due())
+                .and_then(|()| self.follow_clock());
             if let Err(e) = result {
                 self.end_with(e);
                 return;
@@ -204,6 +220,32 @@ impl RecordingSession {
         if let Err(e) = self.finish() {
             self.fail(e);
         }
+    }
+
+    /// Moves the recording's stored times when the wall clock has jumped (the open
+    /// segment's start moves as it commits), and the live view's `since` with them.
+    fn follow_clock(&mut self) -> Result<(), RecordError> {
+        if crate::clock_watch::epoch() == self.clock_seen {
+            return Ok(());
+        }
+        let id = self.recording.id.clone();
+        let epoch = self.clock.clone().on_current_clock(
+            &self.index,
+            &id,
+            self.moves_with_clock(),
+            Ok::<_, RecordError>,
+        )?;
+        self.stats.shift_since(epoch - self.clock_seen);
+        self.clock_seen = epoch;
+        if let Some(row) = self.index.get_recording(&id)? {
+            self.recording = row;
+        }
+        Ok(())
+    }
+
+    /// Whether this recording's times are on our clock (not its publisher's).
+    fn moves_with_clock(&self) -> bool {
+        self.dated_by_reports != Some(true)
     }
 
     /// Stops on `e`: a publisher that crossed a [`write_bounds`] limit is dropped and its
@@ -484,15 +526,17 @@ impl RecordingSession {
             muxer.write_tables(writer.buffer());
         }
         self.next_seq += 1;
+        let (wall_start_ms, wall_epoch) = match self.dated_by_reports {
+            Some(true) => (self.wall_at(start_dts), crate::clock_watch::epoch()),
+            _ => recording_now(),
+        };
         Ok(OpenSegment {
             writer,
             seq,
             start_dts,
             end_dts: start_dts,
-            wall_start_ms: match self.dated_by_reports {
-                Some(true) => self.wall_at(start_dts),
-                _ => now_ms(),
-            },
+            wall_start_ms,
+            wall_epoch,
             opened: Instant::now(),
             keyframe,
             discontinuity: std::mem::take(&mut self.discontinuity_next),
@@ -525,7 +569,7 @@ impl RecordingSession {
     /// time is when the picture was taken, not when it arrived), else arrival time. A
     /// publisher whose clock is further off (a camera that never had NTP) is said once.
     fn wall_at(&mut self, dts: Ticks) -> i64 {
-        let now = now_ms();
+        let (now, _) = recording_now();
         let Some((at, unix_ms)) = self.wall_anchor else {
             return now;
         };
@@ -568,7 +612,7 @@ impl RecordingSession {
             .writer
             .seal(next)
             .map_err(|e| RecordError::io("seal segment", &self.dir, e))?;
-        let row = SegmentRow {
+        let mut row = SegmentRow {
             seq: segment.seq,
             file: sealed.name,
             duration_ticks,
@@ -582,7 +626,15 @@ impl RecordingSession {
             codec_change: segment.codec_change,
             params: segment.params,
         };
-        self.recording = self.index.commit_segment(&self.recording.id, &row)?;
+        let (index, id) = (&self.index, self.recording.id.clone());
+        self.recording =
+            self.clock
+                .on_current_clock(index, &id, self.moves_with_clock(), |epoch| {
+                    if self.dated_by_reports != Some(true) {
+                        row.wall_start_ms += epoch - segment.wall_epoch;
+                    }
+                    index.commit_segment(&id, &row)
+                })?;
         self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
         let m = metrics::global();
         m.segments.inc();
@@ -652,16 +704,22 @@ impl RecordingSession {
             return Ok(());
         }
         let window_ms = self.config.resume_window().as_millis() as i64;
-        let row = self.index.update_recording(&id, |r| {
-            if window_ms > 0 {
-                r.state = RecordingState::Resumable;
-                r.resumable_until_ms = Some(now_ms() + window_ms);
-            } else {
-                r.state = RecordingState::Finished;
-                r.resumable_until_ms = None;
-            }
-            Update::Write
-        })?;
+        let index = &self.index;
+        let row = self
+            .clock
+            .on_current_clock(index, &id, self.moves_with_clock(), |epoch| {
+                let now = crate::clock_watch::recording_now_at(epoch);
+                index.update_recording(&id, |r| {
+                    if window_ms > 0 {
+                        r.state = RecordingState::Resumable;
+                        r.resumable_until_ms = Some(now + window_ms);
+                    } else {
+                        r.state = RecordingState::Finished;
+                        r.resumable_until_ms = None;
+                    }
+                    Update::Write
+                })
+            })?;
         tracing::info!(recording = %id, state = row.state.as_str(), segments = row.segments,
             duration_s = row.duration_s(), "publish ended");
         Ok(())
