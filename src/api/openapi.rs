@@ -112,15 +112,7 @@ mod generated {
                     continue;
                 }
                 let playback = crate::api::access::is_playback_path(path);
-                for op in [
-                    &mut item.get,
-                    &mut item.put,
-                    &mut item.post,
-                    &mut item.delete,
-                ]
-                .into_iter()
-                .flatten()
-                {
+                for op in operations(item) {
                     let mut security = vec![SecurityRequirement::new::<_, _, &str>("bearer", [])];
                     if playback {
                         security.push(SecurityRequirement::new::<_, _, &str>(
@@ -164,15 +156,7 @@ mod generated {
     impl Modify for MediaBodies {
         fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
             let responses = openapi.paths.paths.values_mut().flat_map(|item| {
-                [
-                    &mut item.get,
-                    &mut item.put,
-                    &mut item.post,
-                    &mut item.delete,
-                ]
-                .into_iter()
-                .flatten()
-                .flat_map(|op| op.responses.responses.values_mut())
+                operations(item).flat_map(|op| op.responses.responses.values_mut())
             });
             for response in responses {
                 let RefOr::T(response) = response else {
@@ -193,6 +177,20 @@ mod generated {
                 }
             }
         }
+    }
+
+    /// The operations of a path (the API uses these four methods).
+    fn operations(
+        item: &mut utoipa::openapi::PathItem,
+    ) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// A view that flattens a config type into itself (`TemplateView` = `Template` +
