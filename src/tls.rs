@@ -11,10 +11,12 @@
 //! Crates: rustls with the ring provider (no OpenSSL and no aws-lc-rs, which needs cmake
 //! and a C cross toolchain for the ARM builds); PEM parsing with `rustls-pki-types`'
 //! `PemObject`; rcgen (the rustls project's generator) for the self-signed certificate;
-//! x509-parser (rusticata, the parser rcgen itself uses) to read `notBefore`/`notAfter`,
-//! because rustls serves an expired certificate without a word and the operator would
-//! only learn about it from encoders failing to connect. SHA-256 fingerprints come from
-//! ring, already linked for rustls.
+//! yasna (the DER reader and writer rcgen is built on, so already linked) to read
+//! `notBefore`/`notAfter`, because rustls serves an expired certificate without a word
+//! and the operator would only learn about it from encoders failing to connect. (It was
+//! x509-parser, which parses every extension and carries an OID registry: ~100 KB of a
+//! binary with a 10 MB budget, for two dates.) SHA-256 fingerprints come from ring,
+//! already linked for rustls.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -120,25 +122,60 @@ pub fn load(cert_file: &Path, key_file: &Path, alpn: &[&[u8]]) -> Result<Loaded,
 
 /// Errors unless `now_s` (Unix seconds) is within the certificate's validity period.
 fn check_validity(path: &Path, der: &CertificateDer<'_>, now_s: i64) -> Result<(), TlsError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let validity = cert.validity();
-    if now_s > validity.not_after.timestamp() {
+    let (not_before, not_after) = validity(der).map_err(|e| TlsError::BadCertificate {
+        path: path.to_owned(),
+        reason: format!("not an X.509 certificate: {e}"),
+    })?;
+    let date = |s: i64| crate::clock::rfc3339(s.saturating_mul(1000));
+    if now_s > not_after {
         return Err(TlsError::Expired {
             path: path.to_owned(),
-            not_after: validity.not_after.to_string(),
+            not_after: date(not_after),
         });
     }
-    if now_s < validity.not_before.timestamp() {
+    if now_s < not_before {
         return Err(TlsError::NotYetValid {
             path: path.to_owned(),
-            not_before: validity.not_before.to_string(),
+            not_before: date(not_before),
         });
     }
     Ok(())
+}
+
+/// A certificate's `notBefore` and `notAfter` (Unix seconds), from its DER (RFC 5280
+/// section 4.1: `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
+/// OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter },
+/// ... }, signatureAlgorithm, signatureValue }`).
+fn validity(der: &[u8]) -> Result<(i64, i64), yasna::ASN1Error> {
+    use yasna::{ASN1Result, BERReader, BERReaderSeq, Tag};
+    fn time(r: BERReader<'_, '_>) -> ASN1Result<i64> {
+        Ok(if r.lookahead_tag()? == yasna::tags::TAG_UTCTIME {
+            r.read_utctime()?.datetime().unix_timestamp()
+        } else {
+            r.read_generalized_time()?.datetime().unix_timestamp()
+        })
+    }
+    fn skip_rest(seq: &mut BERReaderSeq<'_, '_>) -> ASN1Result<()> {
+        while seq.read_optional(|r| r.read_der())?.is_some() {}
+        Ok(())
+    }
+    yasna::parse_der(der, |r| {
+        r.read_sequence(|cert| {
+            let validity = cert.next().read_sequence(|tbs| {
+                tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                for _ in 0..3 {
+                    tbs.next().read_der()?; // serialNumber, signature, issuer
+                }
+                let validity = tbs
+                    .next()
+                    .read_sequence(|v| Ok((time(v.next())?, time(v.next())?)))?;
+                skip_rest(tbs)?;
+                Ok(validity)
+            })?;
+            skip_rest(cert)?;
+            Ok(validity)
+        })
+    })
 }
 
 /// SHA-256 of a DER certificate as colon-separated upper-case hex.

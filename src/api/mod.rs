@@ -306,33 +306,23 @@ async fn healthz(axum::extract::State(s): axum::extract::State<ApiState>) -> Res
     (status, Json(body)).into_response()
 }
 
-/// One live publisher with its live playlist.
-#[derive(Debug, serde::Serialize)]
-#[cfg_attr(test, derive(utoipa::ToSchema))]
-pub struct LiveStreamView {
-    #[serde(flatten)]
-    pub stream: crate::record::StreamView,
-    /// The live playlist's URL here (signed when a playback key is set).
-    pub playlist: String,
-}
-
 /// Live publishers, each with its live playlist URL (signed when a playback key is set).
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/streams", operation_id = "list_streams", tag = "live",
-    responses((status = 200, description = "Live publishers", body = Vec<LiveStreamView>))))]
+    responses((status = 200, description = "Live publishers", body = Vec<crate::record::StreamView>))))]
 async fn streams(
     axum::extract::State(s): axum::extract::State<ApiState>,
-) -> Json<Vec<LiveStreamView>> {
+) -> Json<Vec<crate::record::StreamView>> {
     let views = s
         .recorders
         .live()
         .iter()
         .map(|st| {
-            let stream = st.view();
-            let playlist = s.access.playback_url(&format!(
+            let mut view = st.view();
+            view.playlist = Some(s.access.playback_url(&format!(
                 "/hls/live/{}/{}/index.m3u8",
-                stream.app, stream.stream
-            ));
-            LiveStreamView { stream, playlist }
+                view.app, view.stream
+            )));
+            view
         })
         .collect();
     Json(views)

@@ -147,6 +147,7 @@ impl LiveStats {
             gap_ms: self.gap_ms.load(Ordering::Relaxed),
             discontinuities: self.discontinuities.load(Ordering::Relaxed),
             media_received_ms: self.media_received_ms.load(Ordering::Relaxed),
+            playlist: None,
         }
     }
 }
@@ -179,6 +180,9 @@ pub struct StreamView {
     pub gap_ms: u64,
     pub discontinuities: u64,
     pub media_received_ms: u64,
+    /// The live playlist's URL here, signed when a playback key is set (filled by the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playlist: Option<String>,
 }
 
 pub(super) fn placeholder_stats(app: &str, stream: &str, protocol: &'static str) -> LiveStats {
