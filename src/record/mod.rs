@@ -817,12 +817,22 @@ fn finish_expired(recorders: &Recorders) -> Result<Option<i64>, IndexError> {
             continue;
         }
         // Its deadline on the clock it was stamped with (moved if the clock jumped since).
+        // Written only when the window has passed: a pass every few seconds must not sync
+        // the index for recordings still waiting.
         let row = clock.on_current_clock(index, &id, true, |epoch| {
             let now = crate::clock_watch::recording_now_at(epoch);
-            let row = index.update_recording(&id, |r| {
-                if r.state == RecordingState::Resumable
+            let Some(row) = index.get_recording(&id)? else {
+                return Ok(None);
+            };
+            let expired = |r: &RecordingRow| {
+                r.state == RecordingState::Resumable
                     && r.resumable_until_ms.is_none_or(|u| u <= now)
-                {
+            };
+            if !expired(&row) {
+                return Ok(Some((row, now)));
+            }
+            let row = index.update_recording(&id, |r| {
+                if expired(r) {
                     r.state = RecordingState::Finished;
                     r.resumable_until_ms = None;
                     Update::Write
