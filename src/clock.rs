@@ -73,8 +73,35 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A wall time as the API takes it: RFC 3339 (any offset) or unix seconds (fractions
+/// allowed). Unix milliseconds, or None for anything else.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs.abs() < 1e13).then(|| (secs * 1000.0).round() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn api_times_parse_as_rfc3339_or_unix_seconds() {
+        use super::parse_time;
+        assert_eq!(parse_time("1796428800"), Some(1_796_428_800_000));
+        assert_eq!(parse_time("1796428800.25"), Some(1_796_428_800_250));
+        assert_eq!(parse_time("2026-12-05T00:00:00Z"), Some(1_796_428_800_000));
+        assert_eq!(
+            parse_time("2026-12-05T01:00:00.5+01:00"),
+            Some(1_796_428_800_500)
+        );
+        for bad in ["", "yesterday", "2026-12-05", "NaN", "inf", "1e300"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn ntp_timestamps_convert_to_unix_milliseconds() {
         // 2026-12-05T00:00:00.500Z: unix 1_796_428_800 s.

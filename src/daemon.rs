@@ -87,6 +87,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         .with_context(|| format!("cannot create the media folder {}", media_dir.display()))?;
     let certificates = load_certificates(&config)?;
     let index = open_index(&config)?;
+    if config.callback.enabled() && config.callback.status_events {
+        // Before recovery: a recording it pauses or ends is told too.
+        index.send_status_events(config.callback.clone());
+    }
     let storage = Storage::new(media_dir);
 
     let started = std::time::Instant::now();

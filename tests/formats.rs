@@ -35,7 +35,7 @@ fn wait_closed(d: &Daemon, stream: &str, n_files: usize) -> (Value, Vec<Value>) 
         Duration::from_secs(60),
         || {
             let recs = d.json(&format!("/api/v1/recordings?stream={stream}"));
-            let recs = recs.as_array()?.clone();
+            let recs = support::oldest_first(recs.as_array()?.clone());
             let hls = recs
                 .iter()
                 .find(|r| r["format"] == "hls" && r["state"] == "finished")?

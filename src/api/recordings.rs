@@ -1,9 +1,10 @@
-//! `GET /api/v1/recordings` (filtered list) and `GET /api/v1/recordings/{id}` (with its
+//! `GET /api/v1/recordings` (search, a page at a time, from the index's `search` tree) and `GET /api/v1/recordings/{id}` (with its
 //! segments): the JSON shapes tools and tests rely on. A recording is either the HLS
 //! recording of a capture (id = the capture's id) or one MP4/FLV/AAC file over it (id =
 //! `<capture id>_<format><n>`); both have the same shape, told apart by `format`.
 
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,9 @@ use super::extract::{Path, Query};
 use super::ErrorBody;
 use super::{rfc3339, ApiError, ApiState};
 use crate::config::Format;
-use crate::index::{FileRow, FileState, RecordingRow, RecordingState, SegmentRow};
+use crate::index::{
+    FileRow, FileState, RecordingRow, RecordingState, SearchEntry, SearchQuery, SegmentRow,
+};
 
 /// Filters of `GET /api/v1/recordings`; absent or empty = any.
 #[derive(Debug, Deserialize)]
@@ -20,10 +23,24 @@ use crate::index::{FileRow, FileState, RecordingRow, RecordingState, SegmentRow}
 pub struct ListQuery {
     app: Option<String>,
     stream: Option<String>,
+    /// The start of the stream name or of the file name.
+    prefix: Option<String>,
+    /// Recordings whose span reaches this time or later (RFC 3339 or unix seconds).
+    from: Option<String>,
+    /// Recordings that start at this time or earlier (RFC 3339 or unix seconds).
+    to: Option<String>,
     /// `recording`, `resumable`, `finished`, `failed` (HLS) or `skipped` (files).
     state: Option<String>,
     /// `hls`, `mp4`, `flv` or `aac`.
     format: Option<String>,
+    /// The template it was made with.
+    template: Option<String>,
+    /// `local_only`, `waiting`, `queued`, `uploading`, `failed`, `skipped`, `uploaded`.
+    upload_state: Option<String>,
+    /// Recordings per page: 1 to 1000, 100 if absent.
+    limit: Option<usize>,
+    /// The `X-Next-Cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 /// One recording as the API shows it.
@@ -234,69 +251,203 @@ impl SegmentView {
     }
 }
 
-/// Recordings (HLS and files), filtered; each file recording follows its capture's HLS one.
+/// How many recordings a page holds unless `limit` says otherwise, and at most.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// The response header that carries the next page's cursor.
+pub const NEXT_CURSOR: &str = "x-next-cursor";
+
+/// Recordings (HLS and files) matching the filters, newest first (by start), one page at a
+/// time: `X-Next-Cursor` carries the `cursor` of the next page while there may be one.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/recordings", operation_id = "list_recordings", tag = "recordings",
     params(ListQuery),
     responses(
-        (status = 200, description = "The recordings", body = Vec<RecordingView>),
-        (status = 400, description = "An unknown state or format", body = ErrorBody),
+        (status = 200, description = "A page of recordings, newest first", body = Vec<RecordingView>,
+            headers(("x-next-cursor" = String, description = "The `cursor` of the next page, when there may be one"))),
+        (status = 400, description = "An unknown state, format or upload state, a bad time, limit or cursor", body = ErrorBody),
     )))]
 pub async fn list(
     State(s): State<ApiState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<RecordingView>>, ApiError> {
-    let state = match q.state.as_deref() {
-        None | Some("") => None,
-        Some(name) => Some(RecordingState::parse(name).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "state must be one of recording, resumable, finished, failed (got {name:?})"
-            ))
-        })?),
-    };
-    let format = match q.format.as_deref() {
-        None | Some("") => None,
-        Some(name) => Some(Format::parse(name).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "format must be one of hls, mp4, flv, aac (got {name:?})"
-            ))
-        })?),
-    };
-    let mut out = Vec::new();
-    for row in s.index.recordings() {
-        let row = match row {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an unreadable recording row");
-                continue;
-            }
-        };
-        if row.deleting
-            || q.app.as_deref().is_some_and(|a| a != row.app)
-            || q.stream.as_deref().is_some_and(|st| st != row.stream)
-        {
-            continue;
-        }
-        if row.has_hls()
-            && state.is_none_or(|st| st == row.state)
-            && format.is_none_or(|f| f == Format::Hls)
-        {
-            out.push(signed(&s, with_upload(&s, &row, RecordingView::new(&row))?));
-        }
-        if row.has_files() && format != Some(Format::Hls) {
-            for file in s.index.files_of(&row.id)? {
-                if format.is_some_and(|f| f != file.format)
-                    || q.state
-                        .as_deref()
-                        .is_some_and(|st| st != file.state.as_str())
-                {
-                    continue;
+) -> Result<(HeaderMap, Json<Vec<RecordingView>>), ApiError> {
+    let search = q.to_search(s.uploader.is_some())?;
+    let upload_state = q.upload_state.clone().filter(|u| !u.is_empty());
+    let state = s.clone();
+    let page = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let mut search = search;
+        let queued_state = upload_state.filter(|u| u != "uploaded" && u != "local_only");
+        if let Some(wanted) = queued_state.filter(|_| state.uploader.is_some()) {
+            // Everything not yet in the store is in the upload queue: a small set.
+            let mut ids = Vec::new();
+            for (id, _) in state.index.upload_pending()? {
+                if upload_state_of(&state, &id)?.is_some_and(|have| have == wanted) {
+                    ids.push(id);
                 }
-                let view = RecordingView::file(&file.live(&row), &row);
-                out.push(signed(&s, with_file_upload(&s, &file, view)?));
             }
+            search.ids = Some(ids);
+        }
+        let page = state.index.search(&search)?;
+        let mut views = Vec::with_capacity(page.entries.len());
+        for entry in &page.entries {
+            views.extend(view_of(&state, entry)?);
+        }
+        Ok((views, page.next))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("search task: {e}")))??;
+    let (views, next) = page;
+    let mut headers = HeaderMap::new();
+    if let Some(next) = next {
+        if let Ok(value) = HeaderValue::from_str(&hex(&next)) {
+            headers.insert(NEXT_CURSOR, value);
         }
     }
-    Ok(Json(out))
+    Ok((headers, Json(views)))
+}
+
+impl ListQuery {
+    /// The index search these filters make; a 400 for any that cannot be understood.
+    fn to_search(&self, uploads_on: bool) -> Result<SearchQuery, ApiError> {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        let state = given(&self.state);
+        if let Some(name) = &state {
+            if RecordingState::parse(name).is_none() && name != "skipped" {
+                return Err(ApiError::bad_request(format!(
+                    "state must be one of recording, resumable, finished, failed, skipped (got {name:?})"
+                )));
+            }
+        }
+        let format = match given(&self.format) {
+            None => None,
+            Some(name) => Some(Format::parse(&name).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "format must be one of hls, mp4, flv, aac (got {name:?})"
+                ))
+            })?),
+        };
+        let time = |name: &str, v: &Option<String>| match given(v) {
+            None => Ok(None),
+            Some(t) => crate::clock::parse_time(&t).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be an RFC 3339 time or unix seconds (got {t:?})"
+                ))
+            }),
+        };
+        let (from_ms, to_ms) = (time("from", &self.from)?, time("to", &self.to)?);
+        if let (Some(from), Some(to)) = (from_ms, to_ms) {
+            if from > to {
+                return Err(ApiError::bad_request("from is after to"));
+            }
+        }
+        // Ids to look among: an empty set for an upload state nothing can be in.
+        let mut ids = None;
+        let uploaded = match given(&self.upload_state).as_deref() {
+            None => None,
+            Some("uploaded") => Some(true),
+            Some("local_only") if !uploads_on => Some(false),
+            Some("local_only") => {
+                ids = Some(Vec::new());
+                None
+            }
+            Some("waiting" | "queued" | "uploading" | "failed" | "skipped") => {
+                if !uploads_on {
+                    ids = Some(Vec::new());
+                }
+                None
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "upload_state must be one of local_only, waiting, queued, uploading, failed, skipped, uploaded (got {other:?})"
+                )))
+            }
+        };
+        let limit = match self.limit {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be 1 to {MAX_LIMIT} (got {n})"
+                )))
+            }
+        };
+        let after = match given(&self.cursor) {
+            None => None,
+            Some(c) => Some(
+                unhex(&c)
+                    .ok_or_else(|| ApiError::bad_request("cursor is not one this API gave out"))?,
+            ),
+        };
+        Ok(SearchQuery {
+            app: given(&self.app),
+            stream: given(&self.stream),
+            prefix: given(&self.prefix),
+            from_ms,
+            to_ms,
+            format,
+            template: given(&self.template),
+            state,
+            uploaded,
+            ids,
+            after,
+            limit,
+        })
+    }
+}
+
+/// A search entry's recording as the API shows it; None when its row is gone or being
+/// deleted (the entry is dropped with it an instant later).
+fn view_of(s: &ApiState, entry: &SearchEntry) -> Result<Option<RecordingView>, ApiError> {
+    let Some(capture) = s
+        .index
+        .get_recording(&entry.capture_id)?
+        .filter(|r| !r.deleting)
+    else {
+        return Ok(None);
+    };
+    if entry.format == Format::Hls {
+        let view = with_upload(s, &capture, RecordingView::new(&capture))?;
+        return Ok(Some(signed(s, view)));
+    }
+    let Some(file) = s.index.get_file(&entry.id)? else {
+        return Ok(None);
+    };
+    let file = file.live(&capture);
+    let view = with_file_upload(s, &file, RecordingView::file(&file, &capture))?;
+    Ok(Some(signed(s, view)))
+}
+
+/// The upload state the API shows for a recording or file id, if it still exists.
+fn upload_state_of(s: &ApiState, id: &str) -> Result<Option<&'static str>, ApiError> {
+    let capture_id = FileRow::capture_of(id).unwrap_or(id);
+    let Some(capture) = s.index.get_recording(capture_id)? else {
+        return Ok(None);
+    };
+    if capture_id == id {
+        return Ok(Some(
+            with_upload(s, &capture, RecordingView::new(&capture))?.upload_state,
+        ));
+    }
+    let Some(file) = s.index.get_file(id)? else {
+        return Ok(None);
+    };
+    let file = file.live(&capture);
+    Ok(Some(
+        with_file_upload(s, &file, RecordingView::file(&file, &capture))?.upload_state,
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 512 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// One recording with its segments.

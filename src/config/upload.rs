@@ -93,6 +93,10 @@ pub struct CallbackConfig {
     /// Allow an `http://` URL (the body and its signature then cross the network in
     /// clear). Default false: only `https://`.
     pub allow_insecure: bool,
+    /// Also send `event_type` 332 status callbacks (`record_start_succeeded`,
+    /// `record_paused`, `record_resumed`, `record_ended`, `record_error`) through the same
+    /// outbox. Default false.
+    pub status_events: bool,
 }
 
 /// What to do when the disk stays above the high watermark with nothing evictable.
@@ -165,6 +169,7 @@ impl Default for CallbackConfig {
             appid: 0,
             domain: String::new(),
             allow_insecure: false,
+            status_events: false,
         }
     }
 }

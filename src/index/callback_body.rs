@@ -1,6 +1,7 @@
 //! The `event_type` 100 completion body (SPECS.md) of a finished HLS recording or of one
 //! MP4/FLV/AAC file, without `t` and `sign`: what the uploader puts in the callback outbox
-//! when an object is complete. Here, beside the outbox rows, so the uploader (which fills
+//! when an object is complete; and the `event_type` 332 status body, which the index
+//! queues itself as a recording changes state (see `status.rs`). Here, beside the outbox rows, so the uploader (which fills
 //! the outbox) and the notifier (which delivers it) both sit above it.
 
 use serde_json::{json, Value};
@@ -91,6 +92,37 @@ pub fn file_completion_body(
         "record_bps": if duration_s > 0.0 { (file_size as f64 * 8.0 / duration_s) as u64 } else { 0 },
         "callback_ext": ext.to_string(),
     })
+}
+
+/// The `event_type` 332 body of a recording's status change, without `t` and `sign`.
+/// `seq` counts the recording's status events from 1; `error` is set for `record_error`.
+pub fn status_body(
+    rec: &RecordingRow,
+    config: &CallbackConfig,
+    event: &str,
+    seq: u32,
+    event_ms: i64,
+    error: Option<&str>,
+) -> Value {
+    let mut body = json!({
+        "event_type": 332,
+        "appid": config.appid,
+        "app": config.domain,
+        "appname": rec.app,
+        "stream_id": rec.stream,
+        "channel_id": rec.stream,
+        "record_event": event,
+        "session_id": rec.id,
+        "seq": seq,
+        "event_time": event_ms.div_euclid(1000),
+        "event_time_usec": event_ms.rem_euclid(1000) * 1000,
+        "task_id": "",
+        "stream_param": rec.stream_param.clone().unwrap_or_default(),
+    });
+    if let Some(error) = error {
+        body["errmsg"] = json!(error);
+    }
+    body
 }
 
 #[cfg(test)]

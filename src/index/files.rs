@@ -12,7 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, Index, IndexError};
+use sled::Transactional;
+
+use super::{decode, encode, Index, IndexError, SearchEntry};
 use crate::config::Format;
 use crate::media::{ticks_to_seconds, Ticks};
 
@@ -144,15 +146,18 @@ impl Index {
     /// transaction so neither side's change is lost.
     pub fn put_file(&self, row: &FileRow) -> Result<(), IndexError> {
         let id = row.id.as_bytes();
-        self.files
-            .transaction(|files| {
+        (&self.files, &self.search)
+            .transaction(|(files, search)| {
                 let mut row = row.clone();
+                let mut before = None;
                 if let Some(bytes) = files.get(id)? {
                     let stored: FileRow = decode(id, &bytes).map_err(super::abort)?;
-                    row.store_key = row.store_key.or(stored.store_key);
+                    row.store_key = row.store_key.or(stored.store_key.clone());
                     row.uploaded_ms = row.uploaded_ms.or(stored.uploaded_ms);
+                    before = Some(SearchEntry::of_file(&stored));
                 }
                 files.insert(id, encode(&row))?;
+                super::search::sync(search, before.as_ref(), Some(&SearchEntry::of_file(&row)))?;
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<IndexError>| super::flatten(e))?;
@@ -209,6 +214,7 @@ impl Index {
     /// must never overwrite one.
     pub fn remove_files_of(&self, capture_id: &str) -> Result<(), IndexError> {
         for row in self.files_of(capture_id)? {
+            self.remove_search_entry(Some(SearchEntry::of_file(&row)))?;
             self.files.remove(row.id.as_bytes())?;
         }
         self.files_pending.remove(capture_id.as_bytes())?;

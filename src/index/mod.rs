@@ -14,11 +14,19 @@
 //! - `files`, `files_pending`, `names`: MP4/FLV/AAC recordings over a capture, and the
 //!   object names taken in the store (see `files.rs`).
 //! - `catalog`: templates and rules made over the API (see `catalog.rs`).
+//! - `search`: what the recordings listing looks up by (see `search.rs`), written in the
+//!   transaction of the row it describes.
+//! - `attention`: recording id -> empty, for closed rows start-up recovery must still
+//!   visit (being deleted, or failed and not yet reconciled with their files); with
+//!   `open`, all it reads, so start-up does not grow with the number of recordings.
 //!
 //! Schema history: 1 = one HLS recording per publish; 2 = captures with a template
-//! snapshot, file rows and claimed names. Opening a version 1 index migrates it in place
-//! (its rows read as captures of the built-in `default` template; their store folders are
-//! claimed so new recordings never reuse them) and then writes version 2.
+//! snapshot, file rows and claimed names; 3 = the `search` and `attention` trees. Opening a version 1
+//! index migrates it in place (its rows read as captures of the built-in `default`
+//! template; their store folders are claimed so new recordings never reuse them); a
+//! version 1 or 2 index gets both built from its rows; then the current
+//! version is written. An older build refuses a newer index (it would not keep `search`
+//! in step).
 //!
 //! Every mutation is one sled transaction over the trees it touches, followed by a flush
 //! before it returns: callers act on a change only once it is durable (crash-safety
@@ -36,10 +44,13 @@ pub mod callback_body;
 mod catalog;
 mod files;
 mod rows;
+pub mod search;
+mod status;
 mod uploads;
 
 pub use files::{CaptureTotals, FileRow, FileState};
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
+pub use search::{SearchEntry, SearchPage, SearchQuery};
 pub use uploads::{
     CallbackRow, CallbackState, DonePart, Multipart, ObjectKind, PendingRow, UploadRow, UploadState,
 };
@@ -51,7 +62,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -148,6 +159,10 @@ pub struct Index {
     files_pending: sled::Tree,
     names: sled::Tree,
     catalog: sled::Tree,
+    search: sled::Tree,
+    attention: sled::Tree,
+    /// Set when status callbacks (`event_type` 332) are on: queued by `status.rs`.
+    status_events: std::sync::Arc<std::sync::OnceLock<crate::config::CallbackConfig>>,
 }
 
 fn encode<T: serde::Serialize>(row: &T) -> Vec<u8> {
@@ -173,6 +188,11 @@ fn segment_prefix(recording_id: &str) -> Vec<u8> {
     key.extend_from_slice(recording_id.as_bytes());
     key.push(b'/');
     key
+}
+
+/// Whether start-up recovery must visit a closed row (see the module doc).
+fn needs_attention(row: &RecordingRow) -> bool {
+    row.deleting || row.state == RecordingState::Failed
 }
 
 fn abort<E>(e: E) -> ConflictableTransactionError<E> {
@@ -241,6 +261,9 @@ impl Index {
             files_pending: db.open_tree("files_pending")?,
             names: db.open_tree("names")?,
             catalog: db.open_tree("catalog")?,
+            search: db.open_tree("search")?,
+            attention: db.open_tree("attention")?,
+            status_events: Default::default(),
             db,
             log: std::sync::Arc::new(log),
             log_path: log_path.into(),
@@ -254,11 +277,18 @@ impl Index {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
                     .unwrap_or(0);
-                if found == 1 {
-                    index.migrate_from_v1()?;
+                if found == 1 || found == 2 {
+                    if found == 1 {
+                        index.migrate_from_v1()?;
+                    }
+                    let entries = index.rebuild_search()?;
+                    index.rebuild_attention()?;
                     meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
                     index.flush()?;
-                    tracing::info!("index migrated from schema 1 to {SCHEMA_VERSION}");
+                    tracing::info!(
+                        entries,
+                        "index migrated from schema {found} to {SCHEMA_VERSION}"
+                    );
                 } else if found != SCHEMA_VERSION {
                     return Err(IndexError::Schema { found });
                 }
@@ -314,13 +344,15 @@ impl Index {
             &self.open,
             &self.upload_pending,
             &self.files_pending,
+            &self.search,
         )
-            .transaction(|(recordings, open, pending, files_pending)| {
+            .transaction(|(recordings, open, pending, files_pending, search)| {
                 if let Some(existing) = open.get(stream_key.as_bytes())? {
                     let existing = String::from_utf8_lossy(&existing).into_owned();
                     return Err(abort(IndexError::AlreadyOpen(stream_key.clone(), existing)));
                 }
                 recordings.insert(row.id.as_bytes(), encode(row))?;
+                search::sync(search, None, SearchEntry::of_capture(row).as_ref())?;
                 pending.insert(row.id.as_bytes(), encode(&PendingRow::default()))?;
                 if has_files {
                     files_pending.insert(row.id.as_bytes(), &[])?;
@@ -364,16 +396,34 @@ impl Index {
     where
         F: Fn(&mut RecordingRow) -> Update,
     {
-        let row = (&self.recordings, &self.open)
-            .transaction(|(recordings, open)| {
+        let status = self.status_events.get();
+        let row = (
+            &self.recordings,
+            &self.open,
+            &self.search,
+            &self.attention,
+            &self.outbox,
+        )
+            .transaction(|(recordings, open, search, attention, outbox)| {
                 let bytes = recordings
                     .get(id.as_bytes())?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(id.to_owned())))?;
                 let mut row: RecordingRow = decode(id.as_bytes(), &bytes).map_err(abort)?;
+                let old = row.clone();
+                let before = SearchEntry::of_capture(&row);
                 if let Update::Skip = f(&mut row) {
                     return Ok(row);
                 }
+                status::queue(outbox, status, &old, &mut row)?;
                 recordings.insert(id.as_bytes(), encode(&row))?;
+                search::sync(
+                    search,
+                    before.as_ref(),
+                    SearchEntry::of_capture(&row).as_ref(),
+                )?;
+                if needs_attention(&row) {
+                    attention.insert(id.as_bytes(), &[])?;
+                }
                 let key = row.stream_key();
                 if row.state.is_open() {
                     open.insert(key.as_bytes(), id.as_bytes())?;
@@ -398,26 +448,37 @@ impl Index {
             .into_iter()
             .filter(|f| f.state == FileState::Recording)
             .collect();
-        let row = (&self.recordings, &self.segments, &self.files)
-            .transaction(|(recordings, segment_tree, files)| {
+        let row = (&self.recordings, &self.segments, &self.files, &self.search)
+            .transaction(|(recordings, segment_tree, files, search)| {
                 let bytes = recordings
                     .get(id.as_bytes())?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(id.to_owned())))?;
                 let mut row: RecordingRow = decode(id.as_bytes(), &bytes).map_err(abort)?;
+                let before = SearchEntry::of_capture(&row);
                 row.start_ms += delta_ms;
                 row.end_ms += delta_ms;
                 row.resumable_until_ms = row.resumable_until_ms.map(|t| t + delta_ms);
                 recordings.insert(id.as_bytes(), encode(&row))?;
+                search::sync(
+                    search,
+                    before.as_ref(),
+                    SearchEntry::of_capture(&row).as_ref(),
+                )?;
                 for seg in &segments {
                     let mut seg = seg.clone();
                     seg.wall_start_ms += delta_ms;
                     segment_tree.insert(segment_key(id, seg.seq), encode(&seg))?;
                 }
-                for file in &open_files {
-                    let mut file = file.clone();
+                for old in &open_files {
+                    let mut file = old.clone();
                     file.start_ms += delta_ms;
                     file.end_ms += delta_ms;
                     files.insert(file.id.as_bytes(), encode(&file))?;
+                    search::sync(
+                        search,
+                        Some(&SearchEntry::of_file(old)),
+                        Some(&SearchEntry::of_file(&file)),
+                    )?;
                 }
                 Ok(row)
             })
@@ -434,16 +495,29 @@ impl Index {
         segment: &SegmentRow,
     ) -> Result<RecordingRow, IndexError> {
         let seg_key = segment_key(recording_id, segment.seq);
-        let row = (&self.recordings, &self.segments)
-            .transaction(|(recordings, segments)| {
+        let status = self.status_events.get();
+        let row = (&self.recordings, &self.segments, &self.search, &self.outbox)
+            .transaction(|(recordings, segments, search, outbox)| {
                 let bytes = recordings
                     .get(recording_id.as_bytes())?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(recording_id.to_owned())))?;
                 let mut row: RecordingRow =
                     decode(recording_id.as_bytes(), &bytes).map_err(abort)?;
+                let before = SearchEntry::of_capture(&row);
                 segments.insert(seg_key.as_slice(), encode(segment))?;
+                let was_empty = row.segments == 0;
                 row.add_segment(segment);
+                if was_empty {
+                    let mut old = row.clone();
+                    old.segments = 0;
+                    status::queue(outbox, status, &old, &mut row)?;
+                }
                 recordings.insert(recording_id.as_bytes(), encode(&row))?;
+                search::sync(
+                    search,
+                    before.as_ref(),
+                    SearchEntry::of_capture(&row).as_ref(),
+                )?;
                 Ok(row)
             })
             .map_err(flatten)?;
@@ -534,8 +608,10 @@ impl Index {
             if self.open.get(key.as_bytes())?.as_deref() == Some(id.as_bytes()) {
                 self.open.remove(key.as_bytes())?;
             }
+            self.remove_search_entry(SearchEntry::of_capture(&row))?;
         }
         self.recordings.remove(id.as_bytes())?;
+        self.attention.remove(id.as_bytes())?;
         self.flush()
     }
 
@@ -563,6 +639,51 @@ impl Index {
             }
         }
         Ok(stale)
+    }
+
+    /// Queues status callbacks (`event_type` 332) to `config`'s receiver from now on, for
+    /// every clone of this index. Call once, before recording starts.
+    pub fn send_status_events(&self, config: crate::config::CallbackConfig) {
+        let _ = self.status_events.set(config);
+    }
+
+    /// The recordings start-up recovery visits: the open ones and those needing
+    /// attention (see the module doc), each once.
+    pub fn recovery_ids(&self) -> Result<Vec<String>, IndexError> {
+        let mut ids: Vec<String> = self.open_entries()?.into_iter().map(|(_, id)| id).collect();
+        for key in self.attention.iter().keys() {
+            ids.push(String::from_utf8_lossy(&key?).into_owned());
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Recovery has reconciled a failed recording with its files.
+    pub fn settled(&self, id: &str) -> Result<(), IndexError> {
+        self.attention.remove(id.as_bytes())?;
+        self.flush()
+    }
+
+    /// Marks every row that needs attention (an index made before the tree existed).
+    fn rebuild_attention(&self) -> Result<(), IndexError> {
+        for row in self.recordings() {
+            let row = row?;
+            if needs_attention(&row) {
+                self.attention.insert(row.id.as_bytes(), &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops an entry from the `search` tree (its row is going).
+    fn remove_search_entry(&self, entry: Option<SearchEntry>) -> Result<(), IndexError> {
+        if entry.is_some() {
+            self.search
+                .transaction(|search| search::sync(search, entry.as_ref(), None))
+                .map_err(flatten)?;
+        }
+        Ok(())
     }
 
     pub fn remove_open_entry(&self, stream_key: &str) -> Result<(), IndexError> {

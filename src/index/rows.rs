@@ -114,6 +114,9 @@ pub struct RecordingRow {
     /// The last known segment parameters' fingerprint (0 = none yet).
     #[serde(default)]
     pub last_params: u64,
+    /// Status events (`event_type` 332) queued for this recording: the last one's `seq`.
+    #[serde(default)]
+    pub events: u32,
 }
 
 impl RecordingRow {
@@ -147,6 +150,7 @@ impl RecordingRow {
             stream_param: None,
             codec_changes: 0,
             last_params: 0,
+            events: 0,
         }
     }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
-use super::{abort, decode, encode, flatten, Index, IndexError, RecordingRow};
+use super::{abort, decode, encode, flatten, Index, IndexError, RecordingRow, SearchEntry};
 
 /// Per-recording progress of the planner.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -307,14 +307,21 @@ impl Index {
             &self.uploads,
             &self.upload_pending,
             &self.outbox,
+            &self.search,
         )
-            .transaction(|(recordings, uploads, pending, outbox)| {
+            .transaction(|(recordings, uploads, pending, outbox, search)| {
                 let bytes = recordings
                     .get(id)?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(recording_id.to_owned())))?;
                 let mut row: RecordingRow = decode(id, &bytes).map_err(abort)?;
+                let before = SearchEntry::of_capture(&row);
                 row.uploaded_ms = Some(uploaded_ms);
                 recordings.insert(id, encode(&row))?;
+                super::search::sync(
+                    search,
+                    before.as_ref(),
+                    SearchEntry::of_capture(&row).as_ref(),
+                )?;
                 for key in &keys {
                     uploads.remove(key.as_ref())?;
                 }
@@ -344,14 +351,17 @@ impl Index {
             &self.uploads,
             &self.upload_pending,
             &self.outbox,
+            &self.search,
         )
-            .transaction(|(files, uploads, pending, outbox)| {
+            .transaction(|(files, uploads, pending, outbox, search)| {
                 let bytes = files
                     .get(id)?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(file_id.to_owned())))?;
                 let mut row: super::FileRow = decode(id, &bytes).map_err(abort)?;
+                let before = SearchEntry::of_file(&row);
                 row.uploaded_ms = Some(uploaded_ms);
                 files.insert(id, encode(&row))?;
+                super::search::sync(search, Some(&before), Some(&SearchEntry::of_file(&row)))?;
                 uploads.remove(object.as_bytes())?;
                 pending.remove(id)?;
                 if let Some(cb) = callback {

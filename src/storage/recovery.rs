@@ -66,7 +66,9 @@ impl RecoveryReport {
     }
 }
 
-/// Runs recovery over the open recordings (and interrupted deletes). `now_ms` is wall time.
+/// Runs recovery over the open recordings, interrupted deletes and failed recordings not
+/// yet reconciled (the index keeps their ids: start-up reads these rows only, however
+/// many recordings the box holds). `now_ms` is wall time.
 pub fn recover(
     index: &Index,
     storage: &Storage,
@@ -74,7 +76,10 @@ pub fn recover(
     now_ms: i64,
 ) -> Result<RecoveryReport, RecoveryError> {
     let mut report = RecoveryReport::default();
-    let rows: Vec<RecordingRow> = index.recordings().collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for id in index.recovery_ids()? {
+        rows.extend(index.get_recording(&id)?);
+    }
     for row in rows {
         if row.deleting {
             finish_delete(index, storage, &row)?;
@@ -89,6 +94,7 @@ pub fn recover(
             // A recording that failed on a write error may have left a `.part` behind.
             report.recordings_checked += 1;
             reconcile_files(index, storage, &row, &mut report)?;
+            index.settled(&row.id)?;
             continue;
         }
         if !row.state.is_open() {

@@ -281,11 +281,15 @@ impl Daemon {
         serde_json::from_slice(&r.body).expect("json")
     }
 
+    /// Every recording (up to 1000), oldest first: the order they were recorded in, which
+    /// is what most tests index by (the API itself lists newest first).
     pub fn recordings(&self) -> Vec<Value> {
-        self.json("/api/v1/recordings")
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        oldest_first(
+            self.json("/api/v1/recordings?limit=1000")
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        )
     }
 
     /// Waits until exactly `n` recordings exist and all are in `state`.
@@ -404,6 +408,15 @@ pub fn media_dir() -> &'static Path {
 }
 
 /// A recording's or segment's `start_time` (RFC 3339) as unix milliseconds.
+/// Recordings sorted by start time, then id (a capture's HLS recording before its files).
+pub fn oldest_first(mut recs: Vec<Value>) -> Vec<Value> {
+    recs.sort_by(|a, b| {
+        (a["start_time"].as_str(), a["id"].as_str())
+            .cmp(&(b["start_time"].as_str(), b["id"].as_str()))
+    });
+    recs
+}
+
 pub fn unix_ms(rfc3339: &Value) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
         .unwrap()
