@@ -210,18 +210,8 @@ fn generate(dir: &Path, n: usize) -> i64 {
         index.create_recording(&row).expect("create");
         for seq in 1..=1u32 {
             let seg = SegmentRow {
-                seq,
-                file: SegmentRow::file_name(seq),
-                duration_ticks: 4 * 90_000,
-                bytes: 1_000_000,
                 media_start: (seq as i64 - 1) * 4 * 90_000,
-                wall_start_ms: at + (seq as i64 - 1) * 4000,
-                keyframe: true,
-                discontinuity: false,
-                gap: false,
-                recovered: false,
-                codec_change: false,
-                params: 0,
+                ..SegmentRow::plain(seq, 4 * 90_000, 1_000_000, at + (seq as i64 - 1) * 4000)
             };
             index.commit_segment(&id, &seg).expect("commit");
         }

@@ -24,20 +24,7 @@ fn generate(data_dir: &std::path::Path) {
         let id = format!("gen{i:04}");
         let row = RecordingRow::new(id.clone(), "venue".into(), format!("cam{}", i % 10), at);
         index.create_recording(&row).expect("create");
-        let seg = SegmentRow {
-            seq: 1,
-            file: SegmentRow::file_name(1),
-            duration_ticks: 30 * 90_000,
-            bytes: 1000,
-            media_start: 0,
-            wall_start_ms: at,
-            keyframe: true,
-            discontinuity: false,
-            gap: false,
-            recovered: false,
-            codec_change: false,
-            params: 0,
-        };
+        let seg = SegmentRow::plain(1, 30 * 90_000, 1000, at);
         index.commit_segment(&id, &seg).expect("segment");
         index
             .update_recording(&id, |r| {

@@ -258,6 +258,25 @@ impl SegmentRow {
 }
 
 impl SegmentRow {
+    /// A segment that starts with a keyframe at media time 0 and carries no flags: what
+    /// tests and benches commit to build an index.
+    pub fn plain(seq: u32, duration_ticks: Ticks, bytes: u64, wall_start_ms: i64) -> SegmentRow {
+        SegmentRow {
+            seq,
+            file: SegmentRow::file_name(seq),
+            duration_ticks,
+            bytes,
+            media_start: 0,
+            wall_start_ms,
+            keyframe: true,
+            discontinuity: false,
+            gap: false,
+            recovered: false,
+            codec_change: false,
+            params: 0,
+        }
+    }
+
     pub fn file_name(seq: u32) -> String {
         format!("{seq:08}.ts")
     }

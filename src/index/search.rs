@@ -442,28 +442,13 @@ mod tests {
 
     const H: i64 = 3_600_000;
 
-    fn seg(seq: u32, at: i64) -> SegmentRow {
-        SegmentRow {
-            seq,
-            file: SegmentRow::file_name(seq),
-            duration_ticks: 4 * 90_000,
-            bytes: 100,
-            media_start: 0,
-            wall_start_ms: at,
-            keyframe: true,
-            discontinuity: false,
-            gap: false,
-            recovered: false,
-            codec_change: false,
-            params: 0,
-        }
-    }
-
     /// A finished recording of `stream` spanning `[at, at + len]`.
     fn finished(index: &Index, id: &str, app: &str, stream: &str, at: i64, len: i64) {
         let row = RecordingRow::new(id.into(), app.into(), stream.into(), at);
         index.create_recording(&row).unwrap();
-        index.commit_segment(id, &seg(1, at)).unwrap();
+        index
+            .commit_segment(id, &SegmentRow::plain(1, 4 * 90_000, 100, at))
+            .unwrap();
         index
             .update_recording(id, |r| {
                 r.end_ms = at + len;
