@@ -33,7 +33,7 @@ fn playlist_response(text: String) -> Response {
 fn recording(s: &ApiState, id: &str) -> Result<RecordingRow, ApiError> {
     s.index
         .get_recording(id)?
-        .filter(|r| !r.deleting)
+        .filter(|r| !r.deleting && !r.hls_deleted)
         .ok_or_else(|| ApiError::not_found(format!("recording {id}")))
 }
 

@@ -8,6 +8,7 @@
 
 mod access;
 mod catalog;
+mod deletes;
 mod extract;
 mod files;
 mod gzipped;
@@ -67,7 +68,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/recordings", get(recordings::list))
-        .route("/api/v1/recordings/{id}", get(recordings::get_one))
+        .route(
+            "/api/v1/recordings/{id}",
+            get(recordings::get_one).delete(deletes::delete_recording),
+        )
+        .route("/api/v1/deletes", get(deletes::list))
         .route("/api/v1/recordings/{id}/file", get(files::download))
         .route(
             "/api/v1/templates",

@@ -38,7 +38,7 @@ mod generated {
     use utoipa::openapi::{Object, Ref, RefOr, ResponseBuilder, Type};
     use utoipa::{Modify, OpenApi};
 
-    use crate::api::{catalog, files, hls, metrics, page, recordings, sources, uploads};
+    use crate::api::{catalog, deletes, files, hls, metrics, page, recordings, sources, uploads};
 
     #[derive(OpenApi)]
     #[openapi(
@@ -59,6 +59,8 @@ mod generated {
             crate::api::streams,
             recordings::list,
             recordings::get_one,
+            deletes::delete_recording,
+            deletes::list,
             files::download,
             catalog::list_templates,
             catalog::create_template,

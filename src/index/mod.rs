@@ -16,6 +16,8 @@
 //! - `catalog`: templates and rules made over the API (see `catalog.rs`).
 //! - `search`: what the recordings listing looks up by (see `search.rs`), written in the
 //!   transaction of the row it describes.
+//! - `store_deletes`: objects to remove from the store for deleted recordings (see
+//!   `deletes.rs`).
 //! - `attention`: recording id -> empty, for closed rows start-up recovery must still
 //!   visit (being deleted, or failed and not yet reconciled with their files); with
 //!   `open`, all it reads, so start-up does not grow with the number of recordings.
@@ -42,12 +44,14 @@
 
 pub mod callback_body;
 mod catalog;
+mod deletes;
 mod files;
 mod rows;
 pub mod search;
 mod status;
 mod uploads;
 
+pub use deletes::{DeleteError, Deleted, StoreDeleteRow};
 pub use files::{CaptureTotals, FileRow, FileState};
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
 pub use search::{SearchEntry, SearchPage, SearchQuery};
@@ -161,6 +165,7 @@ pub struct Index {
     catalog: sled::Tree,
     search: sled::Tree,
     attention: sled::Tree,
+    store_deletes: sled::Tree,
     /// Set when status callbacks (`event_type` 332) are on: queued by `status.rs`.
     status_events: std::sync::Arc<std::sync::OnceLock<crate::config::CallbackConfig>>,
 }
@@ -263,6 +268,7 @@ impl Index {
             catalog: db.open_tree("catalog")?,
             search: db.open_tree("search")?,
             attention: db.open_tree("attention")?,
+            store_deletes: db.open_tree("store_deletes")?,
             status_events: Default::default(),
             db,
             log: std::sync::Arc::new(log),

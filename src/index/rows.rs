@@ -117,6 +117,10 @@ pub struct RecordingRow {
     /// Status events (`event_type` 332) queued for this recording: the last one's `seq`.
     #[serde(default)]
     pub events: u32,
+    /// Its HLS recording was deleted while files over the capture remain: the segments
+    /// stay for them, nothing of the HLS recording is listed, played or uploaded.
+    #[serde(default)]
+    pub hls_deleted: bool,
 }
 
 impl RecordingRow {
@@ -151,6 +155,7 @@ impl RecordingRow {
             codec_changes: 0,
             last_params: 0,
             events: 0,
+            hls_deleted: false,
         }
     }
 
@@ -163,9 +168,10 @@ impl RecordingRow {
             })
     }
 
-    /// Whether the capture is also delivered as an HLS recording (listed and uploaded).
+    /// Whether the capture is also delivered as an HLS recording (listed and uploaded):
+    /// its template makes one and it was not deleted on its own.
     pub fn has_hls(&self) -> bool {
-        self.template.as_ref().is_none_or(|t| t.hls_enabled())
+        !self.hls_deleted && self.template.as_ref().is_none_or(|t| t.hls_enabled())
     }
 
     /// Whether MP4/FLV/AAC files are made of this capture.

@@ -105,6 +105,10 @@ impl LiveStats {
         *lock(&self.dropped) = Some(reason.to_owned());
     }
 
+    pub(super) fn is_dropped(&self) -> bool {
+        lock(&self.dropped).is_some()
+    }
+
     /// Why the recorder stopped taking this publisher's frames, for the ingest's log line
     /// and the reply it gives: a failed recording, or a limit the publisher crossed.
     pub fn stop_reason(&self) -> String {

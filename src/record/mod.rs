@@ -617,6 +617,18 @@ impl Recorders {
         v
     }
 
+    /// Ends the live recording `recording_id` (its writer seals what it has and stops, and
+    /// the publisher is told and disconnected as when it crosses a limit). False when no
+    /// live publish records it.
+    pub fn stop_recording(&self, recording_id: &str, reason: &str) -> bool {
+        let live = lock(&self.inner.live);
+        let Some(slot) = live.values().find(|s| s.stats.recording_id == recording_id) else {
+            return false;
+        };
+        slot.stats.set_dropped(reason);
+        true
+    }
+
     /// Streams whose writer thread has not come round its loop for `stuck_after`: it is
     /// blocked in IO (a dying card). The health loop stops the watchdog pings for these.
     pub fn wedged(&self, stuck_after: Duration) -> Vec<String> {

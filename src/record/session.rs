@@ -216,6 +216,10 @@ impl RecordingSession {
                 self.end_with(e);
                 return;
             }
+            if self.stats.is_dropped() {
+                // Stopped from outside (the API ending it to delete it): as if it left.
+                break;
+            }
         }
         if let Err(e) = self.finish() {
             self.fail(e);

@@ -10,6 +10,7 @@
 //! taken as the credentials' fault until another object goes through while this one is
 //! still refused (`refusals`): then it is this object's.
 
+mod deleter;
 mod planner;
 mod refusals;
 mod resume;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     wake: Notify,
     /// Wakes the callback sender.
     pub(crate) callbacks_due: Arc<Notify>,
+    /// Wakes the store deleter.
+    deletes_due: Notify,
 }
 
 /// The upload queue at a glance (see [`Uploader::backlog_summary`]).
@@ -126,6 +129,7 @@ impl Uploader {
                 in_flight: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 callbacks_due,
+                deletes_due: Notify::new(),
             }),
         })
     }
@@ -135,11 +139,17 @@ impl Uploader {
     pub async fn run(self, cancel: CancellationToken) {
         let tasks = TaskTracker::new();
         tasks.spawn(plan_loop(self.shared.clone(), cancel.clone()));
+        tasks.spawn(deleter::run(self.shared.clone(), cancel.clone()));
         for n in 0..self.shared.config.concurrency {
             tasks.spawn(worker_loop(self.shared.clone(), n, cancel.clone()));
         }
         tasks.close();
         tasks.wait().await;
+    }
+
+    /// A recording was deleted: remove its objects from the store now.
+    pub fn wake_deleter(&self) {
+        self.shared.deletes_due.notify_one();
     }
 
     /// The public URL of an object key (callbacks and the API).

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rusty_s3::actions::{
-    CompleteMultipartUpload, CreateMultipartUpload, ListParts, PutObject, S3Action, UploadPart,
+    AbortMultipartUpload, CompleteMultipartUpload, CreateMultipartUpload, DeleteObject, ListParts,
+    PutObject, S3Action, UploadPart,
 };
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
@@ -283,6 +284,38 @@ impl S3Store {
             return Err(classify_error(200, &error.0, &error.1));
         }
         Ok(())
+    }
+
+    /// Deletes an object; one that is not there counts as deleted (S3 answers 204 either
+    /// way; a 404 from another store is taken the same).
+    pub async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        let action = DeleteObject::new(&self.bucket, Some(&self.credentials), key);
+        self.send_delete(action.sign(SIGN_FOR)).await
+    }
+
+    /// Aborts a multipart upload (its parts are freed); one already gone counts as done.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let action =
+            AbortMultipartUpload::new(&self.bucket, Some(&self.credentials), key, upload_id);
+        self.send_delete(action.sign(SIGN_FOR)).await
+    }
+
+    /// A DELETE for which "not found" is success.
+    async fn send_delete(&self, url: url::Url) -> Result<(), StoreError> {
+        let response = self
+            .http
+            .delete(url)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let (code, message) = error_in_body(&text).unwrap_or_default();
+        Err(classify_error(status.as_u16(), &code, &message))
     }
 
     /// Sends a request; a non-2xx answer becomes a classified [`StoreError`].

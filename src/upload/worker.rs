@@ -155,6 +155,25 @@ async fn persist(shared: &Shared, row: &UploadRow) -> Result<(), Failure> {
     if stored {
         Ok(())
     } else {
+        // Deleted while this object was being sent: what reached the store (the object,
+        // or the parts of its multipart upload) is queued for removal, so none is left.
+        let aborts: Vec<(String, String)> = row
+            .multipart
+            .iter()
+            .map(|m| (row.key.clone(), m.upload_id.clone()))
+            .collect();
+        let (index, id, key) = (
+            shared.index.clone(),
+            row.recording_id.clone(),
+            row.key.clone(),
+        );
+        let queued =
+            tokio::task::spawn_blocking(move || index.queue_store_delete(&id, &[key], &aborts))
+                .await;
+        if let Ok(Err(e)) = queued {
+            tracing::error!(error = %e, "cannot queue the removal of a deleted recording's object");
+        }
+        shared.deletes_due.notify_one();
         Err(Failure::Local("the recording was deleted".into()))
     }
 }

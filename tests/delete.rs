@@ -1,0 +1,265 @@
+//! `DELETE /api/v1/recordings/{id}` (issue 19) with real peers: ffmpeg publishes, the
+//! daemon uploads to a real s3s-fs store, and deletes remove the recording here and there:
+//! one of two recordings over a capture (the other still decodes), the last one (the
+//! segments go), a live one (409, then `?stop=true`), with the store down and the daemon
+//! SIGKILLed before it is back (the restart finishes), and one whose upload is in flight
+//! (no object or multipart upload is left behind).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::http;
+use support::media::{self, Clip};
+use support::s3::{S3sFs, Store};
+use support::{wait_for, Daemon};
+
+fn sections(store: &dyn Store, upload: &str, formats: &str) -> String {
+    let s3 = store.toml_section("venue");
+    let mut t = String::from(
+        "[[template]]\nname = \"vod\"\nhls = { enabled = true, flow_continue_duration_s = 1 }\n",
+    );
+    for f in formats.split(',').filter(|f| !f.is_empty()) {
+        t.push_str(&format!("{f} = {{ file_name = \"{{StreamID}}-{f}\" }}\n"));
+    }
+    format!("[upload]\nenabled = true\n{upload}\n{s3}\n{t}[[rule]]\napp = \"live\"\ntemplate = \"vod\"\n")
+}
+
+fn delete(d: &Daemon, path: &str) -> http::Response {
+    http::request("DELETE", &d.http, path, &[], b"").expect("DELETE")
+}
+
+fn json(r: &http::Response) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+}
+
+fn wait_all_uploaded(d: &Daemon, n: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{n} recordings uploaded"),
+        Duration::from_secs(120),
+        || {
+            let recs = d.recordings();
+            (recs.len() == n && recs.iter().all(|r| r["upload_state"] == "uploaded"))
+                .then_some(recs)
+        },
+    )
+}
+
+/// Files under the s3s-fs root that are not objects: multipart uploads in progress.
+fn multipart_leftovers(store: &S3sFs) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else if name.contains("upload") {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&store.root(), &mut out);
+    out
+}
+
+fn wait_store_empty(d: &Daemon, store: &S3sFs, limit: Duration) {
+    wait_for("the store emptied", limit, || {
+        (store.objects().is_empty() && d.json("/api/v1/deletes").as_array()?.is_empty())
+            .then_some(())
+    });
+}
+
+#[test]
+fn deleting_one_of_two_recordings_keeps_the_other_then_the_last_frees_everything() {
+    let store = S3sFs::start();
+    let d = Daemon::start_with_sections(&sections(&store, "", "mp4"));
+    media::publish_and_wait(
+        &d.rtmp_url("live", "gala"),
+        &media::clip(Clip::AudioVideo, 6),
+        false,
+    );
+    let recs = wait_all_uploaded(&d, 2);
+    let hls = recs.iter().find(|r| r["format"] == "hls").unwrap().clone();
+    let mp4 = recs.iter().find(|r| r["format"] == "mp4").unwrap().clone();
+    let (hls_id, mp4_id) = (hls["id"].as_str().unwrap(), mp4["id"].as_str().unwrap());
+    let mp4_key = {
+        let url = mp4["store_url"].as_str().unwrap();
+        url[url.find("/venue/").unwrap() + 1..].to_owned()
+    };
+    let before = store.objects();
+    assert!(
+        before.len() > 2,
+        "segments, playlist and the MP4 are in the store: {before:?}"
+    );
+    let capture_dir = d.recording_dir(&hls);
+    assert!(capture_dir.is_dir());
+
+    // The HLS recording: its objects go, the capture's segments stay for the MP4.
+    let r = delete(&d, &format!("/api/v1/recordings/{hls_id}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["local_files_removed"], false);
+    assert!(json(&r)["store_objects_pending"].as_u64().unwrap() >= 2);
+    wait_for(
+        "only the MP4 left in the store",
+        Duration::from_secs(30),
+        || {
+            let left = store.objects();
+            (left.len() == 1 && left[0].0 == mp4_key).then_some(())
+        },
+    );
+    assert_eq!(d.get(&format!("/api/v1/recordings/{hls_id}")).status, 404);
+    assert_eq!(
+        d.get(&format!("/hls/recordings/{hls_id}/index.m3u8"))
+            .status,
+        404
+    );
+    assert_eq!(
+        delete(&d, &format!("/api/v1/recordings/{hls_id}")).status,
+        404,
+        "twice"
+    );
+    let listed = d.recordings();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], mp4_id);
+    assert!(capture_dir.is_dir(), "segments kept for the MP4");
+    // The MP4 still plays: from this box and from the store.
+    let local = d.http_url(mp4["download"].as_str().unwrap());
+    assert!(media::decode_errors(&local).trim().is_empty());
+    let probe = media::probe(&local);
+    assert!((probe.duration_s - 6.0).abs() < 0.6, "{probe:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("copy.mp4");
+    std::fs::write(&copy, store.object(&mp4_key).unwrap()).unwrap();
+    assert!(media::decode_errors(copy.to_str().unwrap())
+        .trim()
+        .is_empty());
+
+    // The last recording: the segments go from flash, its object from the store, and
+    // nothing of the capture is left in the index.
+    let r = delete(&d, &format!("/api/v1/recordings/{mp4_id}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["local_files_removed"], true);
+    assert!(!capture_dir.exists());
+    wait_store_empty(&d, &store, Duration::from_secs(30));
+    assert!(d.recordings().is_empty());
+    assert_eq!(d.get(&format!("/api/v1/recordings/{mp4_id}")).status, 404);
+    assert_eq!(
+        delete(&d, &format!("/api/v1/recordings/{mp4_id}")).status,
+        404
+    );
+    assert_eq!(delete(&d, "/api/v1/recordings/no-such-thing").status, 404);
+}
+
+#[test]
+fn a_live_recording_is_refused_unless_stopped_first() {
+    let store = S3sFs::start();
+    let d = Daemon::start_with_sections(&sections(&store, "", ""));
+    let mut ffmpeg = media::publish(
+        &d.rtmp_url("live", "stage"),
+        &media::clip(Clip::AudioVideo, 60),
+        true,
+    );
+    let rec = wait_for("a segment recorded", Duration::from_secs(30), || {
+        d.recordings()
+            .into_iter()
+            .find(|r| r["segments"].as_u64() >= Some(1))
+    });
+    let id = rec["id"].as_str().unwrap();
+    let r = delete(&d, &format!("/api/v1/recordings/{id}"));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("stop=true"), "{}", r.text());
+    let r = delete(&d, &format!("/api/v1/recordings/{id}?stop=true"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["local_files_removed"], true);
+    // The publisher was disconnected, and nothing is left here or in the store.
+    let status = wait_for("ffmpeg to be disconnected", Duration::from_secs(20), || {
+        ffmpeg.try_wait().unwrap()
+    });
+    let _ = status;
+    assert!(!d.recording_dir(&rec).exists());
+    assert!(d.recordings().is_empty(), "{:?}", d.recordings());
+    wait_store_empty(&d, &store, Duration::from_secs(30));
+}
+
+#[test]
+fn a_delete_made_while_the_store_is_down_finishes_after_a_sigkill_and_restart() {
+    let mut store = S3sFs::start();
+    let mut d = Daemon::start_with_sections(&sections(&store, "", ""));
+    media::publish_and_wait(
+        &d.rtmp_url("live", "late"),
+        &media::clip(Clip::AudioVideo, 4),
+        false,
+    );
+    let rec = wait_all_uploaded(&d, 1).remove(0);
+    assert!(!store.objects().is_empty());
+    store.kill();
+    let r = delete(
+        &d,
+        &format!("/api/v1/recordings/{}", rec["id"].as_str().unwrap()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Gone here at once; the store side waits, and says why.
+    assert!(d.recordings().is_empty());
+    let pending = wait_for(
+        "a failed store delete attempt",
+        Duration::from_secs(30),
+        || {
+            let deletes = d.json("/api/v1/deletes");
+            let row = deletes.as_array()?.first()?.clone();
+            (row["attempts"].as_u64()? >= 1).then_some(row)
+        },
+    );
+    assert_eq!(pending["id"], rec["id"]);
+    assert!(pending["objects_left"].as_u64().unwrap() >= 2, "{pending}");
+    assert!(
+        pending["last_error"].as_str().unwrap().contains("store"),
+        "{pending}"
+    );
+    d.kill9();
+    store.restart();
+    d.spawn();
+    wait_store_empty(&d, &store, Duration::from_secs(60));
+    assert!(d.recordings().is_empty());
+}
+
+#[test]
+fn deleting_while_an_upload_is_in_flight_leaves_no_orphan() {
+    let store = S3sFs::start();
+    let d = Daemon::start_with_sections(&sections(
+        &store,
+        "part_size_mb = 5\nconcurrency = 1\nbandwidth_limit_kbps = 8000",
+        "",
+    ));
+    media::publish_and_wait(&d.rtmp_url("live", "big"), &media::noise_clip(6), true);
+    let object = d.wait_mid_multipart(1);
+    let rec = wait_for("the recording closed", Duration::from_secs(30), || {
+        d.recordings()
+            .into_iter()
+            .find(|r| r["state"] == "finished")
+    });
+    assert!(object["id"]
+        .as_str()
+        .unwrap()
+        .starts_with(rec["id"].as_str().unwrap()));
+    let r = delete(
+        &d,
+        &format!("/api/v1/recordings/{}", rec["id"].as_str().unwrap()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_store_empty(&d, &store, Duration::from_secs(60));
+    // The upload stopped: nothing more arrives, and no multipart upload is left open.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(store.objects().is_empty(), "{:?}", store.objects());
+    assert!(
+        multipart_leftovers(&store).is_empty(),
+        "{:?}",
+        multipart_leftovers(&store)
+    );
+    let uploads = d.json("/api/v1/uploads");
+    assert!(
+        uploads["objects"].as_array().unwrap().is_empty(),
+        "{uploads}"
+    );
+}
