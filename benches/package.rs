@@ -356,6 +356,7 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
                 note: None,
                 uploaded_ms: None,
                 before: None,
+                store_expiry: None,
             })
             .expect("put file");
     }

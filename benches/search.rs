@@ -246,6 +246,7 @@ fn generate(dir: &Path, n: usize) -> i64 {
                 note: None,
                 uploaded_ms: None,
                 before: None,
+                store_expiry: None,
             };
             index.put_file(&file).expect("file");
         }

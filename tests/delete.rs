@@ -3,7 +3,9 @@
 //! one of two recordings over a capture (the other still decodes), the last one (the
 //! segments go), a live one (409, then `?stop=true`), with the store down and the daemon
 //! SIGKILLed before it is back (the restart finishes), and one whose upload is in flight
-//! (no object or multipart upload is left behind).
+//! (no object or multipart upload is left behind). And store retention: a format's
+//! `storage_time_s` removes the store's copy when it runs out, through a restart, and
+//! keeps the box's.
 
 mod support;
 
@@ -262,4 +264,84 @@ fn deleting_while_an_upload_is_in_flight_leaves_no_orphan() {
         uploads["objects"].as_array().unwrap().is_empty(),
         "{uploads}"
     );
+}
+
+#[test]
+fn storage_time_removes_the_stores_copy_and_keeps_the_boxs() {
+    // The HLS recording is kept 5 s in the store, the MP4 forever (storage_time_s = 0).
+    let store = S3sFs::start();
+    let s3 = store.toml_section("venue");
+    let mut d = Daemon::start_with_sections(&format!(
+        "[upload]\nenabled = true\n{s3}\n[[template]]\nname = \"vod\"\n\
+         hls = {{ enabled = true, flow_continue_duration_s = 1, storage_time_s = 5 }}\n\
+         mp4 = {{ file_name = \"{{StreamID}}-mp4\", storage_time_s = 0 }}\n\
+         [[rule]]\napp = \"live\"\ntemplate = \"vod\"\n"
+    ));
+    media::publish_and_wait(
+        &d.rtmp_url("live", "brief"),
+        &media::clip(Clip::AudioVideo, 4),
+        false,
+    );
+    let recs = wait_all_uploaded(&d, 2);
+    let hls = recs.iter().find(|r| r["format"] == "hls").unwrap().clone();
+    let mp4 = recs.iter().find(|r| r["format"] == "mp4").unwrap().clone();
+    let hls_id = hls["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        support::unix_ms(&hls["store_expires_at"]) - support::unix_ms(&hls["uploaded_at"]),
+        5_000,
+        "{hls}"
+    );
+    assert!(mp4["store_expires_at"].is_null(), "kept forever: {mp4}");
+    let mp4_key = {
+        let url = mp4["store_url"].as_str().unwrap();
+        url[url.find("/venue/").unwrap() + 1..].to_owned()
+    };
+    let hls_objects: Vec<String> = store
+        .objects()
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| *key != mp4_key)
+        .collect();
+    assert!(
+        hls_objects.iter().any(|k| k.ends_with("index.m3u8"))
+            && hls_objects.iter().any(|k| k.ends_with(".ts")),
+        "{hls_objects:?}"
+    );
+
+    // The expiry is in the index: a SIGKILL and restart keeps it.
+    d.kill9();
+    d.spawn();
+    let expired = wait_for(
+        "the HLS recording's storage time over",
+        Duration::from_secs(60),
+        || {
+            let rec = d.recording(&hls_id);
+            (!rec["store_expired_at"].is_null()).then_some(rec)
+        },
+    );
+    assert!(
+        support::unix_ms(&expired["store_expired_at"])
+            >= support::unix_ms(&expired["store_expires_at"]),
+        "{expired}"
+    );
+    assert!(expired["store_url"].is_null(), "{expired}");
+    assert_eq!(expired["upload_state"], "uploaded");
+    wait_for(
+        "only the MP4 left in the store",
+        Duration::from_secs(30),
+        || {
+            let left = store.objects();
+            (left.len() == 1
+                && left[0].0 == mp4_key
+                && d.json("/api/v1/deletes").as_array()?.is_empty())
+            .then_some(())
+        },
+    );
+    // The box's copy is untouched: the recording is listed and plays from here.
+    let playlist = d.http_url(&format!("/hls/recordings/{hls_id}/index.m3u8"));
+    assert!(media::decode_errors(&playlist).trim().is_empty());
+    let probe = media::probe(&playlist);
+    assert!((probe.duration_s - 4.0).abs() < 0.6, "{probe:?}");
+    assert_eq!(d.recordings().len(), 2);
+    assert!(store.object(&mp4_key).is_some());
 }

@@ -87,9 +87,17 @@ pub struct RecordingView {
     /// `local_only` (uploads off), `waiting` (open), `queued`, `uploading`, `failed`,
     /// `uploaded`.
     pub upload_state: &'static str,
-    /// The playlist's URL in the store, once its location is fixed.
+    /// The playlist's (or file's) URL in the store, once its location is fixed; None once
+    /// its storage time has run out.
     pub store_url: Option<String>,
     pub uploaded_at: Option<String>,
+    /// When the store's copy goes (uploaded time + the template's `storage_time_s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_expires_at: Option<String>,
+    /// When the store's copy was queued for removal, its storage time over (the removal
+    /// itself is listed in `/api/v1/deletes` until done); the box's files stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_expired_at: Option<String>,
     /// `pending`, `delivered` or `failed` once the completion callback is queued.
     pub callback_state: Option<&'static str>,
     /// False once the local files were evicted after upload.
@@ -146,6 +154,8 @@ impl RecordingView {
             upload_state: "local_only",
             store_url: None,
             uploaded_at: row.uploaded_ms.map(rfc3339),
+            store_expires_at: row.store_expiry.map(|e| rfc3339(e.expires_ms)),
+            store_expired_at: row.store_expiry.and_then(|e| e.expired_ms).map(rfc3339),
             callback_state: None,
             local_files: row.evicted_ms.is_none(),
             segment_list: None,
@@ -186,6 +196,8 @@ impl RecordingView {
                 "local_only"
             },
             uploaded_at: row.uploaded_ms.map(rfc3339),
+            store_expires_at: row.store_expiry.map(|e| rfc3339(e.expires_ms)),
+            store_expired_at: row.store_expiry.and_then(|e| e.expired_ms).map(rfc3339),
             ..base
         }
     }
@@ -208,6 +220,7 @@ fn with_upload(
         view.store_url = row
             .store_path
             .as_ref()
+            .filter(|_| view.store_expired_at.is_none())
             .map(|p| uploader.public_url(&format!("{p}/index.m3u8")));
     } else if row.uploaded_ms.is_some() {
         view.upload_state = "uploaded";
@@ -229,7 +242,11 @@ fn with_file_upload(
             FileState::Recording => "waiting",
             FileState::Finished => uploader.recording_state(&row.id)?,
         };
-        view.store_url = row.store_key.as_ref().map(|k| uploader.public_url(k));
+        view.store_url = row
+            .store_key
+            .as_ref()
+            .filter(|_| view.store_expired_at.is_none())
+            .map(|k| uploader.public_url(k));
     }
     view.callback_state = s.index.get_callback(&row.id)?.map(|c| c.state.as_str());
     Ok(view)

@@ -15,11 +15,12 @@
 //! Trees: `store_deletes`: recording id -> JSON [`StoreDeleteRow`].
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use super::{
-    abort, decode, encode, flatten, needs_attention, search, FileRow, FileState, Index, IndexError,
-    RecordingRow, SearchEntry, UploadRow,
+    abort, decode, encode, expiry, flatten, needs_attention, search, FileRow, FileState, Index,
+    IndexError, RecordingRow, SearchEntry, UploadRow,
 };
 
 /// Store objects still to remove for a deleted recording.
@@ -145,9 +146,10 @@ impl Index {
             &self.search,
             &self.store_deletes,
             &self.attention,
+            &self.store_expiry,
         )
             .transaction(
-                |(recordings, files, uploads, pending, search_tree, deletes, attention)| {
+                |(recordings, files, uploads, pending, search_tree, deletes, attention, expiry)| {
                     let bytes = recordings
                         .get(capture_id.as_bytes())?
                         .ok_or_else(|| abort(IndexError::NoSuchRecording(capture_id.clone())))?;
@@ -158,8 +160,12 @@ impl Index {
                         Some(f) => {
                             files.remove(f.id.as_bytes())?;
                             search::sync(search_tree, Some(&SearchEntry::of_file(f)), None)?;
+                            expiry::cancel(expiry, id, f.store_expiry)?;
                         }
-                        None => row.hls_deleted = true,
+                        None => {
+                            row.hls_deleted = true;
+                            expiry::cancel(expiry, id, row.store_expiry)?;
+                        }
                     }
                     for object in &object_ids {
                         uploads.remove(object.as_bytes())?;
@@ -203,35 +209,7 @@ impl Index {
     ) -> Result<(), IndexError> {
         let now = crate::clock::now_ms();
         self.store_deletes
-            .transaction(|deletes| {
-                let mut row = match deletes.get(id.as_bytes())? {
-                    Some(bytes) => {
-                        decode::<StoreDeleteRow>(id.as_bytes(), &bytes).map_err(abort)?
-                    }
-                    None => StoreDeleteRow {
-                        id: id.to_owned(),
-                        keys: Vec::new(),
-                        aborts: Vec::new(),
-                        attempts: 0,
-                        last_error: None,
-                        next_attempt_ms: now,
-                        created_ms: now,
-                    },
-                };
-                for key in keys {
-                    if !row.keys.contains(key) {
-                        row.keys.push(key.clone());
-                    }
-                }
-                for a in aborts {
-                    if !row.aborts.contains(a) {
-                        row.aborts.push(a.clone());
-                    }
-                }
-                row.next_attempt_ms = now;
-                deletes.insert(id.as_bytes(), encode(&row))?;
-                Ok(())
-            })
+            .transaction(|deletes| merge_store_delete(deletes, id, keys, aborts, now))
             .map_err(flatten)?;
         self.flush()
     }
@@ -286,4 +264,40 @@ impl Index {
             .map_err(flatten)?;
         self.flush()
     }
+}
+
+/// Adds `keys` and `aborts` to `id`'s queued store delete (made if there is none), due
+/// now; inside the caller's transaction.
+pub(super) fn merge_store_delete(
+    deletes: &TransactionalTree,
+    id: &str,
+    keys: &[String],
+    aborts: &[(String, String)],
+    now: i64,
+) -> Result<(), ConflictableTransactionError<IndexError>> {
+    let mut row = match deletes.get(id.as_bytes())? {
+        Some(bytes) => decode::<StoreDeleteRow>(id.as_bytes(), &bytes).map_err(abort)?,
+        None => StoreDeleteRow {
+            id: id.to_owned(),
+            keys: Vec::new(),
+            aborts: Vec::new(),
+            attempts: 0,
+            last_error: None,
+            next_attempt_ms: now,
+            created_ms: now,
+        },
+    };
+    for key in keys {
+        if !row.keys.contains(key) {
+            row.keys.push(key.clone());
+        }
+    }
+    for a in aborts {
+        if !row.aborts.contains(a) {
+            row.aborts.push(a.clone());
+        }
+    }
+    row.next_attempt_ms = now;
+    deletes.insert(id.as_bytes(), encode(&row))?;
+    Ok(())
 }

@@ -79,6 +79,9 @@ pub struct FileRow {
     /// ([`FileRow::live`]), so a growing file costs no index write per segment.
     #[serde(default)]
     pub before: Option<CaptureTotals>,
+    /// When its object leaves the store (`storage_time_s`).
+    #[serde(default)]
+    pub store_expiry: Option<super::StoreExpiry>,
 }
 
 /// A capture's running totals at some segment.
@@ -142,7 +145,7 @@ impl FileRow {
 
 impl Index {
     /// Writes (creates or replaces) a file row as the file planner computed it, keeping
-    /// what the uploader fixed in the stored row (its object key and upload time), in one
+    /// what the uploader fixed in the stored row (object key, upload time, store expiry), in one
     /// transaction so neither side's change is lost.
     pub fn put_file(&self, row: &FileRow) -> Result<(), IndexError> {
         let id = row.id.as_bytes();
@@ -154,6 +157,7 @@ impl Index {
                     let stored: FileRow = decode(id, &bytes).map_err(super::abort)?;
                     row.store_key = row.store_key.or(stored.store_key.clone());
                     row.uploaded_ms = row.uploaded_ms.or(stored.uploaded_ms);
+                    row.store_expiry = stored.store_expiry.or(row.store_expiry);
                     before = Some(SearchEntry::of_file(&stored));
                 }
                 files.insert(id, encode(&row))?;

@@ -18,6 +18,8 @@
 //!   transaction of the row it describes.
 //! - `store_deletes`: objects to remove from the store for deleted recordings (see
 //!   `deletes.rs`).
+//! - `store_expiry`: objects to remove from the store when their template's
+//!   `storage_time_s` runs out (see `expiry.rs`).
 //! - `attention`: recording id -> empty, for closed rows start-up recovery must still
 //!   visit (being deleted, or failed and not yet reconciled with their files); with
 //!   `open`, all it reads, so start-up does not grow with the number of recordings.
@@ -45,6 +47,7 @@
 pub mod callback_body;
 mod catalog;
 mod deletes;
+mod expiry;
 mod files;
 mod rows;
 pub mod search;
@@ -52,6 +55,7 @@ mod status;
 mod uploads;
 
 pub use deletes::{DeleteError, Deleted, StoreDeleteRow};
+pub use expiry::StoreExpiry;
 pub use files::{CaptureTotals, FileRow, FileState};
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
 pub use search::{SearchEntry, SearchPage, SearchQuery};
@@ -166,6 +170,7 @@ pub struct Index {
     search: sled::Tree,
     attention: sled::Tree,
     store_deletes: sled::Tree,
+    store_expiry: sled::Tree,
     /// Set when status callbacks (`event_type` 332) are on: queued by `status.rs`.
     status_events: std::sync::Arc<std::sync::OnceLock<crate::config::CallbackConfig>>,
 }
@@ -269,6 +274,7 @@ impl Index {
             search: db.open_tree("search")?,
             attention: db.open_tree("attention")?,
             store_deletes: db.open_tree("store_deletes")?,
+            store_expiry: db.open_tree("store_expiry")?,
             status_events: Default::default(),
             db,
             log: std::sync::Arc::new(log),

@@ -121,6 +121,9 @@ pub struct RecordingRow {
     /// stay for them, nothing of the HLS recording is listed, played or uploaded.
     #[serde(default)]
     pub hls_deleted: bool,
+    /// When its HLS objects leave the store (the template's `storage_time_s`).
+    #[serde(default)]
+    pub store_expiry: Option<super::StoreExpiry>,
 }
 
 impl RecordingRow {
@@ -156,6 +159,7 @@ impl RecordingRow {
             last_params: 0,
             events: 0,
             hls_deleted: false,
+            store_expiry: None,
         }
     }
 

@@ -660,6 +660,7 @@ mod tests {
             note: None,
             uploaded_ms: None,
             before: None,
+            store_expiry: None,
         };
         index.put_file(&file).unwrap();
         assert_eq!(

@@ -289,18 +289,22 @@ impl Index {
     }
 
     /// Marks a recording uploaded at `uploaded_ms`: drops its object rows and planner
-    /// entry and queues its callback, all in one transaction.
+    /// entry, queues its callback and files its objects' expiry (`expiry.rs`), all in one
+    /// transaction.
     pub fn complete_upload(
         &self,
         recording_id: &str,
         uploaded_ms: i64,
         callback: Option<&CallbackRow>,
     ) -> Result<RecordingRow, IndexError> {
-        let keys: Vec<_> = self
-            .uploads
-            .scan_prefix(format!("{recording_id}."))
-            .keys()
-            .collect::<Result<_, _>>()?;
+        let mut keys = Vec::new();
+        let mut objects = Vec::new();
+        for item in self.uploads.scan_prefix(format!("{recording_id}.")) {
+            let (key, value) = item?;
+            let object: UploadRow = decode(&key, &value)?;
+            keys.push(key);
+            objects.push(object.key);
+        }
         let id = recording_id.as_bytes();
         let row = (
             &self.recordings,
@@ -308,14 +312,27 @@ impl Index {
             &self.upload_pending,
             &self.outbox,
             &self.search,
+            &self.store_expiry,
         )
-            .transaction(|(recordings, uploads, pending, outbox, search)| {
+            .transaction(|(recordings, uploads, pending, outbox, search, expiry)| {
                 let bytes = recordings
                     .get(id)?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(recording_id.to_owned())))?;
                 let mut row: RecordingRow = decode(id, &bytes).map_err(abort)?;
                 let before = SearchEntry::of_capture(&row);
                 row.uploaded_ms = Some(uploaded_ms);
+                let storage_time_s = row
+                    .template
+                    .as_ref()
+                    .and_then(|t| t.hls.as_ref())
+                    .map_or(0, |h| h.storage_time_s);
+                row.store_expiry = super::expiry::schedule(
+                    expiry,
+                    recording_id,
+                    uploaded_ms,
+                    storage_time_s,
+                    &objects,
+                )?;
                 recordings.insert(id, encode(&row))?;
                 super::search::sync(
                     search,
@@ -336,8 +353,8 @@ impl Index {
         Ok(row)
     }
 
-    /// Marks a file recording uploaded: drops its object row and planner entry and queues
-    /// its callback, in one transaction.
+    /// Marks a file recording uploaded: drops its object row and planner entry, queues its
+    /// callback and files its object's expiry, in one transaction.
     pub fn complete_file_upload(
         &self,
         file_id: &str,
@@ -352,14 +369,23 @@ impl Index {
             &self.upload_pending,
             &self.outbox,
             &self.search,
+            &self.store_expiry,
         )
-            .transaction(|(files, uploads, pending, outbox, search)| {
+            .transaction(|(files, uploads, pending, outbox, search, expiry)| {
                 let bytes = files
                     .get(id)?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(file_id.to_owned())))?;
                 let mut row: super::FileRow = decode(id, &bytes).map_err(abort)?;
                 let before = SearchEntry::of_file(&row);
                 row.uploaded_ms = Some(uploaded_ms);
+                let keys: Vec<String> = row.store_key.iter().cloned().collect();
+                row.store_expiry = super::expiry::schedule(
+                    expiry,
+                    file_id,
+                    uploaded_ms,
+                    row.storage_time_s,
+                    &keys,
+                )?;
                 files.insert(id, encode(&row))?;
                 super::search::sync(search, Some(&before), Some(&SearchEntry::of_file(&row)))?;
                 uploads.remove(object.as_bytes())?;

@@ -167,9 +167,10 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
                 row.before = Some(before);
             }
             if let Some(old) = &stored {
-                // Keep what the uploader fixed (the object key and upload time).
+                // Keep what the uploader fixed (object key, upload time, store expiry).
                 row.store_key = old.store_key.clone();
                 row.uploaded_ms = old.uploaded_ms;
+                row.store_expiry = old.store_expiry;
             }
             if stored.as_ref() != Some(&row) {
                 index.put_file(&row)?;
@@ -216,6 +217,7 @@ fn new_row(
         note: None,
         uploaded_ms: None,
         before: None,
+        store_expiry: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Removes deleted recordings' objects from the store: the index's `store_deletes`
-//! queue (see `index/deletes.rs`). Each row's multipart uploads are aborted and its
+//! queue (see `index/deletes.rs`), into which each pass first moves the objects whose
+//! template's `storage_time_s` has run out (`index/expiry.rs`). Each row's multipart uploads are aborted and its
 //! objects deleted (one already gone counts as deleted); what fails waits and is tried
 //! again (5 s doubling to 5 min), through outages and restarts, and the API shows it
 //! meanwhile. What succeeded is dropped from the row as it goes, so a retry sends only
@@ -26,7 +27,13 @@ pub(super) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         let index = shared.index.clone();
         let now = now_ms();
-        let due = tokio::task::spawn_blocking(move || index.store_deletes()).await;
+        let due = tokio::task::spawn_blocking(move || {
+            for id in index.expire_store_objects(now)? {
+                tracing::info!(recording = %id, "storage time over; removing its objects from the store");
+            }
+            index.store_deletes()
+        })
+        .await;
         match due {
             Ok(Ok(rows)) => {
                 for row in rows.into_iter().filter(|r| r.next_attempt_ms <= now) {
