@@ -6,7 +6,7 @@
 
 /// Wall clock now, unix milliseconds.
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis() + test_skew_ms()
+    jiff::Timestamp::now().as_millisecond() + test_skew_ms()
 }
 
 /// The wall clock minus the boot clock (`CLOCK_BOOTTIME`, which counts suspend and is
@@ -68,9 +68,16 @@ pub fn ntp_to_unix_ms(ntp: u64) -> i64 {
 
 /// RFC 3339 UTC with milliseconds, as the API writes every wall time.
 pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
+    utc(ms, "%Y-%m-%dT%H:%M:%S%.3fZ")
+}
+
+/// Unix milliseconds `ms` formatted in UTC with `strftime` directives (the unix epoch
+/// for a time out of range).
+pub fn utc(ms: i64, format: &str) -> String {
+    jiff::Timestamp::from_millisecond(ms)
         .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        .strftime(format)
+        .to_string()
 }
 
 /// A wall time as the API takes it: RFC 3339 (any offset) or unix seconds (fractions
@@ -80,13 +87,26 @@ pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(secs) = s.parse::<f64>() {
         return (secs.is_finite() && secs.abs() < 1e13).then(|| (secs * 1000.0).round() as i64);
     }
-    chrono::DateTime::parse_from_rfc3339(s)
+    s.parse::<jiff::Timestamp>()
         .ok()
-        .map(|t| t.timestamp_millis())
+        .map(|t| t.as_millisecond())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wall_times_format_in_utc_with_milliseconds() {
+        use super::{rfc3339, utc};
+        assert_eq!(rfc3339(1_796_428_800_045), "2026-12-05T00:00:00.045Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            utc(1_796_428_800_045, "%Y%m%dT%H%M%S%3fZ"),
+            "20261205T000000045Z"
+        );
+        // Out of jiff's range: the epoch rather than a panic.
+        assert_eq!(rfc3339(i64::MAX), "1970-01-01T00:00:00.000Z");
+    }
+
     #[test]
     fn api_times_parse_as_rfc3339_or_unix_seconds() {
         use super::parse_time;

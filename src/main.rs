@@ -347,7 +347,7 @@ fn run_fsck(config: &Config, repair: bool) -> ExitCode {
         println!("run with --repair to fix");
         return ExitCode::from(1);
     }
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = edgerec::clock::now_ms();
     match fsck::repair(&index, &storage, config.record.resume_window(), now) {
         Ok(report) => {
             println!(

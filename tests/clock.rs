@@ -123,9 +123,7 @@ fn a_recording_across_the_first_ntp_sync_is_dated_on_the_synced_clock() {
         assert_between(&Value::from(date), began, ended, "a program date time");
     }
     let mp4 = recs.iter().find(|r| r["format"] == "mp4").unwrap();
-    let year = chrono::DateTime::from_timestamp_millis(began)
-        .unwrap()
-        .format("%Y-%m-%d");
+    let year = edgerec::clock::utc(began, "%Y-%m-%d");
     assert_eq!(mp4["file_name"], format!("rtcless_{year}.mp4"), "{mp4}");
     assert_between(
         &mp4["start_time"],

@@ -602,7 +602,7 @@ fn segments_are_dated_by_the_cameras_sender_reports_when_its_clock_is_sane() {
     // second is a camera that never had NTP, and arrival time is used.
     let mut behind = Camera::start("h264-aac@-20");
     let mut unset = Camera::start("h264-aac@-7200");
-    let before = chrono::Utc::now().timestamp_millis();
+    let before = edgerec::clock::now_ms();
     let sections = [
         config_source("cam", "behind", &behind.url(""), ""),
         config_source("cam", "unset", &unset.url(""), ""),

@@ -315,7 +315,7 @@ pub async fn list(
     let (views, next) = page;
     let mut headers = HeaderMap::new();
     if let Some(next) = next {
-        if let Ok(value) = HeaderValue::from_str(&hex(&next)) {
+        if let Ok(value) = HeaderValue::from_str(&crate::auth::hex(&next)) {
             headers.insert(NEXT_CURSOR, value);
         }
     }
@@ -390,7 +390,9 @@ impl ListQuery {
         let after = match given(&self.cursor) {
             None => None,
             Some(c) => Some(
-                unhex(&c)
+                Some(c)
+                    .filter(|c| c.len() <= 512)
+                    .and_then(|c| crate::auth::unhex(&c))
                     .ok_or_else(|| ApiError::bad_request("cursor is not one this API gave out"))?,
             ),
         };
@@ -414,57 +416,37 @@ impl ListQuery {
 /// A search entry's recording as the API shows it; None when its row is gone or being
 /// deleted (the entry is dropped with it an instant later).
 fn view_of(s: &ApiState, entry: &SearchEntry) -> Result<Option<RecordingView>, ApiError> {
-    let Some(capture) = s
-        .index
-        .get_recording(&entry.capture_id)?
-        .filter(|r| !r.deleting)
-    else {
+    let file_id = (entry.format != Format::Hls).then_some(entry.id.as_str());
+    view_by_ids(s, &entry.capture_id, file_id)
+}
+
+/// The view of a capture's HLS recording, or of one of its files, if it still exists.
+fn view_by_ids(
+    s: &ApiState,
+    capture_id: &str,
+    file_id: Option<&str>,
+) -> Result<Option<RecordingView>, ApiError> {
+    let Some(capture) = s.index.get_recording(capture_id)?.filter(|r| !r.deleting) else {
         return Ok(None);
     };
-    if entry.format == Format::Hls {
-        let view = with_upload(s, &capture, RecordingView::new(&capture))?;
-        return Ok(Some(signed(s, view)));
-    }
-    let Some(file) = s.index.get_file(&entry.id)? else {
-        return Ok(None);
+    let view = match file_id {
+        None => with_upload(s, &capture, RecordingView::new(&capture))?,
+        Some(id) => {
+            let Some(file) = s.index.get_file(id)? else {
+                return Ok(None);
+            };
+            let file = file.live(&capture);
+            with_file_upload(s, &file, RecordingView::file(&file, &capture))?
+        }
     };
-    let file = file.live(&capture);
-    let view = with_file_upload(s, &file, RecordingView::file(&file, &capture))?;
     Ok(Some(signed(s, view)))
 }
 
 /// The upload state the API shows for a recording or file id, if it still exists.
 fn upload_state_of(s: &ApiState, id: &str) -> Result<Option<&'static str>, ApiError> {
-    let capture_id = FileRow::capture_of(id).unwrap_or(id);
-    let Some(capture) = s.index.get_recording(capture_id)? else {
-        return Ok(None);
-    };
-    if capture_id == id {
-        return Ok(Some(
-            with_upload(s, &capture, RecordingView::new(&capture))?.upload_state,
-        ));
-    }
-    let Some(file) = s.index.get_file(id)? else {
-        return Ok(None);
-    };
-    let file = file.live(&capture);
-    Ok(Some(
-        with_file_upload(s, &file, RecordingView::file(&file, &capture))?.upload_state,
-    ))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 512 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    let capture_id = FileRow::capture_of(id);
+    let view = view_by_ids(s, capture_id.unwrap_or(id), capture_id.map(|_| id))?;
+    Ok(view.map(|v| v.upload_state))
 }
 
 /// One recording with its segments.

@@ -38,15 +38,18 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 
 /// 64 hex digits (either case) as 32 bytes.
 pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
+    unhex(text.trim())?.try_into().ok()
+}
+
+/// Hex digits (either case, an even number of them) as bytes; None for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Equal, in time that depends only on the length.
@@ -87,6 +90,9 @@ mod tests {
         assert_eq!(parse_hex32(&hex(&d).to_uppercase()), Some(d));
         assert_eq!(parse_hex32("abc"), None);
         assert_eq!(parse_hex32(&"zz".repeat(32)), None);
+        assert_eq!(parse_hex32(&"+f".repeat(32)), None);
+        assert_eq!(unhex("00ff7A"), Some(vec![0, 255, 0x7a]));
+        assert_eq!(unhex("0"), None);
     }
 
     #[test]

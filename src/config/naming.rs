@@ -79,43 +79,47 @@ pub struct NameValues<'a> {
     pub end_ms: Option<i64>,
 }
 
+/// The time placeholders' fields and their `strftime` formats (`End` has no milliseconds).
+const TIME_FIELDS: [(&str, &str); 7] = [
+    ("Year", "%Y"),
+    ("Month", "%m"),
+    ("Day", "%d"),
+    ("Hour", "%H"),
+    ("Minute", "%M"),
+    ("Second", "%S"),
+    ("Millisecond", "%3f"),
+];
+
 /// Fills a pattern's placeholders (times in UTC). Characters that cannot be part of an
 /// object name segment (`/`, control characters) are replaced by `_`.
 pub fn render(pattern: &str, v: &NameValues) -> String {
-    let start = chrono::DateTime::from_timestamp_millis(v.start_ms).unwrap_or_default();
     let record_id = if v.record_id.is_empty() {
         v.recording_id
     } else {
         v.record_id
     };
-    let mut values: Vec<(&str, String)> = vec![
-        ("{StreamID}", v.stream.to_owned()),
-        ("{App}", v.app.to_owned()),
-        ("{RecordId}", record_id.to_owned()),
-        ("{RecordingID}", v.recording_id.to_owned()),
-        ("{TemplateName}", v.template.to_owned()),
-        ("{StartYear}", start.format("%Y").to_string()),
-        ("{StartMonth}", start.format("%m").to_string()),
-        ("{StartDay}", start.format("%d").to_string()),
-        ("{StartHour}", start.format("%H").to_string()),
-        ("{StartMinute}", start.format("%M").to_string()),
-        ("{StartSecond}", start.format("%S").to_string()),
-        ("{StartMillisecond}", start.format("%3f").to_string()),
-    ];
-    if let Some(end_ms) = v.end_ms {
-        let end = chrono::DateTime::from_timestamp_millis(end_ms).unwrap_or_default();
-        values.extend([
-            ("{EndYear}", end.format("%Y").to_string()),
-            ("{EndMonth}", end.format("%m").to_string()),
-            ("{EndDay}", end.format("%d").to_string()),
-            ("{EndHour}", end.format("%H").to_string()),
-            ("{EndMinute}", end.format("%M").to_string()),
-            ("{EndSecond}", end.format("%S").to_string()),
-        ]);
+    let mut values: Vec<(String, String)> = [
+        ("StreamID", v.stream),
+        ("App", v.app),
+        ("RecordId", record_id),
+        ("RecordingID", v.recording_id),
+        ("TemplateName", v.template),
+    ]
+    .into_iter()
+    .map(|(name, value)| (format!("{{{name}}}"), value.to_owned()))
+    .collect();
+    // `{Start...}` and `{End...}` (files only): the wall time's fields.
+    let mut times = vec![("Start", v.start_ms, &TIME_FIELDS[..])];
+    times.extend(v.end_ms.map(|end_ms| ("End", end_ms, &TIME_FIELDS[..6])));
+    for (side, ms, fields) in times {
+        for (field, format) in fields {
+            let value = crate::clock::utc(ms, format);
+            values.push((format!("{{{side}{field}}}"), value));
+        }
     }
     let mut out = pattern.to_owned();
     for (k, val) in values {
-        out = out.replace(k, &val);
+        out = out.replace(&k, &val);
     }
     out.chars()
         .map(|c| if c == '/' || c.is_control() { '_' } else { c })

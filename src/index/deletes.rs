@@ -161,6 +161,7 @@ impl Index {
                             files.remove(f.id.as_bytes())?;
                             search::sync(search_tree, Some(&SearchEntry::of_file(f)), None)?;
                             expiry::cancel(expiry, id, f.store_expiry)?;
+                            row.deleted_files.push(f.id.clone());
                         }
                         None => {
                             row.hls_deleted = true;

@@ -124,6 +124,11 @@ pub struct RecordingRow {
     /// When its HLS objects leave the store (the template's `storage_time_s`).
     #[serde(default)]
     pub store_expiry: Option<super::StoreExpiry>,
+    /// Files over this capture that were deleted: the file planner, which recomputes a
+    /// finished capture's files from its segments (after recovery marked a gap), must not
+    /// make them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted_files: Vec<String>,
 }
 
 impl RecordingRow {
@@ -160,6 +165,7 @@ impl RecordingRow {
             events: 0,
             hls_deleted: false,
             store_expiry: None,
+            deleted_files: Vec::new(),
         }
     }
 

@@ -97,6 +97,15 @@ impl SearchEntry {
             .chain(self.file_name.as_deref().filter(|n| *n != self.stream))
     }
 
+    /// What is stored under one of its keys: the entry itself under its time key,
+    /// nothing under the others (they only point at the time key).
+    fn value_under(&self, key: &[u8]) -> Vec<u8> {
+        match key.first() {
+            Some(b't') => super::encode(self),
+            _ => Vec::new(),
+        }
+    }
+
     fn keys(&self) -> Vec<Vec<u8>> {
         let time = self.time_key();
         let mut keys = vec![
@@ -157,10 +166,8 @@ pub(super) fn sync(
     if let Some(new) = new {
         // Keys that stay are not written again; the entry itself is.
         for key in &new_keys {
-            if key[0] == b't' {
-                tree.insert(key.as_slice(), super::encode(new))?;
-            } else if !old_keys.contains(key) {
-                tree.insert(key.as_slice(), &[])?;
+            if key[0] == b't' || !old_keys.contains(key) {
+                tree.insert(key.as_slice(), new.value_under(key))?;
             }
         }
         if let Some(end) = new.end_ms {
@@ -398,11 +405,7 @@ impl super::Index {
         let mut longest = 0i64;
         let mut add = |entry: SearchEntry, batch: &mut sled::Batch| {
             for key in entry.keys() {
-                let value = if key[0] == b't' {
-                    super::encode(&entry)
-                } else {
-                    Vec::new()
-                };
+                let value = entry.value_under(&key);
                 batch.insert(key, value);
             }
             if let Some(end) = entry.end_ms {

@@ -92,8 +92,9 @@ pub fn render_media_playlist(
 
 /// ISO 8601 UTC with milliseconds (`2026-11-21T03:54:04.123Z`); `None` out of range.
 pub fn format_program_date_time(unix_ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    jiff::Timestamp::from_millisecond(unix_ms)
+        .ok()
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }
 
 fn non_negative(seconds: f64) -> f64 {

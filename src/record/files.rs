@@ -137,6 +137,9 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
                 .filter(|s| (span.first_seq..=span.last_seq).contains(&s.seq))
                 .collect();
             let mut row = new_row(capture, format, &template.name, output, number + i as u32);
+            if capture.deleted_files.contains(&row.id) {
+                continue; // deleted over the API: not made again
+            }
             fill(&mut row, &span, &in_span);
             let stored = index.get_file(&row.id)?;
             if span.closed {
@@ -444,5 +447,19 @@ mod tests {
         // Idempotent: a second pass (after a crash) changes nothing.
         sync_capture(&index, &index.get_recording("c1").unwrap().unwrap()).unwrap();
         assert_eq!(index.files_of("c1").unwrap().len(), 3);
+
+        // A deleted file stays deleted when recovery has the files recomputed.
+        index.delete_recording(&mp4[0].id).unwrap();
+        index.mark_files_pending("c1").unwrap();
+        plan_pending(&index, &mut seen).unwrap();
+        let ids: Vec<String> = index
+            .files_of("c1")
+            .unwrap()
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(!ids.contains(&mp4[0].id), "{ids:?}");
+        assert!(ids.contains(&mp4[1].id), "{ids:?}");
     }
 }

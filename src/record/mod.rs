@@ -688,10 +688,9 @@ fn charge(frame: &Frame) -> usize {
 
 /// A new recording id: sortable by creation time, readable, URL- and path-safe.
 pub fn new_recording_id(now_ms: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     format!(
         "{}-{:04x}",
-        t.format("%Y%m%dT%H%M%S%3fZ"),
+        crate::clock::utc(now_ms, "%Y%m%dT%H%M%S%3fZ"),
         rand::random::<u16>()
     )
 }

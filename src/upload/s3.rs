@@ -302,20 +302,10 @@ impl S3Store {
 
     /// A DELETE for which "not found" is success.
     async fn send_delete(&self, url: url::Url) -> Result<(), StoreError> {
-        let response = self
-            .http
-            .delete(url)
-            .timeout(Duration::from_secs(60))
-            .send()
+        let request = self.http.delete(url).timeout(Duration::from_secs(60));
+        self.send_accepting(request, reqwest::StatusCode::NOT_FOUND)
             .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(());
-        }
-        let text = response.text().await.unwrap_or_default();
-        let (code, message) = error_in_body(&text).unwrap_or_default();
-        Err(classify_error(status.as_u16(), &code, &message))
+            .map(drop)
     }
 
     /// Sends a request; a non-2xx answer becomes a classified [`StoreError`].
@@ -323,9 +313,18 @@ impl S3Store {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, StoreError> {
+        self.send_accepting(request, reqwest::StatusCode::OK).await
+    }
+
+    /// [`Self::send`], taking `also` as success too (a DELETE's 404: already gone).
+    async fn send_accepting(
+        &self,
+        request: reqwest::RequestBuilder,
+        also: reqwest::StatusCode,
+    ) -> Result<reqwest::Response, StoreError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
-        if status.is_success() {
+        if status.is_success() || status == also {
             return Ok(response);
         }
         let text = response.text().await.unwrap_or_default();

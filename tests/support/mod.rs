@@ -418,9 +418,7 @@ pub fn oldest_first(mut recs: Vec<Value>) -> Vec<Value> {
 }
 
 pub fn unix_ms(rfc3339: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
-        .unwrap()
-        .timestamp_millis()
+    edgerec::clock::parse_time(rfc3339.as_str().unwrap()).unwrap()
 }
 
 /// The recording has two segments or more, each dated where the previous one ended
