@@ -147,9 +147,20 @@ impl Index {
             &self.store_deletes,
             &self.attention,
             &self.store_expiry,
+            &self.resident,
         )
             .transaction(
-                |(recordings, files, uploads, pending, search_tree, deletes, attention, expiry)| {
+                |(
+                    recordings,
+                    files,
+                    uploads,
+                    pending,
+                    search_tree,
+                    deletes,
+                    attention,
+                    expiry,
+                    resident,
+                )| {
                     let bytes = recordings
                         .get(capture_id.as_bytes())?
                         .ok_or_else(|| abort(IndexError::NoSuchRecording(capture_id.clone())))?;
@@ -184,6 +195,7 @@ impl Index {
                     if needs_attention(&row) {
                         attention.insert(capture_id.as_bytes(), &[])?;
                     }
+                    super::sync_resident(resident, &row)?;
                     search::sync(
                         search_tree,
                         before.as_ref(),

@@ -20,6 +20,9 @@
 //!   `deletes.rs`).
 //! - `store_expiry`: objects to remove from the store when their template's
 //!   `storage_time_s` runs out (see `expiry.rs`).
+//! - `resident`: recording id -> empty, for closed captures whose files are still on
+//!   flash (finished or failed, not being deleted, not evicted): all the disk policy
+//!   reads, so its pass does not grow with the recordings the index keeps.
 //! - `attention`: recording id -> empty, for closed rows start-up recovery must still
 //!   visit (being deleted, or failed and not yet reconciled with their files); with
 //!   `open`, all it reads, so start-up does not grow with the number of recordings.
@@ -28,7 +31,8 @@
 //! snapshot, file rows and claimed names; 3 = the `search` and `attention` trees. Opening a version 1
 //! index migrates it in place (its rows read as captures of the built-in `default`
 //! template; their store folders are claimed so new recordings never reuse them); a
-//! version 1 or 2 index gets both built from its rows; then the current
+//! version 1 or 2 index gets both built from its rows; 4 = the `resident` tree, built
+//! from the rows of an older index; then the current
 //! version is written. An older build refuses a newer index (it would not keep `search`
 //! in step).
 //!
@@ -70,7 +74,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -169,6 +173,7 @@ pub struct Index {
     catalog: sled::Tree,
     search: sled::Tree,
     attention: sled::Tree,
+    resident: sled::Tree,
     store_deletes: sled::Tree,
     store_expiry: sled::Tree,
     /// Set when status callbacks (`event_type` 332) are on: queued by `status.rs`.
@@ -203,6 +208,24 @@ fn segment_prefix(recording_id: &str) -> Vec<u8> {
 /// Whether start-up recovery must visit a closed row (see the module doc).
 fn needs_attention(row: &RecordingRow) -> bool {
     row.deleting || row.state == RecordingState::Failed
+}
+
+/// Whether a capture is closed with its files on flash (the `resident` tree).
+fn is_resident(row: &RecordingRow) -> bool {
+    row.is_terminal() && !row.deleting && row.evicted_ms.is_none()
+}
+
+/// Keeps `row`'s entry in the `resident` tree in step with it (inside a transaction).
+fn sync_resident(
+    resident: &sled::transaction::TransactionalTree,
+    row: &RecordingRow,
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    if is_resident(row) {
+        resident.insert(row.id.as_bytes(), &[])?;
+    } else {
+        resident.remove(row.id.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn abort<E>(e: E) -> ConflictableTransactionError<E> {
@@ -273,6 +296,7 @@ impl Index {
             catalog: db.open_tree("catalog")?,
             search: db.open_tree("search")?,
             attention: db.open_tree("attention")?,
+            resident: db.open_tree("resident")?,
             store_deletes: db.open_tree("store_deletes")?,
             store_expiry: db.open_tree("store_expiry")?,
             status_events: Default::default(),
@@ -289,12 +313,17 @@ impl Index {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
                     .unwrap_or(0);
-                if found == 1 || found == 2 {
+                if (1..SCHEMA_VERSION).contains(&found) {
                     if found == 1 {
                         index.migrate_from_v1()?;
                     }
-                    let entries = index.rebuild_search()?;
-                    index.rebuild_attention()?;
+                    let entries = if found < 3 {
+                        index.rebuild_attention()?;
+                        index.rebuild_search()?
+                    } else {
+                        0
+                    };
+                    index.rebuild_resident()?;
                     meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
                     index.flush()?;
                     tracing::info!(
@@ -357,23 +386,27 @@ impl Index {
             &self.upload_pending,
             &self.files_pending,
             &self.search,
+            &self.resident,
         )
-            .transaction(|(recordings, open, pending, files_pending, search)| {
-                if let Some(existing) = open.get(stream_key.as_bytes())? {
-                    let existing = String::from_utf8_lossy(&existing).into_owned();
-                    return Err(abort(IndexError::AlreadyOpen(stream_key.clone(), existing)));
-                }
-                recordings.insert(row.id.as_bytes(), encode(row))?;
-                search::sync(search, None, SearchEntry::of_capture(row).as_ref())?;
-                pending.insert(row.id.as_bytes(), encode(&PendingRow::default()))?;
-                if has_files {
-                    files_pending.insert(row.id.as_bytes(), &[])?;
-                }
-                if row.state.is_open() {
-                    open.insert(stream_key.as_bytes(), row.id.as_bytes())?;
-                }
-                Ok(())
-            })
+            .transaction(
+                |(recordings, open, pending, files_pending, search, resident)| {
+                    if let Some(existing) = open.get(stream_key.as_bytes())? {
+                        let existing = String::from_utf8_lossy(&existing).into_owned();
+                        return Err(abort(IndexError::AlreadyOpen(stream_key.clone(), existing)));
+                    }
+                    recordings.insert(row.id.as_bytes(), encode(row))?;
+                    search::sync(search, None, SearchEntry::of_capture(row).as_ref())?;
+                    sync_resident(resident, row)?;
+                    pending.insert(row.id.as_bytes(), encode(&PendingRow::default()))?;
+                    if has_files {
+                        files_pending.insert(row.id.as_bytes(), &[])?;
+                    }
+                    if row.state.is_open() {
+                        open.insert(stream_key.as_bytes(), row.id.as_bytes())?;
+                    }
+                    Ok(())
+                },
+            )
             .map_err(flatten)?;
         self.flush()
     }
@@ -415,8 +448,9 @@ impl Index {
             &self.search,
             &self.attention,
             &self.outbox,
+            &self.resident,
         )
-            .transaction(|(recordings, open, search, attention, outbox)| {
+            .transaction(|(recordings, open, search, attention, outbox, resident)| {
                 let bytes = recordings
                     .get(id.as_bytes())?
                     .ok_or_else(|| abort(IndexError::NoSuchRecording(id.to_owned())))?;
@@ -436,6 +470,7 @@ impl Index {
                 if needs_attention(&row) {
                     attention.insert(id.as_bytes(), &[])?;
                 }
+                sync_resident(resident, &row)?;
                 let key = row.stream_key();
                 if row.state.is_open() {
                     open.insert(key.as_bytes(), id.as_bytes())?;
@@ -624,6 +659,7 @@ impl Index {
         }
         self.recordings.remove(id.as_bytes())?;
         self.attention.remove(id.as_bytes())?;
+        self.resident.remove(id.as_bytes())?;
         self.flush()
     }
 
@@ -686,6 +722,34 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// Marks every closed capture with files on flash (an index made before the tree
+    /// existed).
+    fn rebuild_resident(&self) -> Result<(), IndexError> {
+        for row in self.recordings() {
+            let row = row?;
+            if is_resident(&row) {
+                self.resident.insert(row.id.as_bytes(), &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The closed captures whose files are still on flash (see the module doc). A row
+    /// that does not decode is left out (and said), not a reason to return none.
+    pub fn resident_recordings(&self) -> Result<Vec<RecordingRow>, IndexError> {
+        let mut rows = Vec::new();
+        for key in self.resident.iter().keys() {
+            let key = key?;
+            if let Some(bytes) = self.recordings.get(&key)? {
+                match decode(&key, &bytes) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => tracing::warn!(error = %e, "skipping a recording row"),
+                }
+            }
+        }
+        Ok(rows)
     }
 
     /// Drops an entry from the `search` tree (its row is going).
@@ -854,6 +918,73 @@ mod tests {
             .get("schema_version")
             .unwrap();
         assert_eq!(version.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+        let resident: Vec<String> = index
+            .resident_recordings()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(resident, ["r1"], "a finished capture's files are on flash");
+    }
+
+    #[test]
+    fn resident_follows_a_capture_from_close_to_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let resident = |index: &Index| -> Vec<String> {
+            let rows = index.resident_recordings().unwrap();
+            rows.into_iter().map(|r| r.id).collect()
+        };
+        for id in ["a", "b", "c"] {
+            let row = RecordingRow::new(id.into(), "live".into(), id.into(), 0);
+            index.create_recording(&row).unwrap();
+        }
+        assert!(
+            resident(&index).is_empty(),
+            "open captures are not the policy's"
+        );
+        for id in ["a", "b", "c"] {
+            index
+                .update_recording(id, |r| {
+                    r.state = RecordingState::Finished;
+                    Update::Write
+                })
+                .unwrap();
+        }
+        assert_eq!(resident(&index), ["a", "b", "c"]);
+        index
+            .update_recording("a", |r| {
+                r.evicted_ms = Some(5);
+                Update::Write
+            })
+            .unwrap();
+        index
+            .update_recording("b", |r| {
+                r.deleting = true;
+                Update::Write
+            })
+            .unwrap();
+        assert_eq!(resident(&index), ["c"]);
+        index.remove_recording("c").unwrap();
+        assert!(resident(&index).is_empty());
+        // A version 3 index (no `resident` tree) gets it built on open.
+        index
+            .update_recording("a", |r| {
+                r.evicted_ms = None;
+                Update::Write
+            })
+            .unwrap();
+        index.resident.clear().unwrap();
+        index
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &3u32.to_be_bytes())
+            .unwrap();
+        index.flush().unwrap();
+        drop(index);
+        let index = Index::open(dir.path()).unwrap();
+        assert_eq!(resident(&index), ["a"]);
     }
 
     #[test]

@@ -144,9 +144,10 @@ pub fn check_once(
 ) -> Result<(), RecoveryError> {
     let mut u = usage(storage)?;
     let (high, low) = watermarks(&policy.storage, u.total);
-    // Reading every row is only worth it when something may be evicted or deleted.
+    // Only closed captures with files on flash (the index's `resident` set, not every
+    // row it keeps), and only when something may be evicted or deleted.
     let rows: Vec<RecordingRow> = if policy.keep_local.is_some() || u.used >= high {
-        index.recordings().filter_map(Result::ok).collect()
+        index.resident_recordings()?
     } else {
         Vec::new()
     };
