@@ -9,8 +9,8 @@
 //! - `open`: `app/stream` -> recording id, for recordings that are `recording` or
 //!   `resumable` (at most one per stream), so a publish finds what to resume without a scan.
 //!
-//! - `upload_pending`, `uploads`, `outbox`: the upload queue and callback outbox (see
-//!   `uploads.rs`).
+//! - `upload_pending`, `uploads`, `outbox`, `callbacks_done`: the upload queue and the
+//!   callbacks to deliver and delivered (see `uploads.rs`).
 //! - `files`, `files_pending`, `names`: MP4/FLV/AAC recordings over a capture, and the
 //!   object names taken in the store (see `files.rs`).
 //! - `catalog`: templates and rules made over the API (see `catalog.rs`).
@@ -32,7 +32,8 @@
 //! index migrates it in place (its rows read as captures of the built-in `default`
 //! template; their store folders are claimed so new recordings never reuse them); a
 //! version 1 or 2 index gets both built from its rows; 4 = the `resident` tree, built
-//! from the rows of an older index; then the current
+//! from the rows of an older index, and `callbacks_done`, where an older index's
+//! delivered callbacks move; then the current
 //! version is written. An older build refuses a newer index (it would not keep `search`
 //! in step).
 //!
@@ -167,6 +168,7 @@ pub struct Index {
     upload_pending: sled::Tree,
     uploads: sled::Tree,
     outbox: sled::Tree,
+    callbacks_done: sled::Tree,
     files: sled::Tree,
     files_pending: sled::Tree,
     names: sled::Tree,
@@ -290,6 +292,7 @@ impl Index {
             upload_pending: db.open_tree("upload_pending")?,
             uploads: db.open_tree("uploads")?,
             outbox: db.open_tree("outbox")?,
+            callbacks_done: db.open_tree("callbacks_done")?,
             files: db.open_tree("files")?,
             files_pending: db.open_tree("files_pending")?,
             names: db.open_tree("names")?,
@@ -324,6 +327,7 @@ impl Index {
                         0
                     };
                     index.rebuild_resident()?;
+                    index.move_delivered_callbacks()?;
                     meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
                     index.flush()?;
                     tracing::info!(
@@ -967,7 +971,13 @@ mod tests {
         assert_eq!(resident(&index), ["c"]);
         index.remove_recording("c").unwrap();
         assert!(resident(&index).is_empty());
-        // A version 3 index (no `resident` tree) gets it built on open.
+        // A version 3 index (no `resident` tree, delivered callbacks in the outbox) gets
+        // the tree built and the callbacks moved on open.
+        let mut delivered = CallbackRow::pending("a", "http://x", serde_json::json!({}), 1);
+        delivered.state = CallbackState::Delivered;
+        index.outbox.insert("a", encode(&delivered)).unwrap();
+        let pending = CallbackRow::pending("b", "http://x", serde_json::json!({}), 1);
+        index.outbox.insert("b", encode(&pending)).unwrap();
         index
             .update_recording("a", |r| {
                 r.evicted_ms = None;
@@ -985,6 +995,8 @@ mod tests {
         drop(index);
         let index = Index::open(dir.path()).unwrap();
         assert_eq!(resident(&index), ["a"]);
+        assert_eq!(index.undelivered_callbacks().unwrap(), vec![pending]);
+        assert_eq!(index.delivered_callbacks(), 1);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //!   recording, so the uploader only ever scans recordings that still need work.
 //! - `uploads`: object id (`<recording id>.<seq:08>` or `<recording id>.playlist`, so a
 //!   recording's playlist sorts after its segments) -> JSON [`UploadRow`].
-//! - `outbox`: recording id -> JSON [`CallbackRow`]: completion callbacks to deliver.
+//! - `outbox`: recording id -> JSON [`CallbackRow`]: callbacks to deliver (pending, or
+//!   failed for good until retried from the API). The sender reads it every second, so
+//!   a delivered callback moves to
+//! - `callbacks_done`: recording id -> JSON [`CallbackRow`]: delivered callbacks, kept
+//!   for the API.
 //!
 //! A recording's object rows are removed in the transaction that marks it uploaded and
 //! queues its callback; the recording row then carries the outcome (`uploaded_ms`).
@@ -415,7 +419,19 @@ impl Index {
         self.flush()
     }
 
+    /// Every callback, delivered or not, by id.
     pub fn callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
+        let mut rows = self.undelivered_callbacks()?;
+        for item in self.callbacks_done.iter() {
+            let (key, value) = item?;
+            rows.push(decode(&key, &value)?);
+        }
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
+
+    /// The callbacks still in the outbox: pending or failed (what the sender reads).
+    pub fn undelivered_callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
         self.outbox
             .iter()
             .map(|item| {
@@ -425,16 +441,53 @@ impl Index {
             .collect()
     }
 
+    /// How many callbacks were delivered (a scan of their keys).
+    pub fn delivered_callbacks(&self) -> usize {
+        self.callbacks_done.len()
+    }
+
     pub fn get_callback(&self, id: &str) -> Result<Option<CallbackRow>, IndexError> {
-        match self.outbox.get(id.as_bytes())? {
-            Some(bytes) => Ok(Some(decode(id.as_bytes(), &bytes)?)),
-            None => Ok(None),
+        let key = id.as_bytes();
+        match self.outbox.get(key)? {
+            Some(bytes) => Ok(Some(decode(key, &bytes)?)),
+            None => match self.callbacks_done.get(key)? {
+                Some(bytes) => Ok(Some(decode(key, &bytes)?)),
+                None => Ok(None),
+            },
         }
     }
 
+    /// Stores a callback's state: a delivered one leaves the outbox for `callbacks_done`.
     pub fn put_callback(&self, row: &CallbackRow) -> Result<(), IndexError> {
-        self.outbox.insert(row.id.as_bytes(), encode(row))?;
+        let (key, value) = (row.id.as_bytes(), encode(row));
+        (&self.outbox, &self.callbacks_done)
+            .transaction(|(outbox, done)| {
+                if row.state == CallbackState::Delivered {
+                    outbox.remove(key)?;
+                    done.insert(key, value.as_slice())?;
+                } else {
+                    done.remove(key)?;
+                    outbox.insert(key, value.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
         self.flush()
+    }
+
+    /// Moves delivered callbacks out of the outbox (an index made before
+    /// `callbacks_done` existed kept them there).
+    pub(super) fn move_delivered_callbacks(&self) -> Result<usize, IndexError> {
+        let mut moved = 0;
+        for row in self.undelivered_callbacks()? {
+            if row.state == CallbackState::Delivered {
+                self.callbacks_done
+                    .insert(row.id.as_bytes(), encode(&row))?;
+                self.outbox.remove(row.id.as_bytes())?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
     }
 }
 
@@ -507,7 +560,26 @@ mod tests {
         index.complete_upload("r1", 5, Some(&cb)).unwrap();
         assert!(index.uploads_of("r1").unwrap().is_empty());
         assert!(index.upload_pending().unwrap().is_empty());
-        assert_eq!(index.callbacks().unwrap(), vec![cb]);
+        assert_eq!(index.callbacks().unwrap(), vec![cb.clone()]);
+        // Delivered, it leaves the outbox the sender reads, and stays listed.
+        let delivered = CallbackRow {
+            state: CallbackState::Delivered,
+            delivered_ms: Some(9),
+            ..cb
+        };
+        index.put_callback(&delivered).unwrap();
+        assert!(index.undelivered_callbacks().unwrap().is_empty());
+        assert_eq!(index.delivered_callbacks(), 1);
+        assert_eq!(index.callbacks().unwrap(), vec![delivered.clone()]);
+        assert_eq!(index.get_callback("r1").unwrap(), Some(delivered.clone()));
+        // Retried from the API: back in the outbox.
+        let again = CallbackRow {
+            state: CallbackState::Pending,
+            ..delivered
+        };
+        index.put_callback(&again).unwrap();
+        assert_eq!(index.undelivered_callbacks().unwrap(), vec![again]);
+        assert_eq!(index.delivered_callbacks(), 0);
         assert_eq!(
             index.get_recording("r1").unwrap().unwrap().uploaded_ms,
             Some(5)
