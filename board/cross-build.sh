@@ -117,13 +117,17 @@ fetch_stale_foreign() {
     [[ $seen == *" $p "* ]] && continue
     seen+="$p "
     hv=$(candidate "$p:$host_arch")
-    if [ -z "$hv" ] || [ "$hv" = "$(candidate "$p:$DEB_ARCH")" ]; then continue; fi
-    uri=$(apt-get download --print-uris "$p:$host_arch" 2>/dev/null | head -n1 | cut -d"'" -f2)
-    uri=${uri%_"$host_arch".deb}_$DEB_ARCH.deb
-    echo "cross-build: stale $DEB_ARCH index for $p; fetching $hv from ${uri%/*}/" >&2
-    /usr/lib/apt/apt-helper download-file "$uri" "$dir/${p}_$DEB_ARCH.deb" >/dev/null ||
-      { echo "cross-build: cannot fetch $uri" >&2; exit 1; }
-    echo "$dir/${p}_$DEB_ARCH.deb"
+    [ -z "$hv" ] && continue
+    if [ "$hv" != "$(candidate "$p:$DEB_ARCH")" ]; then
+      uri=$(apt-get download --print-uris "$p:$host_arch" 2>/dev/null | head -n1 | cut -d"'" -f2)
+      uri=${uri%_"$host_arch".deb}_$DEB_ARCH.deb
+      echo "cross-build: stale $DEB_ARCH index for $p; fetching $hv from ${uri%/*}/" >&2
+      /usr/lib/apt/apt-helper download-file "$uri" "$dir/${p}_$DEB_ARCH.deb" >/dev/null ||
+        { echo "cross-build: cannot fetch $uri" >&2; exit 1; }
+      echo "$dir/${p}_$DEB_ARCH.deb"
+    fi
+    # Every package's dependencies, stale or not: a current one (libxml2) may need a stale
+    # one (liblzma5) that nothing else names.
     for dep in $(apt-cache show --no-all-versions "$p:$host_arch" |
       awk -F': ' '/^(Pre-)?Depends:/ { print $2 }' | tr ',|' '\n' | awk '{ print $1 }' | sed 's/:any$//'); do
       queue+=("$dep")
