@@ -49,6 +49,19 @@ fn wait_all_uploaded(d: &Daemon, n: usize) -> Vec<Value> {
     )
 }
 
+/// Publishes `seconds` of audio and video to `live/stream` and waits for its HLS and MP4
+/// recordings to be in the store.
+fn publish_hls_and_mp4(d: &Daemon, stream: &str, seconds: u32) -> (Value, Value) {
+    media::publish_and_wait(
+        &d.rtmp_url("live", stream),
+        &media::clip(Clip::AudioVideo, seconds),
+        false,
+    );
+    let recs = wait_all_uploaded(d, 2);
+    let of = |format: &str| recs.iter().find(|r| r["format"] == format).unwrap().clone();
+    (of("hls"), of("mp4"))
+}
+
 /// Files under the s3s-fs root that are not objects: multipart uploads in progress.
 fn multipart_leftovers(store: &S3sFs) -> Vec<String> {
     fn walk(dir: &Path, out: &mut Vec<String>) {
@@ -77,14 +90,7 @@ fn wait_store_empty(d: &Daemon, store: &S3sFs, limit: Duration) {
 fn deleting_one_of_two_recordings_keeps_the_other_then_the_last_frees_everything() {
     let store = S3sFs::start();
     let d = Daemon::start_with_sections(&sections(&store, "", "mp4"));
-    media::publish_and_wait(
-        &d.rtmp_url("live", "gala"),
-        &media::clip(Clip::AudioVideo, 6),
-        false,
-    );
-    let recs = wait_all_uploaded(&d, 2);
-    let hls = recs.iter().find(|r| r["format"] == "hls").unwrap().clone();
-    let mp4 = recs.iter().find(|r| r["format"] == "mp4").unwrap().clone();
+    let (hls, mp4) = publish_hls_and_mp4(&d, "gala", 6);
     let (hls_id, mp4_id) = (hls["id"].as_str().unwrap(), mp4["id"].as_str().unwrap());
     let mp4_key = {
         let url = mp4["store_url"].as_str().unwrap();
@@ -277,14 +283,7 @@ fn storage_time_removes_the_stores_copy_and_keeps_the_boxs() {
          mp4 = {{ file_name = \"{{StreamID}}-mp4\", storage_time_s = 0 }}\n\
          [[rule]]\napp = \"live\"\ntemplate = \"vod\"\n"
     ));
-    media::publish_and_wait(
-        &d.rtmp_url("live", "brief"),
-        &media::clip(Clip::AudioVideo, 4),
-        false,
-    );
-    let recs = wait_all_uploaded(&d, 2);
-    let hls = recs.iter().find(|r| r["format"] == "hls").unwrap().clone();
-    let mp4 = recs.iter().find(|r| r["format"] == "mp4").unwrap().clone();
+    let (hls, mp4) = publish_hls_and_mp4(&d, "brief", 4);
     let hls_id = hls["id"].as_str().unwrap().to_owned();
     assert_eq!(
         support::unix_ms(&hls["store_expires_at"]) - support::unix_ms(&hls["uploaded_at"]),

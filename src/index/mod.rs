@@ -22,7 +22,7 @@
 //!   `storage_time_s` runs out (see `expiry.rs`).
 //! - `resident`: recording id -> empty, for closed captures whose files are still on
 //!   flash (finished or failed, not being deleted, not evicted): all the disk policy
-//!   reads, so its pass does not grow with the recordings the index keeps.
+//!   reads, so its pass does not grow with the recordings the index keeps (`sets.rs`).
 //! - `attention`: recording id -> empty, for closed rows start-up recovery must still
 //!   visit (being deleted, or failed and not yet reconciled with their files); with
 //!   `open`, all it reads, so start-up does not grow with the number of recordings.
@@ -56,6 +56,8 @@ mod expiry;
 mod files;
 mod rows;
 pub mod search;
+mod sets;
+use sets::{needs_attention, sync_resident};
 mod status;
 mod uploads;
 
@@ -205,29 +207,6 @@ fn segment_prefix(recording_id: &str) -> Vec<u8> {
     key.extend_from_slice(recording_id.as_bytes());
     key.push(b'/');
     key
-}
-
-/// Whether start-up recovery must visit a closed row (see the module doc).
-fn needs_attention(row: &RecordingRow) -> bool {
-    row.deleting || row.state == RecordingState::Failed
-}
-
-/// Whether a capture is closed with its files on flash (the `resident` tree).
-fn is_resident(row: &RecordingRow) -> bool {
-    row.is_terminal() && !row.deleting && row.evicted_ms.is_none()
-}
-
-/// Keeps `row`'s entry in the `resident` tree in step with it (inside a transaction).
-fn sync_resident(
-    resident: &sled::transaction::TransactionalTree,
-    row: &RecordingRow,
-) -> Result<(), sled::transaction::UnabortableTransactionError> {
-    if is_resident(row) {
-        resident.insert(row.id.as_bytes(), &[])?;
-    } else {
-        resident.remove(row.id.as_bytes())?;
-    }
-    Ok(())
 }
 
 fn abort<E>(e: E) -> ConflictableTransactionError<E> {
@@ -697,63 +676,6 @@ impl Index {
     /// every clone of this index. Call once, before recording starts.
     pub fn send_status_events(&self, config: crate::config::CallbackConfig) {
         let _ = self.status_events.set(config);
-    }
-
-    /// The recordings start-up recovery visits: the open ones and those needing
-    /// attention (see the module doc), each once.
-    pub fn recovery_ids(&self) -> Result<Vec<String>, IndexError> {
-        let mut ids: Vec<String> = self.open_entries()?.into_iter().map(|(_, id)| id).collect();
-        for key in self.attention.iter().keys() {
-            ids.push(String::from_utf8_lossy(&key?).into_owned());
-        }
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
-    }
-
-    /// Recovery has reconciled a failed recording with its files.
-    pub fn settled(&self, id: &str) -> Result<(), IndexError> {
-        self.attention.remove(id.as_bytes())?;
-        self.flush()
-    }
-
-    /// Marks every row that needs attention (an index made before the tree existed).
-    fn rebuild_attention(&self) -> Result<(), IndexError> {
-        for row in self.recordings() {
-            let row = row?;
-            if needs_attention(&row) {
-                self.attention.insert(row.id.as_bytes(), &[])?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks every closed capture with files on flash (an index made before the tree
-    /// existed).
-    fn rebuild_resident(&self) -> Result<(), IndexError> {
-        for row in self.recordings() {
-            let row = row?;
-            if is_resident(&row) {
-                self.resident.insert(row.id.as_bytes(), &[])?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The closed captures whose files are still on flash (see the module doc). A row
-    /// that does not decode is left out (and said), not a reason to return none.
-    pub fn resident_recordings(&self) -> Result<Vec<RecordingRow>, IndexError> {
-        let mut rows = Vec::new();
-        for key in self.resident.iter().keys() {
-            let key = key?;
-            if let Some(bytes) = self.recordings.get(&key)? {
-                match decode(&key, &bytes) {
-                    Ok(row) => rows.push(row),
-                    Err(e) => tracing::warn!(error = %e, "skipping a recording row"),
-                }
-            }
-        }
-        Ok(rows)
     }
 
     /// Drops an entry from the `search` tree (its row is going).
