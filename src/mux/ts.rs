@@ -2,7 +2,11 @@
 //! 2.4.3.6, adaptation field and PCR section 2.4.3.4; AVC/HEVC carriage per sections
 //! 2.14/2.17 with access unit delimiters; AAC in ADTS per ISO/IEC 13818-7).
 //!
-//! Owns: [`TsMuxer`], turning [`Frame`]s into 188-byte packets appended to a `Vec<u8>`.
+//! Owns: [`TsMuxer`], turning [`Frame`]s into 188-byte packets handed to a [`TsOut`] (a
+//! `Vec<u8>`, or the segment writer, which passes whole pages to its file as they fill).
+//! An access unit is packetized straight from the frame's NAL units and the start codes
+//! between them, never copied whole first: with one camera per few hundred kB of RAM, a
+//! 100 kB keyframe held twice (an Annex B copy and the output) was a fifth of it.
 //! One program (number 1, PMT on [`PMT_PID`]) with video on [`VIDEO_PID`] and audio on
 //! [`AUDIO_PID`], only for the tracks present. Never does IO and never decides where a
 //! segment ends: the caller calls [`TsMuxer::write_tables`] to start one and
@@ -65,6 +69,60 @@ enum VideoCodec {
     },
 }
 
+/// Where the muxer's packets go. The muxer never does IO: a sink that writes to a file
+/// keeps its own error for the caller to collect after the frame.
+pub trait TsOut {
+    fn put(&mut self, packet: &[u8; PACKET_SIZE]);
+}
+
+impl TsOut for Vec<u8> {
+    fn put(&mut self, packet: &[u8; PACKET_SIZE]) {
+        self.extend_from_slice(packet);
+    }
+}
+
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+/// A PES (header and payload) as the slices it is made of, read in order into packets.
+struct Gather<'a> {
+    parts: Vec<&'a [u8]>,
+    part: usize,
+    offset: usize,
+    remaining: usize,
+}
+
+impl<'a> Gather<'a> {
+    fn new(parts: Vec<&'a [u8]>) -> Gather<'a> {
+        let remaining = parts.iter().map(|p| p.len()).sum();
+        Gather {
+            parts,
+            part: 0,
+            offset: 0,
+            remaining,
+        }
+    }
+
+    /// Fills `dst` (at most [`Self::remaining`] bytes long) with the next bytes.
+    fn read_into(&mut self, mut dst: &mut [u8]) {
+        while !dst.is_empty() {
+            let Some(part) = self.parts.get(self.part) else {
+                return;
+            };
+            let src = part.get(self.offset..).unwrap_or_default();
+            let n = src.len().min(dst.len());
+            let (head, tail) = dst.split_at_mut(n);
+            head.copy_from_slice(&src[..n]);
+            dst = tail;
+            self.offset += n;
+            self.remaining -= n;
+            if self.offset == part.len() {
+                self.part += 1;
+                self.offset = 0;
+            }
+        }
+    }
+}
+
 /// Consecutive ADTS frames waiting to become one PES.
 #[derive(Debug, Default)]
 struct AudioGroup {
@@ -86,8 +144,6 @@ pub struct TsMuxer {
     cc_video: u8,
     cc_audio: u8,
     group: AudioGroup,
-    /// Scratch buffer for the Annex B access unit, reused across frames.
-    annex_b: Vec<u8>,
 }
 
 impl TsMuxer {
@@ -139,12 +195,11 @@ impl TsMuxer {
             cc_video: 0,
             cc_audio: 0,
             group: AudioGroup::default(),
-            annex_b: Vec::new(),
         })
     }
 
     /// Starts a segment: writes PAT + PMT.
-    pub fn write_tables(&mut self, out: &mut Vec<u8>) {
+    pub fn write_tables(&mut self, out: &mut impl TsOut) {
         let mut pat = vec![0x00, 0xb0, 0x00, 0x00, 0x01, 0xc1, 0x00, 0x00];
         pat.extend_from_slice(&[0x00, 0x01]);
         pat.extend_from_slice(&(0xe000 | PMT_PID).to_be_bytes());
@@ -173,7 +228,7 @@ impl TsMuxer {
     /// Appends `frame`. Audio may be held back to share a PES with the next frames; it is
     /// written when the group is full, before any video frame, and by [`TsMuxer::flush`].
     /// On error nothing is appended for this frame.
-    pub fn write_frame(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
+    pub fn write_frame(&mut self, frame: &Frame, out: &mut impl TsOut) -> Result<(), MuxError> {
         match frame.kind {
             TrackKind::Video => self.write_video(frame, out),
             TrackKind::Audio => self.write_audio(frame, out),
@@ -181,7 +236,7 @@ impl TsMuxer {
     }
 
     /// Writes buffered audio; call before closing a segment.
-    pub fn flush(&mut self, out: &mut Vec<u8>) {
+    pub fn flush(&mut self, out: &mut impl TsOut) {
         if self.group.frames == 0 {
             return;
         }
@@ -191,16 +246,16 @@ impl TsMuxer {
         if pcr.is_none() {
             self.pcr_if_stale(dts, out);
         }
-        let mut pes = Vec::with_capacity(group.data.len() + 14);
-        pes_header(STREAM_ID_AUDIO, dts, dts, group.data.len(), &mut pes);
-        pes.extend_from_slice(&group.data);
-        write_pes(AUDIO_PID, &mut self.cc_audio, &pes, pcr, true, out);
+        let mut header = Vec::with_capacity(19);
+        pes_header(STREAM_ID_AUDIO, dts, dts, group.data.len(), &mut header);
+        let mut pes = Gather::new(vec![&header, &group.data]);
+        write_pes(AUDIO_PID, &mut self.cc_audio, &mut pes, pcr, true, out);
         // Keep the allocation for the next group.
         self.group.data = group.data;
         self.group.data.clear();
     }
 
-    fn write_video(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
+    fn write_video(&mut self, frame: &Frame, out: &mut impl TsOut) -> Result<(), MuxError> {
         let Some(video) = &self.video else {
             return Err(MuxError::NoSuchTrack {
                 kind: TrackKind::Video,
@@ -238,44 +293,42 @@ impl TsMuxer {
             let first = unit.map_err(bad)?.first().copied().unwrap_or_default();
             carries_sps |= is_sps(first);
         }
-        let mut au = std::mem::take(&mut self.annex_b);
-        au.clear();
-        au.extend_from_slice(&[0, 0, 0, 1]);
-        match video {
-            VideoCodec::H264 { .. } => au.extend_from_slice(&H264_AUD),
-            VideoCodec::H265 { .. } => au.extend_from_slice(&H265_AUD),
-        }
+        let aud: &[u8] = match video {
+            VideoCodec::H264 { .. } => &H264_AUD,
+            VideoCodec::H265 { .. } => &H265_AUD,
+        };
+        let mut parts: Vec<&[u8]> = vec![&[], &START_CODE, aud];
         if frame.keyframe && !carries_sps {
             for ps in parameter_sets {
-                au.extend_from_slice(&[0, 0, 0, 1]);
-                au.extend_from_slice(ps);
+                parts.extend([&START_CODE[..], ps]);
             }
         }
         // Already validated above; AUDs in the frame are dropped (ours comes first).
         for unit in nal::iter_length_prefixed(&frame.data, length_size).flatten() {
             if unit.first().is_some_and(|&b| !is_aud(b)) {
-                au.extend_from_slice(&[0, 0, 0, 1]);
-                au.extend_from_slice(unit);
+                parts.extend([&START_CODE[..], unit]);
             }
         }
+        let au_len = parts.iter().map(|p| p.len()).sum();
+        let mut header = Vec::with_capacity(19);
+        pes_header(STREAM_ID_VIDEO, frame.pts, frame.dts, au_len, &mut header);
+        parts[0] = &header;
 
-        let pcr = Some(self.next_pcr(frame.dts));
-        let mut pes = Vec::with_capacity(au.len() + 19);
-        pes_header(STREAM_ID_VIDEO, frame.pts, frame.dts, au.len(), &mut pes);
-        pes.extend_from_slice(&au);
+        // `next_pcr`, inline: `parts` borrows the parameter sets from `self.video`.
+        let pcr = self.last_pcr.map_or(frame.dts, |last| last.max(frame.dts));
+        self.last_pcr = Some(pcr);
         write_pes(
             VIDEO_PID,
             &mut self.cc_video,
-            &pes,
-            pcr,
+            &mut Gather::new(parts),
+            Some(pcr),
             frame.keyframe,
             out,
         );
-        self.annex_b = au;
         Ok(())
     }
 
-    fn write_audio(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<(), MuxError> {
+    fn write_audio(&mut self, frame: &Frame, out: &mut impl TsOut) -> Result<(), MuxError> {
         let Some(config) = &self.audio else {
             return Err(MuxError::NoSuchTrack {
                 kind: TrackKind::Audio,
@@ -325,7 +378,7 @@ impl TsMuxer {
 
     /// Writes a PCR-only packet on the (video) PCR PID if media at `dts` is more than
     /// [`PCR_MAX_GAP`] past the last PCR.
-    fn pcr_if_stale(&mut self, dts: Ticks, out: &mut Vec<u8>) {
+    fn pcr_if_stale(&mut self, dts: Ticks, out: &mut impl TsOut) {
         if let Some(last) = self.last_pcr {
             if dts - last > PCR_MAX_GAP {
                 let pcr = self.next_pcr(dts);
@@ -335,7 +388,15 @@ impl TsMuxer {
                 };
                 // No payload: repeats the last counter instead of advancing it.
                 let cc = next_cc.wrapping_add(15) & 0x0f;
-                write_packet(self.pcr_pid, false, cc, Some(pcr), false, &[], out);
+                write_packet(
+                    self.pcr_pid,
+                    false,
+                    cc,
+                    Some(pcr),
+                    false,
+                    &mut Gather::new(Vec::new()),
+                    out,
+                );
             }
         }
     }
@@ -403,38 +464,36 @@ fn write_timestamp(prefix: u8, t: Ticks, out: &mut Vec<u8>) {
 fn write_pes(
     pid: u16,
     cc: &mut u8,
-    pes: &[u8],
+    pes: &mut Gather,
     pcr: Option<Ticks>,
     random_access: bool,
-    out: &mut Vec<u8>,
+    out: &mut impl TsOut,
 ) {
-    let mut rest = pes;
     let mut first = true;
-    while first || !rest.is_empty() {
+    while first || pes.remaining > 0 {
         let (pcr, rai) = if first {
             (pcr, random_access)
         } else {
             (None, false)
         };
-        let used = write_packet(pid, first, *cc, pcr, rai, rest, out);
+        write_packet(pid, first, *cc, pcr, rai, pes, out);
         *cc = (*cc + 1) & 0x0f;
-        rest = rest.get(used..).unwrap_or_default();
         first = false;
     }
 }
 
-/// Appends one packet carrying as much of `payload` as fits (none: adaptation field
-/// only); returns the number of payload bytes used.
+/// Writes one packet carrying as much of `payload` as fits (none: adaptation field
+/// only), consuming it from `payload`.
 fn write_packet(
     pid: u16,
     pusi: bool,
     cc: u8,
     pcr: Option<Ticks>,
     random_access: bool,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) -> usize {
-    let start = out.len();
+    payload: &mut Gather,
+    out: &mut impl TsOut,
+) {
+    let mut packet = [0xff; PACKET_SIZE];
     // Adaptation field bytes after its length byte: flags (+ PCR).
     let fields = match (pcr.is_some(), random_access) {
         (true, _) => 7,
@@ -442,7 +501,7 @@ fn write_packet(
         (false, false) => 0,
     };
     let af_min = if fields > 0 { 1 + fields } else { 0 };
-    let take = payload.len().min(PACKET_SIZE - 4 - af_min);
+    let take = payload.remaining.min(PACKET_SIZE - 4 - af_min);
     let stuffing = PACKET_SIZE - 4 - af_min - take;
     let has_af = af_min > 0 || stuffing > 0;
     let afc = match (has_af, take > 0) {
@@ -450,7 +509,7 @@ fn write_packet(
         (true, false) => 0x20,
         _ => 0x10,
     };
-    out.extend_from_slice(&[
+    packet[..4].copy_from_slice(&[
         0x47,
         (u8::from(pusi) << 6) | ((pid >> 8) as u8 & 0x1f),
         pid as u8,
@@ -458,7 +517,7 @@ fn write_packet(
     ]);
     if has_af {
         let af_len = af_min + stuffing - 1; // bytes after the length byte
-        out.push(af_len as u8);
+        packet[4] = af_len as u8;
         if af_len > 0 {
             let mut flags = 0u8;
             if random_access {
@@ -467,10 +526,10 @@ fn write_packet(
             if pcr.is_some() {
                 flags |= 0x10;
             }
-            out.push(flags);
+            packet[5] = flags;
             if let Some(pcr) = pcr {
                 let base = pcr.rem_euclid(TIMESTAMP_MODULUS) as u64;
-                out.extend_from_slice(&[
+                packet[6..12].copy_from_slice(&[
                     (base >> 25) as u8,
                     (base >> 17) as u8,
                     (base >> 9) as u8,
@@ -479,17 +538,16 @@ fn write_packet(
                     0x00,
                 ]);
             }
-            out.resize(start + 5 + af_len, 0xff);
+            // The rest of the adaptation field is stuffing, already 0xff.
         }
     }
-    out.extend_from_slice(payload.get(..take).unwrap_or_default());
-    debug_assert_eq!(out.len() - start, PACKET_SIZE);
-    take
+    payload.read_into(&mut packet[PACKET_SIZE - take..]);
+    out.put(&packet);
 }
 
 /// Writes a PSI section (table header already in `section` with a zero length) in one
 /// packet: fills in section_length, appends the CRC, pads with 0xff.
-fn write_section(pid: u16, cc: &mut u8, mut section: Vec<u8>, out: &mut Vec<u8>) {
+fn write_section(pid: u16, cc: &mut u8, mut section: Vec<u8>, out: &mut impl TsOut) {
     let section_length = (section.len() - 3 + 4) as u16; // after the length field, + CRC
     if let Some(b) = section.get_mut(1) {
         *b = 0xb0 | ((section_length >> 8) as u8 & 0x0f);
@@ -499,13 +557,17 @@ fn write_section(pid: u16, cc: &mut u8, mut section: Vec<u8>, out: &mut Vec<u8>)
     }
     let crc = crc32_mpeg2(&section);
     section.extend_from_slice(&crc.to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(&[0x47, 0x40 | ((pid >> 8) as u8 & 0x1f), pid as u8]);
-    out.push(0x10 | (*cc & 0x0f));
+    let mut packet = [0xff; PACKET_SIZE];
+    packet[..5].copy_from_slice(&[
+        0x47,
+        0x40 | ((pid >> 8) as u8 & 0x1f),
+        pid as u8,
+        0x10 | (*cc & 0x0f),
+        0, // pointer_field
+    ]);
     *cc = (*cc + 1) & 0x0f;
-    out.push(0); // pointer_field
-    out.extend_from_slice(&section);
-    out.resize(start + PACKET_SIZE, 0xff);
+    packet[5..5 + section.len()].copy_from_slice(&section);
+    out.put(&packet);
 }
 
 /// CRC-32/MPEG-2 (polynomial 0x04C11DB7, no reflection, initial 0xFFFFFFFF).

@@ -375,14 +375,14 @@ impl RecordingSession {
         let (Some(segment), Some(muxer)) = (self.segment.as_mut(), self.muxer.as_mut()) else {
             return Ok(());
         };
-        let before = segment.writer.buffer().len();
-        if let Err(e) = muxer.write_frame(&frame, segment.writer.buffer()) {
+        let before = segment.writer.len();
+        if let Err(e) = muxer.write_frame(&frame, &mut segment.writer) {
             // A malformed access unit costs that frame only.
             self.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(stream = %self.recording.stream_key(), error = %e, "frame not muxed");
             return Ok(());
         }
-        let muxed = segment.writer.buffer().len() - before;
+        let muxed = (segment.writer.len() - before) as usize;
         self.amplification
             .written(muxed, Instant::now())
             .map_err(RecordError::PublisherDropped)?;
@@ -527,7 +527,7 @@ impl RecordingSession {
         let mut writer = create(&self.dir, &SegmentRow::file_name(seq))
             .map_err(|e| RecordError::io("create segment", &self.dir, e))?;
         if let Some(muxer) = self.muxer.as_mut() {
-            muxer.write_tables(writer.buffer());
+            muxer.write_tables(&mut writer);
         }
         self.next_seq += 1;
         let (wall_start_ms, wall_epoch) = match self.dated_by_reports {
@@ -607,7 +607,7 @@ impl RecordingSession {
         next: Option<&mut SegmentWriter>,
     ) -> Result<(), RecordError> {
         if let Some(muxer) = self.muxer.as_mut() {
-            muxer.flush(segment.writer.buffer());
+            muxer.flush(&mut segment.writer);
         }
         let sync_started = Instant::now();
         let duration_ticks = (end - segment.start_dts).max(1);

@@ -11,8 +11,9 @@
 //! [`SegmentWriter::make_durable`].
 //!
 //! Flash-friendly: only whole pages are written before the seal. Bytes go to the page
-//! cache once a [`SPILL_BYTES`] run of whole pages has accumulated (keeping the process's
-//! own buffer, and so its RSS, small), and the partial last page is written once, at the
+//! cache once a [`SPILL_BYTES`] run of whole pages has accumulated, as the muxer hands
+//! over each packet ([`TsOut`]), so the process's own buffer, and so its RSS, stays at
+//! [`SPILL_BYTES`] however large a keyframe is, and the partial last page is written once, at the
 //! seal, instead of being rewritten by every periodic fdatasync (which would write that
 //! page again each second and wear the card). So "durable" at a periodic flush means
 //! everything but the last partial page (under 4 KiB, ~16 ms of a 2 Mb/s stream).
@@ -35,6 +36,7 @@ use std::time::Instant;
 
 use super::{sync_dir, PART_SUFFIX};
 use crate::metrics;
+use crate::mux::ts::{TsOut, PACKET_SIZE};
 
 /// The page size writes are aligned to before the seal.
 pub const PAGE: usize = 4096;
@@ -56,6 +58,9 @@ pub struct SegmentWriter {
     durable: u64,
     /// Whether the file's folder entry is durable (a folder fsync ran after its creation).
     entry_durable: bool,
+    /// A write that failed while the muxer was handing over packets; every later call
+    /// reports it, and nothing more is buffered.
+    failed: Option<io::Error>,
 }
 
 /// A segment file under its final name, durable.
@@ -87,18 +92,27 @@ impl SegmentWriter {
             file,
             dir: dir.to_owned(),
             name: name.to_owned(),
-            // Room for a keyframe past the threshold, so the buffer never grows.
-            buf: Vec::with_capacity(SPILL_BYTES + 128 * 1024),
+            // Packets arrive one at a time and whole pages leave at the threshold.
+            buf: Vec::with_capacity(SPILL_BYTES + PACKET_SIZE),
             written: 0,
             durable: 0,
             entry_durable: false,
+            failed: None,
         })
     }
 
-    /// The buffer muxers append to; its contents reach the file on the next
-    /// [`make_durable`](Self::make_durable) or [`seal`](Self::seal).
-    pub fn buffer(&mut self) -> &mut Vec<u8> {
+    /// The buffer, for tests that append raw bytes.
+    #[cfg(test)]
+    fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.buf
+    }
+
+    /// The write error met while packets were handed over, if any.
+    fn check(&self) -> io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        }
     }
 
     /// Bytes in the segment so far (buffered or written).
@@ -120,9 +134,11 @@ impl SegmentWriter {
         !self.buf.is_empty() || self.written != self.durable
     }
 
-    /// Hands whole pages to the page cache once [`SPILL_BYTES`] are buffered. Cheap to
-    /// call after every frame.
+    /// Hands whole pages to the page cache once [`SPILL_BYTES`] are buffered, and
+    /// reports a write that failed while packets were handed over. Cheap to call after
+    /// every frame.
     pub fn spill(&mut self) -> io::Result<()> {
+        self.check()?;
         if self.buf.len() >= SPILL_BYTES {
             self.write_whole_pages()?;
         }
@@ -142,6 +158,7 @@ impl SegmentWriter {
     /// Writes the whole pages and fdatasyncs: everything appended so far, but the last
     /// partial page, survives a crash.
     pub fn make_durable(&mut self) -> io::Result<()> {
+        self.check()?;
         self.write_whole_pages()?;
         if self.written != self.durable {
             let started = Instant::now();
@@ -164,6 +181,7 @@ impl SegmentWriter {
     /// segment that follows, created with [`create_deferred`](Self::create_deferred) in
     /// the same folder.
     pub fn seal(mut self, next: Option<&mut SegmentWriter>) -> io::Result<SealedSegment> {
+        self.check()?;
         if !self.buf.is_empty() {
             write_timed(&mut self.file, &self.buf)?;
             self.written += self.buf.len() as u64;
@@ -194,6 +212,20 @@ impl SegmentWriter {
         let _ = self.file.set_len(self.durable);
         let _ = self.file.sync_all();
         self.durable
+    }
+}
+
+impl TsOut for SegmentWriter {
+    fn put(&mut self, packet: &[u8; PACKET_SIZE]) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.buf.extend_from_slice(packet);
+        if self.buf.len() >= SPILL_BYTES {
+            if let Err(e) = self.write_whole_pages() {
+                self.failed = Some(e);
+            }
+        }
     }
 }
 
@@ -295,6 +327,27 @@ mod tests {
             libc::munmap(addr, len);
         }
         vec.iter().filter(|b| *b & 1 == 1).count()
+    }
+
+    #[test]
+    fn packets_leave_in_whole_pages_as_they_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::create(dir.path(), "00000005.ts").unwrap();
+        let capacity = w.buf.capacity();
+        // A 1 MB keyframe's worth of packets never gathers in memory.
+        for i in 0..5_600u32 {
+            w.put(&[i as u8; PACKET_SIZE]);
+            assert!(w.buf.len() < SPILL_BYTES);
+        }
+        assert_eq!(w.buf.capacity(), capacity, "the buffer never grew");
+        assert_eq!(w.len(), 5_600 * PACKET_SIZE as u64);
+        let sealed = w.seal(None).unwrap();
+        let data = std::fs::read(dir.path().join(&sealed.name)).unwrap();
+        assert_eq!(data.len(), 5_600 * PACKET_SIZE);
+        assert!(data
+            .chunks(PACKET_SIZE)
+            .enumerate()
+            .all(|(i, p)| p.iter().all(|&b| b == i as u8)));
     }
 
     #[test]
