@@ -399,6 +399,67 @@ fn callback_receiver_down_for_3_minutes_then_delivered() {
 }
 
 #[test]
+fn a_callback_that_fails_for_good_is_parked_then_delivered_when_retried() {
+    let store = S3sFs::start();
+    let receiver = CallbackReceiver::start("abc123");
+    receiver.set_status(500);
+    let callback =
+        callback_section(&receiver, 1).replace("max_attempts = 1000", "max_attempts = 2");
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 1",
+        "",
+        &sections(&store, None, "", &callback),
+    );
+    d.spawn();
+    media::publish_and_wait(
+        &d.rtmp_url("live", "parked"),
+        &media::clip(Clip::AudioVideo, 4),
+        true,
+    );
+    let rec = one_recording(&d, "finished", Duration::from_secs(30));
+    let id = rec["id"].as_str().unwrap().to_owned();
+    wait_uploaded(&d, &id, Duration::from_secs(60));
+    let failed = wait_for(
+        "the callback failed for good",
+        Duration::from_secs(30),
+        || {
+            let cb = d.json("/api/v1/callbacks")[0].clone();
+            (cb["state"] == "failed").then_some(cb)
+        },
+    );
+    assert_eq!(failed["attempts"], 2, "{failed}");
+    assert_eq!(
+        failed["last_error"],
+        "receiver answered 500 Internal Server Error"
+    );
+    assert_eq!(receiver.deliveries().len(), 2, "two attempts, then parked");
+    let m = Scrape::get(&d);
+    assert_eq!(m.value("edgerec_callbacks{state=\"failed\"}"), 1.0);
+    assert_eq!(m.value("edgerec_callbacks{state=\"pending\"}"), 0.0);
+    // Parked: the sender leaves it alone, across a restart too.
+    d.stop();
+    d.spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(receiver.deliveries().len(), 2, "no attempt while parked");
+    assert_eq!(d.json("/api/v1/callbacks")[0]["state"], "failed");
+
+    receiver.set_status(200);
+    let answer = support::http::post(&d.http, &format!("/api/v1/callbacks/{id}/retry")).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    wait_for("delivered after the retry", Duration::from_secs(30), || {
+        (d.json("/api/v1/callbacks")[0]["state"] == "delivered").then_some(())
+    });
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 3);
+    assert!(deliveries
+        .iter()
+        .all(|x| x.sign_ok && x.idempotency_key.as_deref() == Some(id.as_str())));
+    let m = Scrape::get(&d);
+    assert_eq!(m.value("edgerec_callbacks{state=\"delivered\"}"), 1.0);
+    assert_eq!(m.value("edgerec_callbacks{state=\"failed\"}"), 0.0);
+}
+
+#[test]
 fn wrong_credentials_are_reported_then_fixed() {
     let store = S3sFs::start();
     let good = sections(&store, None, "", "");

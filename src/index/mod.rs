@@ -9,7 +9,7 @@
 //! - `open`: `app/stream` -> recording id, for recordings that are `recording` or
 //!   `resumable` (at most one per stream), so a publish finds what to resume without a scan.
 //!
-//! - `upload_pending`, `uploads`, `outbox`, `callbacks_done`: the upload queue and the
+//! - `upload_pending`, `uploads`, `outbox`, `callbacks_done`, `callbacks_failed`: the upload queue and the
 //!   callbacks to deliver and delivered (see `uploads.rs`).
 //! - `files`, `files_pending`, `names`: MP4/FLV/AAC recordings over a capture, and the
 //!   object names taken in the store (see `files.rs`).
@@ -34,7 +34,9 @@
 //! version 1 or 2 index gets both built from its rows; 4 = the `resident` tree, built
 //! from the rows of an older index, and `callbacks_done`, where an older index's
 //! delivered callbacks move; then the current
-//! version is written. An older build refuses a newer index (it would not keep `search`
+//! version is written. Failed callbacks moved to `callbacks_failed` without a new schema
+//! (every open moves settled callbacks out of the outbox; an older build only misses the
+//! failed ones in its API). An older build refuses a newer index (it would not keep `search`
 //! in step).
 //!
 //! Every mutation is one sled transaction over the trees it touches, followed by a flush
@@ -171,6 +173,7 @@ pub struct Index {
     uploads: sled::Tree,
     outbox: sled::Tree,
     callbacks_done: sled::Tree,
+    callbacks_failed: sled::Tree,
     files: sled::Tree,
     files_pending: sled::Tree,
     names: sled::Tree,
@@ -272,6 +275,7 @@ impl Index {
             uploads: db.open_tree("uploads")?,
             outbox: db.open_tree("outbox")?,
             callbacks_done: db.open_tree("callbacks_done")?,
+            callbacks_failed: db.open_tree("callbacks_failed")?,
             files: db.open_tree("files")?,
             files_pending: db.open_tree("files_pending")?,
             names: db.open_tree("names")?,
@@ -306,7 +310,6 @@ impl Index {
                         0
                     };
                     index.rebuild_resident()?;
-                    index.move_delivered_callbacks()?;
                     meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
                     index.flush()?;
                     tracing::info!(
@@ -317,6 +320,14 @@ impl Index {
                     return Err(IndexError::Schema { found });
                 }
             }
+        }
+        let settled = index.settle_outbox()?;
+        if settled > 0 {
+            index.flush()?;
+            tracing::info!(
+                settled,
+                "settled callbacks moved out of the outbox the sender reads"
+            );
         }
         Ok(index)
     }
@@ -917,8 +928,8 @@ mod tests {
         drop(index);
         let index = Index::open(dir.path()).unwrap();
         assert_eq!(resident(&index), ["a"]);
-        assert_eq!(index.undelivered_callbacks().unwrap(), vec![pending]);
-        assert_eq!(index.delivered_callbacks(), 1);
+        assert_eq!(index.pending_callbacks().unwrap(), vec![pending]);
+        assert_eq!(index.count_callbacks(CallbackState::Delivered), 1);
     }
 
     #[test]

@@ -6,11 +6,15 @@
 //!   recording, so the uploader only ever scans recordings that still need work.
 //! - `uploads`: object id (`<recording id>.<seq:08>` or `<recording id>.playlist`, so a
 //!   recording's playlist sorts after its segments) -> JSON [`UploadRow`].
-//! - `outbox`: recording id -> JSON [`CallbackRow`]: callbacks to deliver (pending, or
-//!   failed for good until retried from the API). The sender reads it every second, so
-//!   a delivered callback moves to
+//! - `outbox`: recording id -> JSON [`CallbackRow`]: callbacks to deliver (pending). The
+//!   sender reads it every second, so a settled callback moves to
 //! - `callbacks_done`: recording id -> JSON [`CallbackRow`]: delivered callbacks, kept
-//!   for the API.
+//!   for the API, or
+//! - `callbacks_failed`: recording id -> JSON [`CallbackRow`]: callbacks that failed for
+//!   good, until retried from the API. Out of the outbox, a receiver that is misconfigured
+//!   for months does not make the sender decode every failed callback every second.
+//!
+//! A callback is in exactly one of the three; counting them reads keys only.
 //!
 //! A recording's object rows are removed in the transaction that marks it uploaded and
 //! queues its callback; the recording row then carries the outcome (`uploaded_ms`).
@@ -419,19 +423,21 @@ impl Index {
         self.flush()
     }
 
-    /// Every callback, delivered or not, by id.
+    /// Every callback, pending, delivered or failed, by id.
     pub fn callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
-        let mut rows = self.undelivered_callbacks()?;
-        for item in self.callbacks_done.iter() {
-            let (key, value) = item?;
-            rows.push(decode(&key, &value)?);
+        let mut rows: Vec<CallbackRow> = Vec::new();
+        for tree in [&self.outbox, &self.callbacks_done, &self.callbacks_failed] {
+            for item in tree.iter() {
+                let (key, value) = item?;
+                rows.push(decode(&key, &value)?);
+            }
         }
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(rows)
     }
 
-    /// The callbacks still in the outbox: pending or failed (what the sender reads).
-    pub fn undelivered_callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
+    /// The callbacks in the outbox: pending (what the sender reads).
+    pub fn pending_callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
         self.outbox
             .iter()
             .map(|item| {
@@ -441,33 +447,44 @@ impl Index {
             .collect()
     }
 
-    /// How many callbacks were delivered (a scan of their keys).
-    pub fn delivered_callbacks(&self) -> usize {
-        self.callbacks_done.len()
+    /// How many callbacks are in `state` (a scan of keys, nothing decoded).
+    pub fn count_callbacks(&self, state: CallbackState) -> usize {
+        self.callback_tree(state).len()
+    }
+
+    fn callback_tree(&self, state: CallbackState) -> &sled::Tree {
+        match state {
+            CallbackState::Pending => &self.outbox,
+            CallbackState::Delivered => &self.callbacks_done,
+            CallbackState::Failed => &self.callbacks_failed,
+        }
     }
 
     pub fn get_callback(&self, id: &str) -> Result<Option<CallbackRow>, IndexError> {
         let key = id.as_bytes();
-        match self.outbox.get(key)? {
-            Some(bytes) => Ok(Some(decode(key, &bytes)?)),
-            None => match self.callbacks_done.get(key)? {
-                Some(bytes) => Ok(Some(decode(key, &bytes)?)),
-                None => Ok(None),
-            },
+        for tree in [&self.outbox, &self.callbacks_done, &self.callbacks_failed] {
+            if let Some(bytes) = tree.get(key)? {
+                return Ok(Some(decode(key, &bytes)?));
+            }
         }
+        Ok(None)
     }
 
-    /// Stores a callback's state: a delivered one leaves the outbox for `callbacks_done`.
+    /// Stores a callback's state in the tree of that state, removing it from the others.
     pub fn put_callback(&self, row: &CallbackRow) -> Result<(), IndexError> {
         let (key, value) = (row.id.as_bytes(), encode(row));
-        (&self.outbox, &self.callbacks_done)
-            .transaction(|(outbox, done)| {
-                if row.state == CallbackState::Delivered {
-                    outbox.remove(key)?;
-                    done.insert(key, value.as_slice())?;
-                } else {
-                    done.remove(key)?;
-                    outbox.insert(key, value.as_slice())?;
+        (&self.outbox, &self.callbacks_done, &self.callbacks_failed)
+            .transaction(|(pending, delivered, failed)| {
+                for (state, tree) in [
+                    (CallbackState::Pending, pending),
+                    (CallbackState::Delivered, delivered),
+                    (CallbackState::Failed, failed),
+                ] {
+                    if state == row.state {
+                        tree.insert(key, value.as_slice())?;
+                    } else {
+                        tree.remove(key)?;
+                    }
                 }
                 Ok(())
             })
@@ -475,13 +492,14 @@ impl Index {
         self.flush()
     }
 
-    /// Moves delivered callbacks out of the outbox (an index made before
-    /// `callbacks_done` existed kept them there).
-    pub(super) fn move_delivered_callbacks(&self) -> Result<usize, IndexError> {
+    /// Moves settled (delivered or failed) callbacks out of the outbox: an index made
+    /// before `callbacks_done` or `callbacks_failed` existed kept them there. Reads only
+    /// the outbox, which holds pending callbacks once this has run.
+    pub(super) fn settle_outbox(&self) -> Result<usize, IndexError> {
         let mut moved = 0;
-        for row in self.undelivered_callbacks()? {
-            if row.state == CallbackState::Delivered {
-                self.callbacks_done
+        for row in self.pending_callbacks()? {
+            if row.state != CallbackState::Pending {
+                self.callback_tree(row.state)
                     .insert(row.id.as_bytes(), encode(&row))?;
                 self.outbox.remove(row.id.as_bytes())?;
                 moved += 1;
@@ -568,8 +586,8 @@ mod tests {
             ..cb
         };
         index.put_callback(&delivered).unwrap();
-        assert!(index.undelivered_callbacks().unwrap().is_empty());
-        assert_eq!(index.delivered_callbacks(), 1);
+        assert!(index.pending_callbacks().unwrap().is_empty());
+        assert_eq!(index.count_callbacks(CallbackState::Delivered), 1);
         assert_eq!(index.callbacks().unwrap(), vec![delivered.clone()]);
         assert_eq!(index.get_callback("r1").unwrap(), Some(delivered.clone()));
         // Retried from the API: back in the outbox.
@@ -578,11 +596,46 @@ mod tests {
             ..delivered
         };
         index.put_callback(&again).unwrap();
-        assert_eq!(index.undelivered_callbacks().unwrap(), vec![again]);
-        assert_eq!(index.delivered_callbacks(), 0);
+        assert_eq!(index.pending_callbacks().unwrap(), vec![again.clone()]);
+        assert_eq!(index.count_callbacks(CallbackState::Delivered), 0);
         assert_eq!(
             index.get_recording("r1").unwrap().unwrap().uploaded_ms,
             Some(5)
         );
+        // Failed for good: out of the outbox too, still listed, retried back into it.
+        let failed = CallbackRow {
+            state: CallbackState::Failed,
+            attempts: 5,
+            ..again.clone()
+        };
+        index.put_callback(&failed).unwrap();
+        assert!(index.pending_callbacks().unwrap().is_empty());
+        assert_eq!(index.count_callbacks(CallbackState::Failed), 1);
+        assert_eq!(index.count_callbacks(CallbackState::Pending), 0);
+        assert_eq!(index.callbacks().unwrap(), vec![failed.clone()]);
+        assert_eq!(index.get_callback("r1").unwrap(), Some(failed));
+        index.put_callback(&again).unwrap();
+        assert_eq!(index.count_callbacks(CallbackState::Failed), 0);
+        assert_eq!(index.pending_callbacks().unwrap(), vec![again]);
+    }
+
+    #[test]
+    fn failed_callbacks_an_older_index_kept_in_the_outbox_leave_it_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let pending = CallbackRow::pending("p", "http://x", serde_json::json!({}), 1);
+        let failed = CallbackRow {
+            state: CallbackState::Failed,
+            ..CallbackRow::pending("f", "http://x", serde_json::json!({}), 1)
+        };
+        // As a build before `callbacks_failed` stored them.
+        index.outbox.insert("p", encode(&pending)).unwrap();
+        index.outbox.insert("f", encode(&failed)).unwrap();
+        index.flush().unwrap();
+        drop(index);
+        let index = Index::open(dir.path()).unwrap();
+        assert_eq!(index.pending_callbacks().unwrap(), vec![pending.clone()]);
+        assert_eq!(index.count_callbacks(CallbackState::Failed), 1);
+        assert_eq!(index.callbacks().unwrap(), vec![failed, pending]);
     }
 }

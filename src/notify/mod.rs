@@ -71,7 +71,7 @@ pub async fn run(
 
 fn due_callbacks(index: &Index, now: i64) -> Result<Vec<CallbackRow>, IndexError> {
     Ok(index
-        .undelivered_callbacks()?
+        .pending_callbacks()?
         .into_iter()
         .filter(|c| c.state == CallbackState::Pending && c.next_attempt_ms <= now)
         .collect())
