@@ -13,6 +13,7 @@ pub mod catalog;
 mod clock_anchor;
 pub mod files;
 mod live_stats;
+pub mod lookback;
 pub mod playlist;
 mod preroll;
 mod session;
