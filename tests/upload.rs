@@ -55,6 +55,32 @@ fn wait_uploaded(d: &Daemon, id: &str, limit: Duration) -> Value {
     })
 }
 
+/// Starts a daemon uploading to `store` with `callback`, publishes `seconds` of media to
+/// live/`stream` and waits for its recording to be in the store; returns the daemon and
+/// the recording's id.
+fn record_and_upload(
+    store: &dyn Store,
+    callback: &str,
+    stream: &str,
+    seconds: u32,
+) -> (Daemon, String) {
+    let mut d = Daemon::configure_with(
+        "flow_continue_duration_s = 1",
+        "",
+        &sections(store, None, "", callback),
+    );
+    d.spawn();
+    media::publish_and_wait(
+        &d.rtmp_url("live", stream),
+        &media::clip(Clip::AudioVideo, seconds),
+        true,
+    );
+    let rec = one_recording(&d, "finished", Duration::from_secs(30));
+    let id = rec["id"].as_str().unwrap().to_owned();
+    wait_uploaded(&d, &id, Duration::from_secs(60));
+    (d, id)
+}
+
 fn one_recording(d: &Daemon, state: &str, limit: Duration) -> Value {
     d.wait_recordings(1, state, limit).remove(0)
 }
@@ -355,20 +381,7 @@ fn callback_receiver_down_for_3_minutes_then_delivered() {
     let store = S3sFs::start();
     let mut receiver = CallbackReceiver::start("abc123");
     receiver.down();
-    let mut d = Daemon::configure_with(
-        "flow_continue_duration_s = 1",
-        "",
-        &sections(&store, None, "", &callback_section(&receiver, 20)),
-    );
-    d.spawn();
-    media::publish_and_wait(
-        &d.rtmp_url("live", "cb"),
-        &media::clip(Clip::AudioVideo, 5),
-        true,
-    );
-    let rec = one_recording(&d, "finished", Duration::from_secs(30));
-    let id = rec["id"].as_str().unwrap().to_owned();
-    wait_uploaded(&d, &id, Duration::from_secs(60));
+    let (d, id) = record_and_upload(&store, &callback_section(&receiver, 20), "cb", 5);
     let down_since = Instant::now();
     wait_for("failed attempts shown", Duration::from_secs(60), || {
         let cb = d.json("/api/v1/callbacks")[0].clone();
@@ -405,20 +418,7 @@ fn a_callback_that_fails_for_good_is_parked_then_delivered_when_retried() {
     receiver.set_status(500);
     let callback =
         callback_section(&receiver, 1).replace("max_attempts = 1000", "max_attempts = 2");
-    let mut d = Daemon::configure_with(
-        "flow_continue_duration_s = 1",
-        "",
-        &sections(&store, None, "", &callback),
-    );
-    d.spawn();
-    media::publish_and_wait(
-        &d.rtmp_url("live", "parked"),
-        &media::clip(Clip::AudioVideo, 4),
-        true,
-    );
-    let rec = one_recording(&d, "finished", Duration::from_secs(30));
-    let id = rec["id"].as_str().unwrap().to_owned();
-    wait_uploaded(&d, &id, Duration::from_secs(60));
+    let (mut d, id) = record_and_upload(&store, &callback, "parked", 4);
     let failed = wait_for(
         "the callback failed for good",
         Duration::from_secs(30),
