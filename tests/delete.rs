@@ -1,7 +1,8 @@
 //! `DELETE /api/v1/recordings/{id}` (issue 19) with real peers: ffmpeg publishes, the
 //! daemon uploads to a real s3s-fs store, and deletes remove the recording here and there:
 //! one of two recordings over a capture (the other still decodes), the last one (the
-//! segments go), a live one (409, then `?stop=true`), with the store down and the daemon
+//! segments go), a live one (409, then `?stop=true`; a camera's, which the camera does not
+//! resume when it reconnects), with the store down and the daemon
 //! SIGKILLed before it is back (the restart finishes), and one whose upload is in flight
 //! (no object or multipart upload is left behind). And store retention: a format's
 //! `storage_time_s` removes the store's copy when it runs out, through a restart, and
@@ -13,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::camera::Camera;
 use support::http;
 use support::media::{self, Clip};
 use support::s3::{S3sFs, Store};
@@ -189,6 +191,52 @@ fn a_live_recording_is_refused_unless_stopped_first() {
     assert!(!d.recording_dir(&rec).exists());
     assert!(d.recordings().is_empty(), "{:?}", d.recordings());
     wait_store_empty(&d, &store, Duration::from_secs(30));
+}
+
+#[test]
+fn a_live_camera_recording_stopped_and_deleted_is_not_resumed_when_the_camera_reconnects() {
+    let camera = Camera::start("h264-aac");
+    // A long resume window: a stop that left the recording resumable would let the
+    // camera's reconnect (1 s later) continue the recording being deleted.
+    let d = Daemon::start_with_sections(&format!(
+        "[[template]]\nname = \"long\"\nhls = {{ enabled = true, flow_continue_duration_s = 600 }}\n\
+         [[rule]]\napp = \"cam\"\ntemplate = \"long\"\n\
+         [[source]]\napp = \"cam\"\nstream = \"door\"\nurl = {:?}\n",
+        camera.url("")
+    ));
+    let recorded = |d: &Daemon| {
+        d.recordings()
+            .into_iter()
+            .find(|r| r["segments"].as_u64() >= Some(1))
+    };
+    let first = wait_for("the camera recorded", Duration::from_secs(30), || {
+        recorded(&d)
+    });
+    let id = first["id"].as_str().unwrap().to_owned();
+    let r = delete(&d, &format!("/api/v1/recordings/{id}?stop=true"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["local_files_removed"], true);
+    assert!(!d.recording_dir(&first).exists());
+    let log = d.log();
+    let ended = log
+        .lines()
+        .find(|l| l.contains("publish ended") && l.contains(id.as_str()))
+        .unwrap_or_else(|| panic!("no end of {id} in the log:\n{log}"));
+    assert!(
+        ended.contains("finished") && !ended.contains("resumable"),
+        "closed for good, not left for the camera to resume: {ended}"
+    );
+    let next = wait_for(
+        "the camera reconnected and recording anew",
+        Duration::from_secs(30),
+        || recorded(&d),
+    );
+    assert_ne!(next["id"], first["id"]);
+    assert_eq!(
+        next["sessions"], 1,
+        "a new recording, not a resumed one: {next}"
+    );
+    assert_eq!(d.get(&format!("/api/v1/recordings/{id}")).status, 404);
 }
 
 #[test]

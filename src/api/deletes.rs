@@ -132,7 +132,7 @@ async fn stop(s: &ApiState, capture_id: &str) -> Result<(), ApiError> {
             return Ok(());
         };
         if row.state != RecordingState::Recording {
-            break; // Sealed (a camera that reconnects may resume it: then this is a 409).
+            break; // Sealed, and finished: a camera that reconnects records anew.
         }
         if Instant::now() >= deadline {
             return Err(ApiError::conflict(format!(

@@ -3,7 +3,7 @@
 //! the writer's heartbeat and backlog, why it stopped), and [`StreamView`], its JSON for
 //! `GET /api/v1/streams` and the status page.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use prometheus::IntCounter;
@@ -53,6 +53,10 @@ pub struct LiveStats {
     pub(super) failure: Mutex<Option<String>>,
     /// Why the recorder ended the publish (a [`write_bounds`] limit), if it did.
     pub(super) dropped: Mutex<Option<String>>,
+    /// Ended from outside for good (the API deleting the recording): it closes finished,
+    /// not resumable, so a publisher or camera that reconnects at once starts a new
+    /// recording instead of continuing the one being deleted.
+    pub(super) no_resume: AtomicBool,
     /// Why the publisher's audio is not recorded (a codec MPEG-TS cannot carry).
     pub(super) audio_dropped: Mutex<Option<String>>,
     /// This protocol's lifetime series (`edgerec_received_*_total`).
@@ -103,6 +107,13 @@ impl LiveStats {
 
     pub(super) fn set_dropped(&self, reason: &str) {
         *lock(&self.dropped) = Some(reason.to_owned());
+    }
+
+    /// Ends the recording for good: the writer seals, the publisher is disconnected, and
+    /// the recording is not left resumable.
+    pub(super) fn stop_for_good(&self, reason: &str) {
+        self.no_resume.store(true, Ordering::Relaxed);
+        self.set_dropped(reason);
     }
 
     pub(super) fn is_dropped(&self) -> bool {
@@ -215,6 +226,7 @@ pub(super) fn placeholder_stats(app: &str, stream: &str, protocol: &'static str)
         tracks: Mutex::new(Tracks::default()),
         failure: Mutex::new(None),
         dropped: Mutex::new(None),
+        no_resume: AtomicBool::new(false),
         audio_dropped: Mutex::new(None),
         bytes_counter: m.received_bytes.with_label_values(&[protocol]),
         frames_counter: m.received_frames.with_label_values(&[protocol]),

@@ -618,15 +618,16 @@ impl Recorders {
         v
     }
 
-    /// Ends the live recording `recording_id` (its writer seals what it has and stops, and
-    /// the publisher is told and disconnected as when it crosses a limit). False when no
-    /// live publish records it.
+    /// Ends the live recording `recording_id` for good (its writer seals what it has and
+    /// stops, the recording closes finished rather than resumable, and the publisher is
+    /// told and disconnected as when it crosses a limit). False when no live publish
+    /// records it.
     pub fn stop_recording(&self, recording_id: &str, reason: &str) -> bool {
         let live = lock(&self.inner.live);
         let Some(slot) = live.values().find(|s| s.stats.recording_id == recording_id) else {
             return false;
         };
-        slot.stats.set_dropped(reason);
+        slot.stats.stop_for_good(reason);
         true
     }
 
