@@ -433,6 +433,21 @@ fn a_callback_that_fails_for_good_is_parked_then_delivered_when_retried() {
         "receiver answered 500 Internal Server Error"
     );
     assert_eq!(receiver.deliveries().len(), 2, "two attempts, then parked");
+    assert_eq!(
+        d.json("/api/v1/callbacks?state=pending,failed"),
+        Value::Array(vec![failed.clone()])
+    );
+    assert_eq!(
+        d.json("/api/v1/callbacks?state=delivered"),
+        Value::Array(vec![])
+    );
+    let r = d.get("/api/v1/callbacks?state=sent");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("pending, delivered, failed"),
+        "{}",
+        r.text()
+    );
     let m = Scrape::get(&d);
     assert_eq!(m.value("edgerec_callbacks{state=\"failed\"}"), 1.0);
     assert_eq!(m.value("edgerec_callbacks{state=\"pending\"}"), 0.0);

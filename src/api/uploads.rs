@@ -1,5 +1,5 @@
 //! The upload side of the API: `GET /api/v1/uploads[?state=]`, `POST
-//! /api/v1/uploads/{id}/retry`, `GET /api/v1/callbacks`, `POST
+//! /api/v1/uploads/{id}/retry`, `GET /api/v1/callbacks[?state=]`, `POST
 //! /api/v1/callbacks/{id}/retry` and `GET /api/v1/storage` (disk policy).
 
 use axum::extract::State;
@@ -10,6 +10,7 @@ use super::extract::{Path, Query};
 #[cfg(test)]
 use super::ErrorBody;
 use super::{ApiError, ApiState};
+use crate::index::CallbackState;
 use crate::notify::{self, CallbackView};
 use crate::storage::retention::DiskStatus;
 use crate::upload::{ObjectView, UploadsView};
@@ -66,11 +67,44 @@ pub async fn retry(
     }
 }
 
-/// The completion-callback outbox.
+/// Filter of `GET /api/v1/callbacks`.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+pub struct CallbacksQuery {
+    /// Only callbacks in these states, comma-separated (`pending`, `delivered`,
+    /// `failed`). Without it every callback, delivered ones included: a box keeps
+    /// every one it ever sent, so a page that polls should ask for `pending,failed`.
+    state: Option<String>,
+}
+
+/// Completion (and status) callbacks, by id.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/callbacks", operation_id = "list_callbacks", tag = "upload",
-    responses((status = 200, description = "Every callback, pending, delivered or failed", body = Vec<CallbackView>))))]
-pub async fn callbacks(State(s): State<ApiState>) -> Result<Json<Vec<CallbackView>>, ApiError> {
-    let rows = s.index.callbacks()?;
+    params(CallbacksQuery),
+    responses(
+        (status = 200, description = "The callbacks asked for", body = Vec<CallbackView>),
+        (status = 400, description = "An unknown state", body = ErrorBody),
+    )))]
+pub async fn callbacks(
+    State(s): State<ApiState>,
+    Query(q): Query<CallbacksQuery>,
+) -> Result<Json<Vec<CallbackView>>, ApiError> {
+    let states = match q.state.as_deref() {
+        None => CallbackState::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                CallbackState::parse(name).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "state: {name:?} is not one of pending, delivered, failed"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let index = s.index.clone();
+    let rows = tokio::task::spawn_blocking(move || index.callbacks_in(&states))
+        .await
+        .map_err(|e| ApiError::internal(format!("callbacks task: {e}")))??;
     Ok(Json(rows.iter().map(CallbackView::new).collect()))
 }
 

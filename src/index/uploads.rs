@@ -159,6 +159,16 @@ pub enum CallbackState {
 }
 
 impl CallbackState {
+    pub const ALL: [CallbackState; 3] = [
+        CallbackState::Pending,
+        CallbackState::Delivered,
+        CallbackState::Failed,
+    ];
+
+    pub fn parse(s: &str) -> Option<CallbackState> {
+        CallbackState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CallbackState::Pending => "pending",
@@ -425,8 +435,13 @@ impl Index {
 
     /// Every callback, pending, delivered or failed, by id.
     pub fn callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
+        self.callbacks_in(&CallbackState::ALL)
+    }
+
+    /// The callbacks in `states`, by id; reads only their trees.
+    pub fn callbacks_in(&self, states: &[CallbackState]) -> Result<Vec<CallbackRow>, IndexError> {
         let mut rows: Vec<CallbackRow> = Vec::new();
-        for tree in [&self.outbox, &self.callbacks_done, &self.callbacks_failed] {
+        for tree in states.iter().map(|&s| self.callback_tree(s)) {
             for item in tree.iter() {
                 let (key, value) = item?;
                 rows.push(decode(&key, &value)?);
