@@ -34,18 +34,17 @@ fn url(d: &Daemon, path: &str) -> String {
 
 /// `ffmpeg -c copy -f rtsp` of `clip` at `speed` x real time over `transport`.
 fn publish(url: &str, clip: &Path, transport: &str, speed: u32) -> Child {
+    publish_with(url, clip, transport, speed, &[])
+}
+
+/// [`publish`] with `extra` output options (`-rtpflags latm`).
+fn publish_with(url: &str, clip: &Path, transport: &str, speed: u32, extra: &[&str]) -> Child {
     media::tool("ffmpeg")
         .args(["-v", "error", "-readrate", &speed.to_string(), "-i"])
         .arg(clip)
-        .args([
-            "-c",
-            "copy",
-            "-f",
-            "rtsp",
-            "-rtsp_transport",
-            transport,
-            url,
-        ])
+        .args(["-c", "copy"])
+        .args(extra)
+        .args(["-f", "rtsp", "-rtsp_transport", transport, url])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -53,7 +52,11 @@ fn publish(url: &str, clip: &Path, transport: &str, speed: u32) -> Child {
 }
 
 fn publish_ok(url: &str, clip: &Path, transport: &str, speed: u32) {
-    let out = publish(url, clip, transport, speed)
+    publish_ok_with(url, clip, transport, speed, &[]);
+}
+
+fn publish_ok_with(url: &str, clip: &Path, transport: &str, speed: u32, extra: &[&str]) {
+    let out = publish_with(url, clip, transport, speed, extra)
         .wait_with_output()
         .unwrap();
     assert!(
@@ -160,6 +163,20 @@ fn h264_aac_over_udp_records_decodable_hls() {
     let clip = media::clip(Clip::AudioVideo, 8);
     publish_ok(&url(&d, "live/udp"), &clip, "udp", 4);
     assert_recorded(&d, "udp", &clip, "h264");
+}
+
+#[test]
+fn aac_as_mp4a_latm_records_like_mpeg4_generic() {
+    let d = daemon("", "");
+    let clip = media::clip(Clip::AudioVideo, 8);
+    publish_ok_with(
+        &url(&d, "live/latm"),
+        &clip,
+        "tcp",
+        4,
+        &["-rtpflags", "latm"],
+    );
+    assert_recorded(&d, "latm", &clip, "h264");
 }
 
 /// An FLV clip whose H.264 has two B-frames between references.

@@ -95,6 +95,12 @@ impl RetinaFeed {
         let mut info = FeedInfo::default();
         let audio = match first_audio {
             Some(i) if streams[i].encoding_name() == "mpeg4-generic" => Some(i),
+            // AAC, but retina (0.4) does not depacketize RFC 6416 LATM.
+            Some(i) if streams[i].encoding_name() == "mp4a-latm" => {
+                info.audio_dropped =
+                    Some("mp4a-latm: AAC in LATM is not read from cameras".to_owned());
+                None
+            }
             Some(i) => {
                 info.audio_dropped = Some(format!(
                     "{}: not storable in MPEG-TS",

@@ -4,7 +4,7 @@
 //! several packets (section 3.2.3). The AudioSpecificConfig comes from the SDP's `config`.
 //!
 //! Owns: turning payloads into raw AAC [`Frame`]s; access unit `i` of a packet is stamped
-//! `timestamp + i * 1024` samples. LATM (RFC 6416) is not handled (the track is skipped).
+//! `timestamp + i * 1024` samples. LATM (RFC 6416) is `latm.rs`.
 //! Pure; never panics on a peer's bytes.
 
 use bytes::{Bytes, BytesMut};
@@ -20,16 +20,62 @@ const SAMPLES_PER_AU: i64 = 1024;
 /// Largest AAC access unit accepted (6144 bits per channel, 8 channels, with room).
 const MAX_AU: usize = 64 * 1024;
 
+/// What both AAC payload formats produce: the config before the first frame, then raw
+/// access units, and a count of those lost.
+#[derive(Debug)]
+pub(super) struct AacUnits {
+    /// For errors: `aac` or `aac-latm`.
+    codec: &'static str,
+    config: AacConfig,
+    config_sent: bool,
+    pub(super) dropped: u64,
+}
+
+impl AacUnits {
+    pub(super) fn new(config: AacConfig, codec: &'static str) -> AacUnits {
+        AacUnits {
+            codec,
+            config,
+            config_sent: false,
+            dropped: 0,
+        }
+    }
+
+    pub(super) fn config(&self) -> CodecParams {
+        CodecParams::Aac(self.config.clone())
+    }
+
+    pub(super) fn err(&self, detail: impl Into<String>) -> RtpError {
+        RtpError::Payload {
+            codec: self.codec,
+            detail: detail.into(),
+        }
+    }
+
+    /// Appends access unit `au` presented at `pts` (the config first, once).
+    pub(super) fn emit(&mut self, pts: Ticks, au: Bytes, out: &mut Vec<MediaEvent>) {
+        if !self.config_sent {
+            out.push(MediaEvent::Config(self.config()));
+            self.config_sent = true;
+        }
+        out.push(MediaEvent::Frame(Frame {
+            kind: TrackKind::Audio,
+            dts: pts,
+            pts,
+            keyframe: true,
+            data: au,
+        }));
+    }
+}
+
 #[derive(Debug)]
 pub struct AacDepacketizer {
-    config: AacConfig,
+    units: AacUnits,
     size_length: u32,
     index_length: u32,
     index_delta_length: u32,
-    config_sent: bool,
     /// A fragmented access unit: its size, its pts and the bytes so far.
     fragment: Option<(usize, Ticks, BytesMut)>,
-    dropped: u64,
 }
 
 impl AacDepacketizer {
@@ -59,30 +105,21 @@ impl AacDepacketizer {
             return Err("sizelength missing or 0 (constant-size AUs are not supported)".into());
         }
         Ok(AacDepacketizer {
-            config,
+            units: AacUnits::new(config, "aac"),
             size_length,
             index_length: num("indexlength", 0)?,
             index_delta_length: num("indexdeltalength", 0)?,
-            config_sent: false,
             fragment: None,
-            dropped: 0,
         })
     }
 
     pub fn config(&self) -> CodecParams {
-        CodecParams::Aac(self.config.clone())
+        self.units.config()
     }
 
     /// Access units dropped so far.
     pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    fn err(&self, detail: impl Into<String>) -> RtpError {
-        RtpError::Payload {
-            codec: "aac",
-            detail: detail.into(),
-        }
+        self.units.dropped
     }
 
     /// Feeds one packet's payload, stamped `pts` (its RTP timestamp in ticks) on a clock
@@ -96,15 +133,17 @@ impl AacDepacketizer {
         out: &mut Vec<MediaEvent>,
     ) -> Result<(), RtpError> {
         if lost && self.fragment.take().is_some() {
-            self.dropped += 1;
+            self.units.dropped += 1;
         }
         let Some(&[h0, h1]) = payload.get(..2) else {
-            return Err(self.err("no AU-headers-length"));
+            return Err(self.units.err("no AU-headers-length"));
         };
         let header_bits = usize::from(u16::from_be_bytes([h0, h1]));
         let header_bytes = header_bits.div_ceil(8);
         let Some(headers) = payload.get(2..2 + header_bytes) else {
-            return Err(self.err(format!("AU-headers of {header_bits} bits truncated")));
+            return Err(self
+                .units
+                .err(format!("AU-headers of {header_bits} bits truncated")));
         };
         let mut r = BitReader::new(headers, "aac au-header");
         let mut sizes = Vec::new();
@@ -112,39 +151,41 @@ impl AacDepacketizer {
         while r.bit_position() < header_bits {
             let size = r
                 .read_bits(self.size_length)
-                .map_err(|e| self.err(e.to_string()))?;
+                .map_err(|e| self.units.err(e.to_string()))?;
             let index_bits = if first {
                 self.index_length
             } else {
                 self.index_delta_length
             };
             r.read_bits(index_bits)
-                .map_err(|e| self.err(e.to_string()))?;
+                .map_err(|e| self.units.err(e.to_string()))?;
             first = false;
             sizes.push(size as usize);
             if sizes.len() > 64 {
-                return Err(self.err("more than 64 AU-headers in one packet"));
+                return Err(self.units.err("more than 64 AU-headers in one packet"));
             }
         }
         let mut data = payload.slice(2 + header_bytes..);
         // A fragment continues: one header, its size the whole AU's.
         if let Some((size, frag_pts, mut buf)) = self.fragment.take() {
             if sizes.len() != 1 || sizes[0] != size || frag_pts != pts {
-                self.dropped += 1;
-                return Err(self.err("access unit fragment does not continue the previous one"));
+                self.units.dropped += 1;
+                return Err(self
+                    .units
+                    .err("access unit fragment does not continue the previous one"));
             }
             buf.extend_from_slice(&data);
             if buf.len() < size {
                 self.fragment = Some((size, pts, buf));
             } else {
                 buf.truncate(size);
-                self.emit(pts, buf.freeze(), out);
+                self.units.emit(pts, buf.freeze(), out);
             }
             return Ok(());
         }
         for (i, &size) in sizes.iter().enumerate() {
             if size > MAX_AU {
-                return Err(self.err(format!("access unit of {size} bytes")));
+                return Err(self.units.err(format!("access unit of {size} bytes")));
             }
             let au_pts = pts
                 + media::rescale(
@@ -159,34 +200,21 @@ impl AacDepacketizer {
                     self.fragment = Some((size, pts, buf));
                     return Ok(());
                 }
-                self.dropped += (sizes.len() - i) as u64;
-                return Err(self.err(format!(
+                self.units.dropped += (sizes.len() - i) as u64;
+                return Err(self.units.err(format!(
                     "access unit {i} of {size} bytes, {} left in the packet",
                     data.len()
                 )));
             }
-            self.emit(au_pts, data.slice(..size), out);
+            self.units.emit(au_pts, data.slice(..size), out);
             data = data.slice(size..);
         }
         Ok(())
     }
-
-    fn emit(&mut self, pts: Ticks, au: Bytes, out: &mut Vec<MediaEvent>) {
-        if !self.config_sent {
-            out.push(MediaEvent::Config(self.config()));
-            self.config_sent = true;
-        }
-        out.push(MediaEvent::Frame(Frame {
-            kind: TrackKind::Audio,
-            dts: pts,
-            pts,
-            keyframe: true,
-            data: au,
-        }));
-    }
 }
 
-fn hex(s: &str) -> Option<Vec<u8>> {
+/// Decodes an SDP fmtp hex string (`config=`).
+pub(super) fn hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     if !s.len().is_multiple_of(2) || s.len() > 256 {
         return None;

@@ -1,6 +1,6 @@
 //! RTSP publish (ANNOUNCE/RECORD) protocol, sans-IO: the server session (RFC 2326 over
 //! `rtsp-types`), the ANNOUNCE's SDP, RTP headers and timestamps, and the H.264 / H.265 /
-//! AAC depacketizers that turn RTP payloads into [`crate::media`] frames.
+//! AAC (RFC 3640 and RFC 6416 LATM) depacketizers that turn RTP payloads into [`crate::media`] frames.
 //!
 //! Owns: every byte of the RTSP/RTP wire format on the publish path. Never does IO and
 //! never depends on tokio; the daemon's `ingest::rtsp` moves bytes between sockets and a
@@ -9,6 +9,7 @@
 
 pub mod aac;
 pub mod h26x;
+pub mod latm;
 pub mod rtp;
 pub mod sdp;
 pub mod session;

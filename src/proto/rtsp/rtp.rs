@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use super::aac::AacDepacketizer;
 use super::h26x::H26xDepacketizer;
+use super::latm::LatmDepacketizer;
 use super::sdp::MediaDesc;
 use crate::media::reorder::DtsSynth;
 use crate::media::{self, avc, hevc, CodecParams, Frame, MediaError, Ticks, TrackKind};
@@ -169,6 +170,7 @@ pub fn sender_report(packet: &[u8]) -> Option<(u64, u32)> {
 enum Depacketizer {
     Video(Box<H26xDepacketizer>),
     Aac(AacDepacketizer),
+    Latm(LatmDepacketizer),
 }
 
 /// Counters of one track, for logs and the API.
@@ -230,6 +232,13 @@ impl RtpTrack {
                 TrackKind::Audio,
                 "aac",
                 Depacketizer::Aac(AacDepacketizer::new(media).map_err(|e| format!("aac: {e}"))?),
+            ),
+            ("audio", "mp4a-latm") => (
+                TrackKind::Audio,
+                "aac",
+                Depacketizer::Latm(
+                    LatmDepacketizer::new(media).map_err(|e| format!("aac (latm): {e}"))?,
+                ),
             ),
             ("audio", _) => return Err(format!("{name}: not storable in MPEG-TS")),
             ("video", _) => return Err(format!("{name}: video codec not supported")),
@@ -359,10 +368,12 @@ impl RtpTrack {
         let result = match &mut self.depack {
             Depacketizer::Video(d) => d.push(pts, pkt.marker, pkt.payload, lost, &mut scratch),
             Depacketizer::Aac(d) => d.push(pts, rate, pkt.payload, lost, &mut scratch),
+            Depacketizer::Latm(d) => d.push(pts, rate, pkt.payload, lost, &mut scratch),
         };
         self.stats.dropped = match &self.depack {
             Depacketizer::Video(d) => d.dropped(),
             Depacketizer::Aac(d) => d.dropped(),
+            Depacketizer::Latm(d) => d.dropped(),
         };
         self.decode_times(&mut scratch, out);
         self.scratch = scratch;
@@ -424,6 +435,7 @@ impl RtpTrack {
         match &self.depack {
             Depacketizer::Video(d) => d.initial_config(),
             Depacketizer::Aac(d) => Some(d.config()),
+            Depacketizer::Latm(d) => Some(d.config()),
         }
     }
 }
