@@ -245,21 +245,24 @@ fn store_killed_mid_multipart_then_restarted() {
     media::publish_and_wait(&d.rtmp_url("live", "big"), &media::noise_clip(6), true);
     let object = d.wait_mid_multipart(1);
     store.kill();
-    wait_for(
-        "the API to report the store down",
+    // The store's state changes in memory first and the object's row a moment later
+    // (after its index write): wait for both.
+    let same = wait_for(
+        "the API to report the store down, on the object too",
         Duration::from_secs(60),
-        || (d.json("/api/v1/uploads")["store"]["state"] == "unavailable").then_some(()),
+        || {
+            let down = d.json("/api/v1/uploads");
+            let same = down["objects"]
+                .as_array()?
+                .iter()
+                .find(|o| o["id"] == object["id"])?
+                .clone();
+            (down["store"]["state"] == "unavailable" && same["last_error"].is_string())
+                .then_some(same)
+        },
     );
-    let down = d.json("/api/v1/uploads");
-    let same = down["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["id"] == object["id"])
-        .unwrap()
-        .clone();
     assert!(
-        same["last_error"].as_str().unwrap_or("").contains("store"),
+        same["last_error"].as_str().unwrap().contains("store"),
         "{same}"
     );
     assert!(same["next_attempt"].is_string(), "{same}");
