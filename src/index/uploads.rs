@@ -441,7 +441,7 @@ impl Index {
     /// The callbacks in `states`, by id; reads only their trees.
     pub fn callbacks_in(&self, states: &[CallbackState]) -> Result<Vec<CallbackRow>, IndexError> {
         let mut rows: Vec<CallbackRow> = Vec::new();
-        for tree in states.iter().map(|&s| self.callback_tree(s)) {
+        for tree in states.iter().map(|&state| self.callback_tree(state)) {
             for item in tree.iter() {
                 let (key, value) = item?;
                 rows.push(decode(&key, &value)?);
@@ -453,13 +453,7 @@ impl Index {
 
     /// The callbacks in the outbox: pending (what the sender reads).
     pub fn pending_callbacks(&self) -> Result<Vec<CallbackRow>, IndexError> {
-        self.outbox
-            .iter()
-            .map(|item| {
-                let (key, value) = item?;
-                decode(&key, &value)
-            })
-            .collect()
+        self.callbacks_in(&[CallbackState::Pending])
     }
 
     /// How many callbacks are in `state` (a scan of keys, nothing decoded).
@@ -477,8 +471,8 @@ impl Index {
 
     pub fn get_callback(&self, id: &str) -> Result<Option<CallbackRow>, IndexError> {
         let key = id.as_bytes();
-        for tree in [&self.outbox, &self.callbacks_done, &self.callbacks_failed] {
-            if let Some(bytes) = tree.get(key)? {
+        for state in CallbackState::ALL {
+            if let Some(bytes) = self.callback_tree(state).get(key)? {
                 return Ok(Some(decode(key, &bytes)?));
             }
         }

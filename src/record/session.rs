@@ -707,9 +707,10 @@ impl RecordingSession {
             tracing::info!(recording = %id, "publish ended before any media; nothing recorded");
             return Ok(());
         }
-        let window_ms = match self.stats.no_resume.load(Ordering::Relaxed) {
-            true => 0,
-            false => self.config.resume_window().as_millis() as i64,
+        let window_ms = if self.stats.no_resume.load(Ordering::Relaxed) {
+            0
+        } else {
+            self.config.resume_window().as_millis() as i64
         };
         let index = &self.index;
         let row = self

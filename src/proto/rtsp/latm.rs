@@ -80,15 +80,13 @@ impl LatmDepacketizer {
         lost: bool,
         out: &mut Vec<MediaEvent>,
     ) -> Result<(), RtpError> {
-        let continues = self
-            .pending
-            .as_ref()
-            .is_some_and(|(at, _)| *at == pts && !lost);
-        if !continues && self.pending.take().is_some() {
-            self.units.dropped += self.subframes as u64;
-        }
+        // Bytes of an element begun in earlier packets of this timestamp.
         let mut buf = match self.pending.take() {
-            Some((_, buf)) => buf,
+            Some((at, buf)) if at == pts && !lost => buf,
+            Some(_) => {
+                self.units.dropped += self.subframes as u64;
+                BytesMut::new()
+            }
             None => BytesMut::new(),
         };
         buf.extend_from_slice(&payload);
@@ -101,7 +99,11 @@ impl LatmDepacketizer {
         let buf = buf.freeze();
         match self.split(&buf) {
             Ok(Parsed::Incomplete) => {
-                self.pending = Some((pts, BytesMut::from(&buf[..])));
+                // Nothing borrows it: back to a buffer without a copy.
+                let buf = buf
+                    .try_into_mut()
+                    .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                self.pending = Some((pts, buf));
                 Ok(())
             }
             Ok(Parsed::Complete(units)) => {
