@@ -357,6 +357,7 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
                 uploaded_ms: None,
                 before: None,
                 store_expiry: None,
+                task_id: None,
             })
             .expect("put file");
     }

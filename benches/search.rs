@@ -278,6 +278,7 @@ fn generate(dir: &Path, n: usize) -> i64 {
                 uploaded_ms: None,
                 before: None,
                 store_expiry: None,
+                task_id: None,
             };
             index.put_file(&file).expect("file");
         }

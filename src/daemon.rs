@@ -191,6 +191,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         Arc::new(crate::ingest::camera::RetinaConnector::default()),
         ingest_cancel.clone(),
     );
+    let tasks = record::tasks::Tasks::new(recorders.clone());
     let api_state = ApiState {
         sources: sources.clone(),
         index: index.clone(),
@@ -200,6 +201,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         uploader: uploader.clone(),
         plans: api::PlanCache::default(),
         access: api::Access::new(&config.http),
+        tasks: tasks.clone(),
     };
     // Background work that stops with the daemon; in-flight uploads resume at next start.
     let background = CancellationToken::new();
@@ -258,6 +260,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         reloads.into_iter().flatten().collect(),
         background.clone(),
     )));
+    workers.push(tokio::spawn(tasks.run(background.clone())));
     let reaper = tokio::spawn(record::run_resume_reaper(
         recorders.clone(),
         cancel.child_token(),

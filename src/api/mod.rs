@@ -21,6 +21,7 @@ mod ranged;
 mod recordings;
 mod server;
 mod sources;
+mod tasks;
 mod uploads;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub access: Access,
     /// RTSP cameras pulled and recorded.
     pub sources: crate::ingest::camera::Sources,
+    /// Recording tasks (time windows).
+    pub tasks: crate::record::tasks::Tasks,
 }
 
 /// The whole route table.
@@ -93,6 +96,11 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/sources/{name}",
             get(sources::get_one).delete(sources::delete),
+        )
+        .route("/api/v1/tasks", get(tasks::list).post(tasks::create))
+        .route(
+            "/api/v1/tasks/{id}",
+            get(tasks::get_one).delete(tasks::cancel),
         )
         .route("/api/v1/uploads", get(uploads::list))
         .route("/api/v1/uploads/{id}/retry", post(uploads::retry))

@@ -38,7 +38,9 @@ mod generated {
     use utoipa::openapi::{Object, Ref, RefOr, ResponseBuilder, Type};
     use utoipa::{Modify, OpenApi};
 
-    use crate::api::{catalog, deletes, files, hls, metrics, page, recordings, sources, uploads};
+    use crate::api::{
+        catalog, deletes, files, hls, metrics, page, recordings, sources, tasks, uploads,
+    };
 
     #[derive(OpenApi)]
     #[openapi(
@@ -74,6 +76,10 @@ mod generated {
             sources::create,
             sources::get_one,
             sources::delete,
+            tasks::create,
+            tasks::list,
+            tasks::get_one,
+            tasks::cancel,
             uploads::list,
             uploads::retry,
             uploads::callbacks,

@@ -35,6 +35,8 @@ pub struct ListQuery {
     format: Option<String>,
     /// The template it was made with.
     template: Option<String>,
+    /// The recording task it was made for (`POST /api/v1/tasks`).
+    task_id: Option<String>,
     /// `local_only`, `waiting`, `queued`, `uploading`, `failed`, `skipped`, `uploaded`.
     upload_state: Option<String>,
     /// Recordings per page: 1 to 1000, 100 if absent.
@@ -54,6 +56,8 @@ pub struct RecordingView {
     pub template: String,
     /// The publisher's `record_id=`, if it gave one.
     pub record_id: Option<String>,
+    /// The recording task it was made for, if one made it.
+    pub task_id: Option<String>,
     /// MP4/FLV/AAC: the file's name (extension included) once it is closed.
     pub file_name: Option<String>,
     /// The capture it is made from (its own id for HLS).
@@ -131,6 +135,7 @@ impl RecordingView {
             format: Format::Hls,
             template: row.template_name().to_owned(),
             record_id: row.record_id.clone(),
+            task_id: row.task_id.clone(),
             file_name: None,
             capture_id: row.id.clone(),
             app: row.app.clone(),
@@ -174,6 +179,7 @@ impl RecordingView {
             format: row.format,
             template: row.template.clone(),
             record_id: row.record_id.clone(),
+            task_id: row.task_id.clone(),
             file_name: (row.state == FileState::Finished).then(|| row.download_name()),
             state: row.state.as_str(),
             start_time: rfc3339(row.start_ms),
@@ -404,6 +410,7 @@ impl ListQuery {
             to_ms,
             format,
             template: given(&self.template),
+            task_id: given(&self.task_id),
             state,
             uploaded,
             ids,

@@ -40,7 +40,7 @@ pub fn completion_body(
         "duration": rec.duration_s().round() as i64,
         "file_size": file_size,
         "stream_param": rec.stream_param.clone().unwrap_or_default(),
-        "task_id": "",
+        "task_id": rec.task_id.clone().unwrap_or_default(),
         "video_url": video_url,
         "video_id": "",
         "media_start_time": 0,
@@ -85,7 +85,7 @@ pub fn file_completion_body(
         "duration": duration_s.round() as i64,
         "file_size": file_size,
         "stream_param": capture.stream_param.clone().unwrap_or_default(),
-        "task_id": "",
+        "task_id": file.task_id.clone().unwrap_or_default(),
         "video_url": video_url,
         "video_id": "",
         "media_start_time": 0,
@@ -116,7 +116,7 @@ pub fn status_body(
         "seq": seq,
         "event_time": event_ms.div_euclid(1000),
         "event_time_usec": event_ms.rem_euclid(1000) * 1000,
-        "task_id": "",
+        "task_id": rec.task_id.clone().unwrap_or_default(),
         "stream_param": rec.stream_param.clone().unwrap_or_default(),
     });
     if let Some(error) = error {

@@ -82,6 +82,9 @@ pub struct FileRow {
     /// When its object leaves the store (`storage_time_s`).
     #[serde(default)]
     pub store_expiry: Option<super::StoreExpiry>,
+    /// The recording task its capture records for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
 }
 
 /// A capture's running totals at some segment.

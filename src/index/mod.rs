@@ -61,6 +61,7 @@ pub mod search;
 mod sets;
 use sets::{needs_attention, sync_resident};
 mod status;
+mod tasks;
 mod uploads;
 
 pub use deletes::{DeleteError, Deleted, StoreDeleteRow};
@@ -68,6 +69,7 @@ pub use expiry::StoreExpiry;
 pub use files::{CaptureTotals, FileRow, FileState};
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
 pub use search::{SearchEntry, SearchPage, SearchQuery};
+pub use tasks::{TaskRow, TaskState};
 pub use uploads::{
     CallbackRow, CallbackState, DonePart, Multipart, ObjectKind, PendingRow, UploadRow, UploadState,
 };

@@ -129,6 +129,9 @@ pub struct RecordingRow {
     /// make them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted_files: Vec<String>,
+    /// The recording task (`index::tasks`) this capture records for, if one made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
 }
 
 impl RecordingRow {
@@ -166,6 +169,7 @@ impl RecordingRow {
             hls_deleted: false,
             store_expiry: None,
             deleted_files: Vec::new(),
+            task_id: None,
         }
     }
 

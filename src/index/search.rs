@@ -11,6 +11,7 @@
 //! - `a` app 0x00 time key -> empty: by app;
 //! - `S` state 0x00 time key -> empty: by state (the rare ones: failed, resumable...);
 //! - `T` template 0x00 time key, `F` format 0x00 time key -> empty: by either;
+//! - `K` task id 0x00 time key -> empty: by recording task;
 //! - `n` name 0x00 time key -> empty: by prefix of the stream name or the file name;
 //! - `o` time key -> empty: open entries (no end yet), which a `from` bound cannot skip;
 //! - `m` -> i64 BE: the longest closed span seen, so a scan bounded by `from` knows
@@ -48,6 +49,9 @@ pub struct SearchEntry {
     /// As the API names it (`recording`, `resumable`, `finished`, `failed`, `skipped`).
     pub state: String,
     pub uploaded: bool,
+    /// The recording task it was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
 }
 
 impl SearchEntry {
@@ -65,6 +69,7 @@ impl SearchEntry {
             end_ms: (!row.state.is_open()).then_some(row.end_ms),
             state: row.state.as_str().to_owned(),
             uploaded: row.uploaded_ms.is_some(),
+            task_id: row.task_id.clone(),
         })
     }
 
@@ -83,6 +88,7 @@ impl SearchEntry {
             end_ms: closed.then_some(row.end_ms),
             state: row.state.as_str().to_owned(),
             uploaded: row.uploaded_ms.is_some(),
+            task_id: row.task_id.clone(),
         }
     }
 
@@ -117,6 +123,9 @@ impl SearchEntry {
             prefixed(b'F', &[self.format.as_str().as_bytes()], &time),
         ];
         keys.extend(self.names().map(|n| prefixed(b'n', &[n.as_bytes()], &time)));
+        if let Some(task) = &self.task_id {
+            keys.push(prefixed(b'K', &[task.as_bytes()], &time));
+        }
         if self.end_ms.is_none() {
             keys.push(prefixed(b'o', &[], &time));
         }
@@ -197,6 +206,7 @@ pub struct SearchQuery {
     pub to_ms: Option<i64>,
     pub format: Option<Format>,
     pub template: Option<String>,
+    pub task_id: Option<String>,
     pub state: Option<String>,
     pub uploaded: Option<bool>,
     /// Only these recording ids (a small set found elsewhere, such as the upload queue's).
@@ -212,6 +222,10 @@ impl SearchQuery {
         eq(&self.app, &e.app)
             && eq(&self.stream, &e.stream)
             && eq(&self.template, &e.template)
+            && self
+                .task_id
+                .as_deref()
+                .is_none_or(|t| e.task_id.as_deref() == Some(t))
             && eq(&self.state, &e.state)
             && self.format.is_none_or(|f| f == e.format)
             && self.uploaded.is_none_or(|u| u == e.uploaded)
@@ -292,6 +306,9 @@ impl super::Index {
         } else {
             // One key range already in time order: the narrowest the query names.
             let prefix = match (&q.app, &q.stream, &q.state) {
+                _ if q.task_id.is_some() => {
+                    prefixed(b'K', &[q.task_id.as_deref().unwrap_or("").as_bytes()], &[])
+                }
                 (Some(app), Some(stream), _) => {
                     prefixed(b's', &[stream.as_bytes(), app.as_bytes()], &[])
                 }
@@ -664,8 +681,25 @@ mod tests {
             uploaded_ms: None,
             before: None,
             store_expiry: None,
+            task_id: Some("task-1".into()),
         };
         index.put_file(&file).unwrap();
+        // Found by its task, alone (the task key range), and with other filters.
+        let by_task = |stream: Option<&str>| {
+            search(SearchQuery {
+                task_id: Some("task-1".into()),
+                stream: stream.map(Into::into),
+                ..Default::default()
+            })
+        };
+        assert_eq!(by_task(None), [file.id.as_str()]);
+        assert_eq!(by_task(Some("stage-left")), [file.id.as_str()]);
+        assert!(by_task(Some("stage-right")).is_empty());
+        assert!(search(SearchQuery {
+            task_id: Some("task-2".into()),
+            ..Default::default()
+        })
+        .is_empty());
         assert_eq!(
             search(SearchQuery {
                 prefix: Some("gala".into()),

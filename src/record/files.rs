@@ -221,6 +221,7 @@ fn new_row(
         uploaded_ms: None,
         before: None,
         store_expiry: None,
+        task_id: capture.task_id.clone(),
     }
 }
 

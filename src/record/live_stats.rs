@@ -24,7 +24,11 @@ pub struct LiveStats {
     pub protocol: &'static str,
     /// When the publish began (unix ms, moved when the wall clock jumps: [`Self::since_ms`]).
     pub(super) since_ms: AtomicI64,
-    pub recording_id: String,
+    /// The recording its writer makes, empty while nothing records it (a task attaches
+    /// one mid-publish and takes it away when its window closes).
+    pub(super) recording_id: Mutex<String>,
+    /// The recording task that recording is for, if a task made it.
+    pub(super) task_id: Mutex<Option<String>>,
     pub bytes_received: AtomicU64,
     /// Frames the publisher sent (recorded or not).
     pub frames_received: AtomicU64,
@@ -65,6 +69,23 @@ pub struct LiveStats {
 }
 
 impl LiveStats {
+    /// The recording being written for this publish; empty when nothing records it.
+    pub fn recording_id(&self) -> String {
+        lock(&self.recording_id).clone()
+    }
+
+    /// The recording task the recording is made for, if any.
+    pub fn task_id(&self) -> Option<String> {
+        lock(&self.task_id).clone()
+    }
+
+    /// A writer starts (`Some`) or stops (`None`) recording this publish.
+    pub(super) fn set_recording(&self, recording: Option<(&str, Option<&str>)>) {
+        let (id, task) = recording.unwrap_or_default();
+        *lock(&self.recording_id) = id.to_owned();
+        *lock(&self.task_id) = task.map(str::to_owned);
+    }
+
     /// `app/stream` of this publisher.
     pub fn stream_key(&self) -> StreamKey {
         StreamKey::new(&self.app, &self.stream)
@@ -141,7 +162,8 @@ impl LiveStats {
             remote: self.remote.clone(),
             protocol: self.protocol,
             since: crate::clock::rfc3339(self.since_ms()),
-            recording_id: self.recording_id.clone(),
+            recording_id: self.recording_id(),
+            task_id: self.task_id(),
             video_codec: tracks.video.as_ref().map(|p| p.codec_name()),
             audio_codec: tracks.audio.as_ref().map(|p| p.codec_name()),
             audio_dropped: lock(&self.audio_dropped).clone(),
@@ -177,6 +199,9 @@ pub struct StreamView {
     pub protocol: &'static str,
     pub since: String,
     pub recording_id: String,
+    /// The recording task the recording is made for, if a task made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
     pub video_codec: Option<&'static str>,
     pub audio_codec: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,7 +233,8 @@ pub(super) fn placeholder_stats(app: &str, stream: &str, protocol: &'static str)
         remote: String::new(),
         protocol,
         since_ms: AtomicI64::new(crate::clock_watch::recording_now().0),
-        recording_id: String::new(),
+        recording_id: Mutex::default(),
+        task_id: Mutex::default(),
         bytes_received: AtomicU64::new(0),
         frames_received: AtomicU64::new(0),
         bitrate_bps: AtomicU64::new(0),

@@ -12,16 +12,22 @@ mod budget;
 pub mod catalog;
 mod clock_anchor;
 pub mod files;
+mod handle;
 mod live_stats;
 pub mod lookback;
 pub mod playlist;
 mod preroll;
+mod reaper;
 mod session;
+pub mod tasks;
 pub mod timeline;
 pub mod write_bounds;
 
+pub use handle::{PublishHandle, RecorderStopped};
+use handle::{Replay, Rewire, Wiring};
 use live_stats::placeholder_stats;
 pub use live_stats::{LiveStats, StreamView};
+pub use reaper::run_resume_reaper;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -32,11 +38,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{RecordConfig, Template};
 use crate::index::{Index, IndexError, RecordingRow, RecordingState, Update};
-use crate::media::{CodecParams, Frame, Ticks, TICKS_PER_MS};
+use crate::media::{CodecParams, Ticks};
 use crate::metrics;
 use crate::mux::MuxError;
 use crate::storage::retention::DiskState;
@@ -158,8 +163,50 @@ struct Slot {
     generation: u64,
     /// A publisher holds the handle; false while its recorder is closing.
     active: bool,
+    /// A writer thread records this publish (or is being started for it).
+    writer: bool,
+    /// The recording task the writer records for; None for a rule's recording.
+    task: Option<String>,
     stats: Arc<LiveStats>,
+    /// True once the slot's last writer thread has exited.
     done: watch::Receiver<bool>,
+    /// Gives the publisher's handle a writer mid-publish, or takes it away.
+    wiring: Arc<Wiring>,
+}
+
+impl Slot {
+    fn new(generation: u64, stats: Arc<LiveStats>, writer: bool) -> (Slot, watch::Sender<bool>) {
+        let (done_tx, done) = watch::channel(!writer);
+        let slot = Slot {
+            generation,
+            active: true,
+            writer,
+            task: None,
+            stats,
+            done,
+            wiring: Arc::default(),
+        };
+        (slot, done_tx)
+    }
+}
+
+/// A recording task whose window is open on a stream: what the stream records with
+/// while nothing else records it (`record::tasks` sets and clears these).
+#[derive(Debug, Clone)]
+pub struct TaskWant {
+    pub task_id: String,
+    pub template: Template,
+}
+
+/// What became of a task whose window opened ([`Recorders::open_task`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TaskStart {
+    /// The stream is live and now records for the task.
+    Recording(String),
+    /// The stream is not live: its next publish inside the window records for the task.
+    Waiting,
+    /// Something else records the stream already (a rule, another task).
+    Taken(String),
 }
 
 struct Inner {
@@ -168,6 +215,8 @@ struct Inner {
     config: RecordConfig,
     catalog: Catalog,
     live: Mutex<HashMap<String, Slot>>,
+    /// Open task windows by stream key. Locked after `live` when both are held.
+    tasks: Mutex<HashMap<String, TaskWant>>,
     generation: AtomicU64,
     running: AtomicUsize,
     idle: tokio::sync::Notify,
@@ -189,160 +238,6 @@ pub struct Recorders {
     inner: Arc<Inner>,
 }
 
-/// Held by the ingest connection that publishes a stream. Dropping it ends the publish
-/// session: the recorder seals its segment and the recording becomes resumable.
-pub struct PublishHandle {
-    inner: Arc<Inner>,
-    key: String,
-    generation: u64,
-    /// `None`: a rule says this stream is not recorded; frames are counted and dropped.
-    tx: Option<Sender<Msg>>,
-    /// The template records audio only: video never reaches the writer.
-    audio_only: bool,
-    stats: Arc<LiveStats>,
-    budget: usize,
-    /// Shared by every stream (see `budget`).
-    total_budget: Arc<budget::Budget>,
-    dropping: u64,
-    batch: Vec<Frame>,
-    batch_bytes: usize,
-    /// Decode time of the first frame handed over, for `media_received_ms`.
-    first_dts: Option<Ticks>,
-}
-
-impl PublishHandle {
-    pub fn stats(&self) -> &Arc<LiveStats> {
-        &self.stats
-    }
-
-    pub fn recording_id(&self) -> &str {
-        &self.stats.recording_id
-    }
-
-    /// Whether the recorder has stopped taking this publish's frames (its recording failed,
-    /// or the publisher crossed a [`write_bounds`] limit); see [`LiveStats::stop_reason`].
-    pub fn recorder_stopped(&self) -> bool {
-        self.tx.is_some() && (lock(&self.stats.dropped).is_some() || self.stats.failure().is_some())
-    }
-
-    /// Whether this publish records anything (a rule may say it does not).
-    pub fn is_recording(&self) -> bool {
-        self.tx.is_some()
-    }
-
-    fn send(&self, msg: Msg) -> Result<(), RecorderStopped> {
-        match &self.tx {
-            Some(tx) => tx.send(msg).map_err(|_| RecorderStopped),
-            None => Ok(()),
-        }
-    }
-
-    /// Announces a track's codec parameters. Err = the recorder has stopped (failed).
-    pub fn send_config(&mut self, params: CodecParams) -> Result<(), RecorderStopped> {
-        if self.audio_only && params.kind() == crate::media::TrackKind::Video {
-            return Ok(());
-        }
-        self.hand_over()?;
-        self.send(Msg::Config(params))
-    }
-
-    /// The publisher's own wall clock (an RTCP sender report): presentation time `at`, on
-    /// the ticks of the frames this handle sends, was `unix_ms`. Segments then take
-    /// their program date time from it rather than from arrival (see the session).
-    pub fn send_wall_clock(&mut self, at: Ticks, unix_ms: i64) -> Result<(), RecorderStopped> {
-        self.hand_over()?;
-        self.send(Msg::WallClock { at, unix_ms })
-    }
-
-    /// The publisher's metadata announced video: hold audio back until it comes.
-    pub fn expect_video(&mut self) -> Result<(), RecorderStopped> {
-        if self.audio_only {
-            return Ok(());
-        }
-        self.hand_over()?;
-        self.send(Msg::ExpectVideo)
-    }
-
-    /// Hands a frame to the writer without waiting. If the writer is more than the byte
-    /// budget behind, the frame is dropped and counted; when room returns, the recorder
-    /// is told to close the segment with a discontinuity.
-    pub fn send_frame(&mut self, frame: Frame) -> Result<(), RecorderStopped> {
-        self.stats.frames_received.fetch_add(1, Ordering::Relaxed);
-        self.stats.frames_counter.inc();
-        if self.tx.is_none() || (self.audio_only && frame.kind == crate::media::TrackKind::Video) {
-            return Ok(());
-        }
-        let len = charge(&frame);
-        let in_flight = self.stats.in_flight.load(Ordering::Acquire);
-        if in_flight + self.batch_bytes + len > self.budget || !self.total_budget.try_take(len) {
-            self.dropping += 1;
-            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::global().dropped_frames.inc();
-            return Ok(());
-        }
-        if self.dropping > 0 {
-            let dropped = std::mem::take(&mut self.dropping);
-            let gap = self
-                .hand_over()
-                .and_then(|()| self.send(Msg::Gap { dropped }));
-            if let Err(stopped) = gap {
-                self.total_budget.give_back(len);
-                return Err(stopped);
-            }
-        }
-        let span = self.batch.first().map_or(0, |first| frame.dts - first.dts);
-        self.batch_bytes += len;
-        self.batch.push(frame);
-        if span.abs() >= BATCH_TICKS || self.batch_bytes >= BATCH_BYTES {
-            self.hand_over()?;
-        }
-        Ok(())
-    }
-
-    /// Hands the frames collected so far to the writer. The ingest calls this once it
-    /// has read everything queued on its socket (see [`BATCH_TICKS`]).
-    pub fn hand_over(&mut self) -> Result<(), RecorderStopped> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let bytes = std::mem::take(&mut self.batch_bytes);
-        if let Some(last) = self.batch.last() {
-            let first = *self.first_dts.get_or_insert(self.batch[0].dts);
-            let received_ms = (last.dts - first).max(0) / TICKS_PER_MS;
-            self.stats
-                .media_received_ms
-                .fetch_max(received_ms as u64, Ordering::Relaxed);
-        }
-        let frames = std::mem::replace(&mut self.batch, Vec::with_capacity(32));
-        let batch =
-            budget::Batch::new(frames, bytes, self.stats.clone(), self.total_budget.clone());
-        self.send(Msg::Frames(batch))
-    }
-}
-
-/// The recorder thread has stopped (its recording failed; see [`LiveStats::failure`]).
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the recorder for this stream has stopped")]
-pub struct RecorderStopped;
-
-impl Drop for PublishHandle {
-    fn drop(&mut self) {
-        // The publisher's last frames (a failed recorder has gone; nothing to do then).
-        let _ = self.hand_over();
-        let mut live = lock(&self.inner.live);
-        if let Some(slot) = live.get_mut(&self.key) {
-            if slot.generation == self.generation {
-                slot.active = false;
-                if self.tx.is_none() {
-                    // No writer thread will clear the slot of a publish that records nothing.
-                    live.remove(&self.key);
-                }
-            }
-        }
-        // Dropping `tx` (after this) disconnects the channel: the recorder finishes.
-    }
-}
-
 impl Recorders {
     pub fn new(
         index: Index,
@@ -358,6 +253,7 @@ impl Recorders {
                 config,
                 catalog,
                 live: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 running: AtomicUsize::new(0),
                 idle: tokio::sync::Notify::new(),
@@ -373,6 +269,7 @@ impl Recorders {
     /// Starts (or resumes) the recording of `app/stream` for a new publisher. The names
     /// must already be validated; `query` is the stream key's query string (`record_id=`
     /// names the recordings). Refused while another publisher is live on the stream.
+    /// A stream no rule records is recorded for a task whose window is open on it.
     pub async fn start_publish(
         &self,
         app: &str,
@@ -382,9 +279,12 @@ impl Recorders {
         protocol: &'static str,
     ) -> Result<PublishHandle, PublishRefused> {
         let key = StreamKey::new(app, stream).to_string();
-        let template = match self.inner.catalog.plan(app, stream) {
-            Ok(Plan::Record(t)) => *t,
-            Ok(Plan::Off) => return self.start_unrecorded(app, stream, remote, protocol),
+        let (template, task_id) = match self.inner.catalog.plan(app, stream) {
+            Ok(Plan::Record(t)) => (*t, None),
+            Ok(Plan::Off) => match lock(&self.inner.tasks).get(&key) {
+                Some(want) => (want.template.clone(), Some(want.task_id.clone())),
+                None => return self.start_unrecorded(app, stream, remote, protocol),
+            },
             Err(reason) => {
                 return Err(PublishRefused::NoTemplate {
                     stream: key,
@@ -397,11 +297,16 @@ impl Recorders {
         }
         let start = StartInfo {
             template,
+            task_id,
             record_id: query_value(query, "record_id"),
             stream_param: (!query.is_empty()).then(|| query.to_owned()),
         };
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // Claim the slot, waiting for a closing recorder of the same stream first.
+        let stats = Arc::new(LiveStats {
+            remote,
+            ..placeholder_stats(app, stream, protocol)
+        });
         loop {
             let mut done = {
                 let mut live = lock(&self.inner.live);
@@ -411,16 +316,9 @@ impl Recorders {
                     }
                     Some(slot) => slot.done.clone(),
                     None => {
-                        let (_tx, rx) = watch::channel(false);
-                        live.insert(
-                            key.clone(),
-                            Slot {
-                                generation,
-                                active: true,
-                                stats: Arc::new(placeholder_stats(app, stream, protocol)),
-                                done: rx,
-                            },
-                        );
+                        let (mut slot, _) = Slot::new(generation, stats.clone(), true);
+                        slot.task = start.task_id.clone();
+                        live.insert(key.clone(), slot);
                         break;
                     }
                 }
@@ -430,14 +328,9 @@ impl Recorders {
                 return Err(PublishRefused::StillClosing(key));
             }
         }
-        let inner = self.inner.clone();
-        let (app_s, stream_s) = (app.to_owned(), stream.to_owned());
-        let begun =
-            tokio::task::spawn_blocking(move || begin_recording(&inner, &app_s, &stream_s, start))
-                .await
-                .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
-        let (row, resumed, media_end) = match begun {
-            Ok(v) => v,
+        let task_id = start.task_id.clone();
+        let writer = match self.start_writer(&key, generation, &stats, start).await {
+            Ok(writer) => writer,
             Err(source) => {
                 lock(&self.inner.live).remove(&key);
                 return Err(PublishRefused::Failed {
@@ -446,24 +339,65 @@ impl Recorders {
                 });
             }
         };
-        let stats = Arc::new(LiveStats {
-            recording_id: row.id.clone(),
-            remote,
-            ..placeholder_stats(app, stream, protocol)
-        });
+        let wiring = {
+            let live = lock(&self.inner.live);
+            let wiring = live.get(&key).map(|s| s.wiring.clone()).unwrap_or_default();
+            // The task's window closed while the writer started: it ends at once.
+            if task_id.is_some() && self.task_of(&key) != task_id {
+                stats.no_resume.store(true, Ordering::Relaxed);
+                wiring.set(Rewire::Detach);
+            }
+            wiring
+        };
+        Ok(PublishHandle {
+            budget: self.inner.config.writer_budget_kb * 1024,
+            total_budget: self.inner.total_budget.clone(),
+            inner: self.inner.clone(),
+            key,
+            generation,
+            tx: Some(writer.tx),
+            wiring,
+            wired: 0,
+            audio_only: writer.audio_only,
+            stats,
+            dropping: 0,
+            batch: Vec::with_capacity(32),
+            batch_bytes: 0,
+            first_dts: None,
+            replay: Replay::default(),
+        })
+    }
+
+    /// The open task window on stream `key`, if any.
+    fn task_of(&self, key: &str) -> Option<String> {
+        lock(&self.inner.tasks).get(key).map(|w| w.task_id.clone())
+    }
+
+    /// Begins (or resumes) the stream's recording and starts its writer thread, for the
+    /// claimed slot `generation` of `key`. The slot must say `writer`; when the thread
+    /// exits it clears that, and removes the slot if the publisher has gone.
+    async fn start_writer(
+        &self,
+        key: &str,
+        generation: u64,
+        stats: &Arc<LiveStats>,
+        start: StartInfo,
+    ) -> Result<Writer, RecordError> {
+        let inner = self.inner.clone();
+        let (app_s, stream_s) = (stats.app.clone(), stats.stream.clone());
+        let begun =
+            tokio::task::spawn_blocking(move || begin_recording(&inner, &app_s, &stream_s, start))
+                .await
+                .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
+        let (row, resumed, media_end) = begun?;
+        stats.set_recording(Some((&row.id, row.task_id.as_deref())));
+        stats.no_resume.store(false, Ordering::Relaxed);
         let (done_tx, done_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel();
-        {
-            let mut live = lock(&self.inner.live);
-            live.insert(
-                key.clone(),
-                Slot {
-                    generation,
-                    active: true,
-                    stats: stats.clone(),
-                    done: done_rx,
-                },
-            );
+        if let Some(slot) = lock(&self.inner.live).get_mut(key) {
+            if slot.generation == generation {
+                slot.done = done_rx;
+            }
         }
         let audio_only = row.template.as_ref().is_some_and(|t| t.record_audio_only);
         let mut config = self.inner.config.clone();
@@ -480,11 +414,12 @@ impl Recorders {
             stats.clone(),
             row,
             resumed.then_some(media_end),
-            self.cut_history(&key),
+            self.cut_history(key),
         );
         self.inner.running.fetch_add(1, Ordering::AcqRel);
         let inner = self.inner.clone();
-        let thread_key = key.clone();
+        let thread_key = key.to_owned();
+        let thread_stats = stats.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("rec {key}"))
             // The writer needs little stack; keep per-stream memory small.
@@ -507,11 +442,19 @@ impl Recorders {
                 }
                 {
                     let mut live = lock(&inner.live);
-                    if live
-                        .get(&thread_key)
-                        .is_some_and(|s| s.generation == generation)
-                    {
-                        live.remove(&thread_key);
+                    if let Some(slot) = live.get_mut(&thread_key) {
+                        if slot.generation == generation {
+                            slot.writer = false;
+                            slot.task = None;
+                            if slot.active {
+                                // Detached: the publish goes on, recorded by nothing.
+                                if thread_stats.failure().is_none() && !thread_stats.is_dropped() {
+                                    thread_stats.set_recording(None);
+                                }
+                            } else {
+                                live.remove(&thread_key);
+                            }
+                        }
                     }
                 }
                 let _ = done_tx.send(true);
@@ -522,25 +465,128 @@ impl Recorders {
             });
         if let Err(e) = spawned {
             self.inner.running.fetch_sub(1, Ordering::AcqRel);
-            lock(&self.inner.live).remove(&key);
-            return Err(PublishRefused::Failed {
-                stream: key,
-                source: RecordError::io("spawn recorder thread", Path::new("-"), e),
-            });
+            return Err(RecordError::io("spawn recorder thread", Path::new("-"), e));
         }
-        Ok(PublishHandle {
-            budget: self.inner.config.writer_budget_kb * 1024,
-            total_budget: self.inner.total_budget.clone(),
-            inner: self.inner.clone(),
-            key,
-            generation,
-            tx: Some(tx),
-            audio_only,
-            stats,
-            dropping: 0,
-            batch: Vec::with_capacity(32),
-            batch_bytes: 0,
-            first_dts: None,
+        Ok(Writer { tx, audio_only })
+    }
+
+    /// A recording task's window opened on stream `key`: from now until
+    /// [`Self::close_task`] the stream records with `want.template` whenever nothing else
+    /// records it, starting at once if it is live unrecorded.
+    pub async fn open_task(&self, key: &str, want: TaskWant) -> Result<TaskStart, RecordError> {
+        let task_id = want.task_id.clone();
+        let template = want.template.clone();
+        let claim = {
+            let mut live = lock(&self.inner.live);
+            lock(&self.inner.tasks).insert(key.to_owned(), want);
+            match live.get_mut(key) {
+                None => return Ok(TaskStart::Waiting),
+                Some(slot) if slot.task.as_deref() == Some(task_id.as_str()) => {
+                    return Ok(TaskStart::Recording(slot.stats.recording_id()))
+                }
+                Some(slot) if slot.writer || !slot.active => {
+                    let by = match &slot.task {
+                        Some(other) => format!("task {other}"),
+                        None => "a rule".to_owned(),
+                    };
+                    if !slot.active {
+                        // Its publisher left; the next publish records for the task.
+                        return Ok(TaskStart::Waiting);
+                    }
+                    return Ok(TaskStart::Taken(format!("the stream is recorded by {by}")));
+                }
+                Some(slot) => {
+                    slot.writer = true;
+                    slot.task = Some(task_id.clone());
+                    (slot.generation, slot.stats.clone(), slot.wiring.clone())
+                }
+            }
+        };
+        let (generation, stats, wiring) = claim;
+        let start = StartInfo {
+            template,
+            task_id: Some(task_id.clone()),
+            record_id: None,
+            stream_param: None,
+        };
+        match self.start_writer(key, generation, &stats, start).await {
+            Ok(writer) => {
+                let live = lock(&self.inner.live);
+                let still = live
+                    .get(key)
+                    .is_some_and(|s| s.generation == generation && s.active);
+                if still && self.task_of(key).as_deref() == Some(task_id.as_str()) {
+                    wiring.set(Rewire::Attach {
+                        tx: writer.tx,
+                        audio_only: writer.audio_only,
+                    });
+                }
+                // Otherwise `writer.tx` drops here: the writer finishes with nothing.
+                tracing::info!(stream = %key, task = %task_id, recording = %stats.recording_id(), "task window open; recording the live stream");
+                Ok(TaskStart::Recording(stats.recording_id()))
+            }
+            Err(e) => {
+                let mut live = lock(&self.inner.live);
+                if let Some(slot) = live.get_mut(key) {
+                    if slot.generation == generation {
+                        slot.writer = false;
+                        slot.task = None;
+                        if !slot.active {
+                            live.remove(key);
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Task `task_id`'s window on stream `key` closed (or it was cancelled): its
+    /// recording ends now, finished rather than resumable, and the publish goes on
+    /// unrecorded. A recording of the task waiting for its publisher to come back is
+    /// finished too.
+    pub async fn close_task(&self, key: &str, task_id: &str) -> Result<(), IndexError> {
+        {
+            let live = lock(&self.inner.live);
+            let mut tasks = lock(&self.inner.tasks);
+            if tasks.get(key).is_some_and(|w| w.task_id == task_id) {
+                tasks.remove(key);
+            }
+            drop(tasks);
+            if let Some(slot) = live.get(key) {
+                if slot.task.as_deref() == Some(task_id) {
+                    slot.stats.no_resume.store(true, Ordering::Relaxed);
+                    slot.wiring.set(Rewire::Detach);
+                    tracing::info!(stream = %key, task = %task_id, recording = %slot.stats.recording_id(), "task window closed; its recording ends");
+                    return Ok(());
+                }
+            }
+        }
+        let index = self.inner.index.clone();
+        let (key, task_id) = (key.to_owned(), task_id.to_owned());
+        let live = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(open) = index.open_recording(&key)? else {
+                return Ok(());
+            };
+            if open.task_id.as_deref() != Some(task_id.as_str()) || live.is_live(&key) {
+                return Ok(());
+            }
+            let row = index.update_recording(&open.id, |r| {
+                if r.state != RecordingState::Resumable {
+                    return Update::Skip;
+                }
+                r.state = RecordingState::Finished;
+                r.resumable_until_ms = None;
+                Update::Write
+            })?;
+            tracing::info!(recording = %row.id, task = %task_id, "task window closed while its stream was away; recording finished");
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "closing a task's waiting recording failed");
+            Ok(())
         })
     }
 
@@ -553,8 +599,9 @@ impl Recorders {
         all.entry(key.to_owned()).or_default().clone()
     }
 
-    /// Accepts a publish that a rule says not to record: it holds the stream name (one
-    /// publisher per stream still holds) and its frames are dropped.
+    /// Accepts a publish that nothing records (no rule, no open task window): it holds the
+    /// stream name (one publisher per stream still holds) and its frames are dropped until
+    /// a task attaches a writer.
     fn start_unrecorded(
         &self,
         app: &str,
@@ -568,22 +615,16 @@ impl Recorders {
             remote,
             ..placeholder_stats(app, stream, protocol)
         });
-        {
+        let wiring = {
             let mut live = lock(&self.inner.live);
             if live.contains_key(&key) {
                 return Err(PublishRefused::AlreadyPublishing(key));
             }
-            let (_tx, rx) = watch::channel(true);
-            live.insert(
-                key.clone(),
-                Slot {
-                    generation,
-                    active: true,
-                    stats: stats.clone(),
-                    done: rx,
-                },
-            );
-        }
+            let (slot, _) = Slot::new(generation, stats.clone(), false);
+            let wiring = slot.wiring.clone();
+            live.insert(key.clone(), slot);
+            wiring
+        };
         tracing::info!(stream = %key, "a rule says this stream is not recorded; accepting the publish without recording");
         Ok(PublishHandle {
             budget: 0,
@@ -592,12 +633,15 @@ impl Recorders {
             key,
             generation,
             tx: None,
+            wiring,
+            wired: 0,
             audio_only: false,
             stats,
             dropping: 0,
             batch: Vec::new(),
             batch_bytes: 0,
             first_dts: None,
+            replay: Replay::default(),
         })
     }
 
@@ -611,11 +655,20 @@ impl Recorders {
         let live = lock(&self.inner.live);
         let mut v: Vec<_> = live
             .values()
-            .filter(|s| s.active && !s.stats.recording_id.is_empty())
+            .filter(|s| s.active && !s.stats.recording_id().is_empty())
             .map(|s| s.stats.clone())
             .collect();
         v.sort_by(|a, b| (&a.app, &a.stream).cmp(&(&b.app, &b.stream)));
         v
+    }
+
+    /// The recording a live publish makes for task `task_id` right now, if any.
+    pub fn recording_for_task(&self, task_id: &str) -> Option<String> {
+        lock(&self.inner.live)
+            .values()
+            .find(|s| s.task.as_deref() == Some(task_id) && s.active)
+            .map(|s| s.stats.recording_id())
+            .filter(|id| !id.is_empty())
     }
 
     /// Ends the live recording `recording_id` for good (its writer seals what it has and
@@ -624,7 +677,10 @@ impl Recorders {
     /// records it.
     pub fn stop_recording(&self, recording_id: &str, reason: &str) -> bool {
         let live = lock(&self.inner.live);
-        let Some(slot) = live.values().find(|s| s.stats.recording_id == recording_id) else {
+        let Some(slot) = live
+            .values()
+            .find(|s| s.stats.recording_id() == recording_id)
+        else {
             return false;
         };
         slot.stats.stop_for_good(reason);
@@ -640,7 +696,7 @@ impl Recorders {
             .iter()
             .filter(|(_, slot)| {
                 let beat = slot.stats.heartbeat_ms.load(Ordering::Relaxed);
-                !slot.stats.recording_id.is_empty() && now.saturating_sub(beat) > limit
+                !slot.stats.recording_id().is_empty() && now.saturating_sub(beat) > limit
             })
             .map(|(key, _)| key.clone())
             .collect()
@@ -680,14 +736,6 @@ impl Recorders {
     }
 }
 
-/// What a frame costs against the writer's byte budget: what it takes once muxed (TS
-/// packets of 184 payload bytes, a PES header), so a flood of tiny frames is charged
-/// for the flash it would cost, not the bytes it came in.
-fn charge(frame: &Frame) -> usize {
-    use crate::mux::ts::PACKET_SIZE;
-    (frame.data.len() + 40).div_ceil(PACKET_SIZE - 4) * PACKET_SIZE
-}
-
 /// A new recording id: sortable by creation time, readable, URL- and path-safe.
 pub fn new_recording_id(now_ms: i64) -> String {
     format!(
@@ -697,9 +745,17 @@ pub fn new_recording_id(now_ms: i64) -> String {
     )
 }
 
+/// A writer thread just started: the channel to it.
+struct Writer {
+    tx: Sender<Msg>,
+    audio_only: bool,
+}
+
 /// What a new capture is started with.
 struct StartInfo {
     template: Template,
+    /// The recording task it records for.
+    task_id: Option<String>,
     record_id: Option<String>,
     stream_param: Option<String>,
 }
@@ -739,6 +795,9 @@ fn begin_recording(
                         RecordingState::Recording => true,
                         _ => false,
                     };
+                    // A task's recording continues for that task only (and a rule's for
+                    // no task): a new window or a rule starts a recording of its own.
+                    let in_window = in_window && r.task_id == start.task_id;
                     if in_window {
                         r.state = RecordingState::Recording;
                         r.resumable_until_ms = None;
@@ -770,6 +829,7 @@ fn begin_recording(
     );
     inner.clock.track(&row.id, epoch);
     row.template = Some(start.template);
+    row.task_id = start.task_id;
     row.record_id = start.record_id;
     row.stream_param = start.stream_param;
     inner
@@ -779,103 +839,6 @@ fn begin_recording(
     inner.index.create_recording(&row)?;
     tracing::info!(recording = %row.id, stream = %key, template = row.template_name(), "new recording");
     Ok((row, false, 0))
-}
-
-/// Finishes resumable recordings whose window has passed (and whose stream is not live
-/// again). Runs until cancelled. Sleeps until the earliest window ends, a writer thread
-/// ends, or [`REAPER_MAX_SLEEP`] passes, so an idle box is not woken twice a second.
-pub async fn run_resume_reaper(recorders: Recorders, cancel: CancellationToken) {
-    loop {
-        let r = recorders.clone();
-        let result = tokio::task::spawn_blocking(move || finish_expired(&r)).await;
-        let next_due_ms = match result {
-            Ok(Ok(next)) => next,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "resume window check failed");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "resume window task failed");
-                None
-            }
-        };
-        let wait = next_due_ms.map_or(REAPER_MAX_SLEEP, |due| {
-            // A little past the deadline, so the row is due when we look again.
-            let ms = u64::try_from(due - now_ms()).unwrap_or(0) + 50;
-            Duration::from_millis(ms).min(REAPER_MAX_SLEEP)
-        });
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = recorders.inner.ended.notified() => {}
-            // Move waiting recordings' times (and deadlines) with the clock at once.
-            _ = crate::clock_watch::jumped().notified() => {}
-        }
-    }
-}
-
-/// Longest the resume reaper sleeps without a reason to look.
-const REAPER_MAX_SLEEP: Duration = Duration::from_secs(5);
-
-/// Finishes the expired windows; returns when the next live window ends (ms since the
-/// epoch), if any recording is waiting for one.
-fn finish_expired(recorders: &Recorders) -> Result<Option<i64>, IndexError> {
-    let index = recorders.index();
-    let clock = &recorders.inner.clock;
-    let open = index.open_entries()?;
-    clock.retain(|id| open.iter().any(|(_, open_id)| open_id == id));
-    let mut next_due: Option<i64> = None;
-    for (stream_key, id) in open {
-        if recorders.is_live(&stream_key) {
-            continue;
-        }
-        // Its deadline on the clock it was stamped with (moved if the clock jumped since).
-        // Written only when the window has passed: a pass every few seconds must not sync
-        // the index for recordings still waiting.
-        let row = clock.on_current_clock(index, &id, true, |epoch| {
-            let now = crate::clock_watch::recording_now_at(epoch);
-            let Some(row) = index.get_recording(&id)? else {
-                return Ok(None);
-            };
-            let expired = |r: &RecordingRow| {
-                r.state == RecordingState::Resumable
-                    && r.resumable_until_ms.is_none_or(|u| u <= now)
-            };
-            if !expired(&row) {
-                return Ok(Some((row, now)));
-            }
-            let row = index.update_recording(&id, |r| {
-                if expired(r) {
-                    r.state = RecordingState::Finished;
-                    r.resumable_until_ms = None;
-                    Update::Write
-                } else {
-                    Update::Skip
-                }
-            });
-            match row {
-                Err(IndexError::NoSuchRecording(_)) => Ok(None),
-                other => other.map(|row| Some((row, now))),
-            }
-        })?;
-        let Some((row, now)) = row else {
-            continue;
-        };
-        match row.state {
-            RecordingState::Finished => {
-                tracing::info!(recording = %id, segments = row.segments, duration_s = row.duration_s(), "resume window passed; recording finished");
-            }
-            RecordingState::Resumable => {
-                if let Some(until) = row.resumable_until_ms {
-                    // As a deadline on the wall clock the sleep is measured against.
-                    let until = until + (crate::clock::now_ms() - now);
-                    next_due = Some(next_due.map_or(until, |n| n.min(until)));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(next_due)
 }
 
 #[cfg(test)]

@@ -1,0 +1,350 @@
+//! Recording tasks (issue 19) with real peers: ffmpeg publishes to a stream that no rule
+//! records, and a task records it only inside its window (set seconds ahead on the wall
+//! clock, nothing sleeps for it): a window inside a publish, a publish that starts inside
+//! an open window (`waiting` -> `recording`), a daemon restart inside a window, a cancel
+//! that keeps what was recorded while the publisher goes on, and the bad inputs.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use support::http;
+use support::media::{self, Clip};
+use support::{wait_for, Daemon};
+
+/// A template `clip` and an app `tasks` that no rule records (tasks only).
+const SECTIONS: &str = r#"
+[[template]]
+name = "clip"
+hls = { enabled = true, flow_continue_duration_s = 30 }
+
+[[rule]]
+app = "tasks"
+enabled = false
+"#;
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn post_task(d: &Daemon, body: Value) -> http::Response {
+    http::send_json("POST", &d.http, "/api/v1/tasks", &body.to_string()).expect("POST task")
+}
+
+fn create_task(d: &Daemon, body: Value) -> Value {
+    let r = post_task(d, body);
+    assert_eq!(r.status, 201, "POST /api/v1/tasks: {}", r.text());
+    serde_json::from_slice(&r.body).expect("json")
+}
+
+fn task(d: &Daemon, id: &str) -> Value {
+    d.json(&format!("/api/v1/tasks/{id}"))
+}
+
+fn wait_task_state(d: &Daemon, id: &str, state: &str, limit: Duration) -> Value {
+    wait_for(&format!("task {id} {state}"), limit, || {
+        let t = task(d, id);
+        (t["state"] == state).then_some(t)
+    })
+}
+
+/// The recordings of task `id`, oldest first, once every one is closed.
+fn task_recordings(d: &Daemon, id: &str, limit: Duration) -> Vec<Value> {
+    wait_for(&format!("the recordings of {id} closed"), limit, || {
+        let mut recs = d
+            .json(&format!("/api/v1/recordings?task_id={id}"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        recs.reverse();
+        (!recs.is_empty() && recs.iter().all(|r| r["state"] == "finished")).then_some(recs)
+    })
+}
+
+fn wall_s(rfc3339: &Value) -> f64 {
+    let text = rfc3339.as_str().expect("a time");
+    let t: jiff::Timestamp = text.parse().expect("RFC 3339");
+    t.as_millisecond() as f64 / 1000.0
+}
+
+/// The first `#EXT-X-PROGRAM-DATE-TIME` of a recording's playlist, unix seconds.
+fn first_program_date_time(d: &Daemon, id: &str) -> f64 {
+    let playlist = d.get(&format!("/hls/recordings/{id}/index.m3u8")).text();
+    let line = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        .unwrap_or_else(|| panic!("no program date time in\n{playlist}"));
+    wall_s(&json!(line))
+}
+
+#[test]
+fn a_task_window_inside_a_publish_records_just_the_window() {
+    let d = Daemon::start_with_sections(SECTIONS);
+    let clip = media::clip(Clip::AudioVideo, 40);
+    let ffmpeg = media::publish(&d.rtmp_url("tasks", "pitch"), &clip, true);
+    let start = now_s() + 10.0;
+    let end = start + 20.0;
+    let t = create_task(
+        &d,
+        json!({"app": "tasks", "stream": "pitch", "template": "clip",
+               "start_time": start, "end_time": end.to_string()}),
+    );
+    let id = t["task_id"].as_str().expect("task_id").to_owned();
+    assert_eq!(t["state"], "scheduled", "{t}");
+    // Before the window nothing records the live stream.
+    assert!(d.recordings().is_empty(), "{:?}", d.recordings());
+    let running = wait_task_state(&d, &id, "recording", Duration::from_secs(20));
+    assert!(running["recording_id"].is_string(), "{running}");
+    wait_task_state(&d, &id, "finished", Duration::from_secs(30));
+    let out = ffmpeg.wait_with_output().expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "the publisher was not disturbed by the window: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let recs = task_recordings(&d, &id, Duration::from_secs(20));
+    assert_eq!(recs.len(), 1, "one recording for the window: {recs:?}");
+    let rec = &recs[0];
+    assert_eq!(rec["task_id"], id.as_str());
+    assert_eq!(rec["template"], "clip");
+    // 20 s, +- one GOP (1 s) at each edge and the hand-over batching.
+    let duration = rec["duration_s"].as_f64().unwrap();
+    assert!(
+        (18.5..=21.5).contains(&duration),
+        "window of 20 s recorded as {duration} s"
+    );
+    let rec_id = rec["id"].as_str().unwrap();
+    let pdt = first_program_date_time(&d, rec_id);
+    assert!(
+        (pdt - start).abs() <= 1.6,
+        "the recording starts at {pdt}, the window at {start}"
+    );
+    assert!((wall_s(&rec["end_time"]) - end).abs() <= 1.6, "{rec}");
+    let probe = media::probe(&d.http_url(&format!("/hls/recordings/{rec_id}/index.m3u8")));
+    assert!(
+        (probe.duration_s - duration).abs() <= 0.6,
+        "{probe:?} vs {duration}"
+    );
+    assert!(probe.video_frames >= 18 * 25, "{probe:?}");
+    // Nothing else recorded the stream; the task lists its recording.
+    assert_eq!(d.recordings().len(), 1);
+    let done = task(&d, &id);
+    assert_eq!(done["recordings"], json!([rec_id]), "{done}");
+    assert!(done["ended_time"].is_string(), "{done}");
+}
+
+#[test]
+fn a_publish_inside_an_open_window_records_and_a_restart_inside_it_goes_on() {
+    let mut d = Daemon::start_with_sections(SECTIONS);
+    let t = create_task(
+        &d,
+        json!({"app": "tasks", "stream": "hall", "template": "clip",
+               "end_time": now_s() + 40.0}),
+    );
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    // Open, but nothing publishes yet.
+    wait_task_state(&d, &id, "waiting", Duration::from_secs(10));
+    let clip = media::clip(Clip::AudioVideo, 6);
+    media::publish_and_wait(&d.rtmp_url("tasks", "hall"), &clip, true);
+    // The daemon restarts inside the window; the task is still open after it.
+    d.stop();
+    d.spawn();
+    let waiting = task(&d, &id);
+    assert!(
+        waiting["state"] == "waiting" || waiting["state"] == "recording",
+        "{waiting}"
+    );
+    media::publish_and_wait(&d.rtmp_url("tasks", "hall"), &clip, true);
+    // Cancel now rather than wait out the window: what was recorded stays.
+    let r = http::request("DELETE", &d.http, &format!("/api/v1/tasks/{id}"), &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let recs = task_recordings(&d, &id, Duration::from_secs(20));
+    // One recording, continued across the restart inside the template's resume window.
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let rec = &recs[0];
+    let duration = rec["duration_s"].as_f64().unwrap();
+    assert!(
+        (10.0..=12.5).contains(&duration),
+        "two 6 s publishes recorded as {duration} s: {rec}"
+    );
+    assert!(rec["discontinuities"].as_u64().unwrap() >= 1, "{rec}");
+    let probe = media::probe(&d.http_url(&format!(
+        "/hls/recordings/{}/index.m3u8",
+        rec["id"].as_str().unwrap()
+    )));
+    assert!(probe.video_frames >= 10 * 25, "{probe:?}");
+    assert_eq!(task(&d, &id)["state"], "cancelled");
+}
+
+#[test]
+fn cancelling_a_running_task_keeps_its_recording_and_the_publisher() {
+    let d = Daemon::start_with_sections(SECTIONS);
+    let clip = media::clip(Clip::AudioVideo, 20);
+    let mut ffmpeg = media::publish(&d.rtmp_url("tasks", "aisle"), &clip, true);
+    let t = create_task(
+        &d,
+        json!({"app": "tasks", "stream": "aisle", "template": "clip",
+               "start_time": "", "end_time": now_s() + 600.0}),
+    );
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    wait_task_state(&d, &id, "recording", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(5));
+    let r = http::request("DELETE", &d.http, &format!("/api/v1/tasks/{id}"), &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let recs = task_recordings(&d, &id, Duration::from_secs(10));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let duration = recs[0]["duration_s"].as_f64().unwrap();
+    assert!(
+        (2.0..=8.0).contains(&duration),
+        "about 5 s recorded before the cancel: {duration}"
+    );
+    // The publisher was not disconnected: it publishes to the end of its clip.
+    assert!(
+        ffmpeg.try_wait().unwrap().is_none(),
+        "ffmpeg still publishing"
+    );
+    let out = ffmpeg.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.recordings().len(), 1, "nothing recorded after the cancel");
+    // Cancelling twice: the task has ended.
+    let again = http::request("DELETE", &d.http, &format!("/api/v1/tasks/{id}"), &[], b"").unwrap();
+    assert_eq!(again.status, 409, "{}", again.text());
+}
+
+#[test]
+fn bad_task_requests_are_refused_with_the_reason() {
+    let sections = format!("{SECTIONS}\n[[rule]]\napp = \"live\"\ntemplate = \"clip\"\n");
+    let d = Daemon::start_with_sections(&sections);
+    let now = now_s();
+    let task = |stream: &str, extra: Value| {
+        let mut body = json!({"app": "tasks", "stream": stream, "template": "clip"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let refused = |body: Value, status: u16, says: &str| {
+        let r = post_task(&d, body.clone());
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(
+            r.text().contains(says),
+            "{body}: {} should say {says:?}",
+            r.text()
+        );
+    };
+    refused(
+        task(
+            "a",
+            json!({"start_time": now + 60.0, "end_time": now + 30.0}),
+        ),
+        400,
+        "after start_time",
+    );
+    refused(
+        task(
+            "a",
+            json!({"start_time": now + 7.0 * 86400.0, "end_time": now + 7.0 * 86400.0 + 60.0}),
+        ),
+        400,
+        "6 days",
+    );
+    refused(
+        task(
+            "a",
+            json!({"start_time": now + 60.0, "end_time": now + 60.0 + 25.0 * 3600.0}),
+        ),
+        400,
+        "24 hours",
+    );
+    refused(task("a", json!({"end_time": now - 10.0})), 400, "passed");
+    refused(
+        task("a", json!({"end_time": "next tuesday"})),
+        400,
+        "end_time",
+    );
+    refused(task("a", json!({})), 400, "end_time");
+    refused(
+        task("a", json!({"end_time": now + 60.0, "template": "nope"})),
+        400,
+        "no template",
+    );
+    refused(
+        task("../../etc", json!({"end_time": now + 60.0})),
+        400,
+        "stream",
+    );
+    refused(
+        task("a", json!({"end_time": now + 60.0, "app": ".."})),
+        400,
+        "app",
+    );
+    refused(
+        task("a", json!({"end_time": now + 60.0, "pre_roll_s": 61})),
+        400,
+        "pre_roll_s",
+    );
+    refused(
+        task(
+            "a",
+            json!({"start_time": now + 5.0, "end_time": now + 60.0, "pre_roll_s": 5}),
+        ),
+        400,
+        "pre_roll_s",
+    );
+    refused(
+        task("a", json!({"end_time": now + 60.0, "colour": "red"})),
+        400,
+        "colour",
+    );
+    refused(
+        json!({"app": "live", "stream": "a", "template": "clip", "end_time": now + 60.0}),
+        409,
+        "rule",
+    );
+    // Overlapping windows on one stream; touching ones are fine.
+    create_task(
+        &d,
+        task(
+            "b",
+            json!({"start_time": now + 100.0, "end_time": now + 200.0}),
+        ),
+    );
+    refused(
+        task(
+            "b",
+            json!({"start_time": now + 150.0, "end_time": now + 250.0}),
+        ),
+        409,
+        "overlap",
+    );
+    create_task(
+        &d,
+        task(
+            "b",
+            json!({"start_time": now + 200.0, "end_time": now + 300.0}),
+        ),
+    );
+    // A finished task cannot be cancelled; an unknown one is not found.
+    let short = create_task(&d, task("c", json!({"end_time": now_s() + 1.0})));
+    let id = short["task_id"].as_str().unwrap();
+    wait_task_state(&d, id, "finished", Duration::from_secs(10));
+    let r = http::request("DELETE", &d.http, &format!("/api/v1/tasks/{id}"), &[], b"").unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("finished"), "{}", r.text());
+    let r = http::request("DELETE", &d.http, "/api/v1/tasks/task-nope", &[], b"").unwrap();
+    assert_eq!(r.status, 404);
+    // Listing by state.
+    let scheduled = d.json("/api/v1/tasks?state=scheduled");
+    assert_eq!(scheduled.as_array().unwrap().len(), 2, "{scheduled}");
+    assert_eq!(d.json("/api/v1/tasks").as_array().unwrap().len(), 3);
+    assert_eq!(d.get("/api/v1/tasks?state=sleeping").status, 400);
+}
