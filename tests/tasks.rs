@@ -348,3 +348,91 @@ fn bad_task_requests_are_refused_with_the_reason() {
     assert_eq!(d.json("/api/v1/tasks").as_array().unwrap().len(), 3);
     assert_eq!(d.get("/api/v1/tasks?state=sleeping").status, 400);
 }
+
+/// Asks for a clip of `stream` with `pre_roll_s` that runs `after_s` past the request, and
+/// returns (when it was asked, its one recording once finished).
+fn clip_of(d: &Daemon, stream: &str, pre_roll_s: u32, after_s: f64) -> (f64, Value) {
+    let asked = now_s();
+    let t = create_task(
+        d,
+        json!({"app": "tasks", "stream": stream, "template": "clip",
+               "start_time": "", "end_time": asked + after_s, "pre_roll_s": pre_roll_s}),
+    );
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let window_start = wall_s(&t["start_time"]);
+    assert!(
+        (window_start - (asked - f64::from(pre_roll_s))).abs() < 0.5,
+        "the window reaches back {pre_roll_s} s: {t}"
+    );
+    wait_task_state(d, &id, "finished", Duration::from_secs(30));
+    let recs = task_recordings(d, &id, Duration::from_secs(20));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    (asked, recs[0].clone())
+}
+
+#[test]
+fn a_clip_with_pre_roll_begins_before_it_was_asked_for() {
+    let d = Daemon::start_with_sections(SECTIONS);
+    let clip = media::clip(Clip::AudioVideo, 45);
+    let published = now_s();
+    let ffmpeg = media::publish(&d.rtmp_url("tasks", "goal"), &clip, true);
+    // 30 s into the publish (nothing records the stream; only its look-back holds it).
+    std::thread::sleep(Duration::from_secs_f64(
+        (published + 30.0 - now_s()).max(0.0),
+    ));
+    assert!(d.recordings().is_empty());
+    let (asked, rec) = clip_of(&d, "goal", 10, 5.0);
+    let id = rec["id"].as_str().unwrap();
+    // 10 s before the request (the keyframe at or before it: GOP 1 s) to 5 s after.
+    let pdt = first_program_date_time(&d, id);
+    assert!(
+        (asked - 11.6..=asked - 9.4).contains(&pdt),
+        "the clip starts {} s before the request",
+        asked - pdt
+    );
+    let duration = rec["duration_s"].as_f64().unwrap();
+    assert!(
+        (13.5..=16.6).contains(&duration),
+        "10 s + 5 s recorded as {duration} s: {rec}"
+    );
+    let probe = media::probe(&d.http_url(&format!("/hls/recordings/{id}/index.m3u8")));
+    assert!((probe.duration_s - duration).abs() <= 0.6, "{probe:?}");
+    assert!(
+        (13 * 25..=17 * 25).contains(&probe.video_frames),
+        "the replayed and live frames all decode: {probe:?}"
+    );
+    assert!(probe.audio_frames > 0, "{probe:?}");
+    let out = ffmpeg.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_clip_reaching_back_past_the_start_of_its_stream_begins_at_its_first_keyframe() {
+    let d = Daemon::start_with_sections(SECTIONS);
+    let clip = media::clip(Clip::AudioVideo, 12);
+    let published = now_s();
+    let ffmpeg = media::publish(&d.rtmp_url("tasks", "kickoff"), &clip, true);
+    std::thread::sleep(Duration::from_secs(3));
+    let (asked, rec) = clip_of(&d, "kickoff", 10, 4.0);
+    let pdt = first_program_date_time(&d, rec["id"].as_str().unwrap());
+    assert!(
+        (pdt - published).abs() <= 1.5,
+        "starts where the stream did ({published}), not at the pre-roll: {pdt}"
+    );
+    let duration = rec["duration_s"].as_f64().unwrap();
+    let live_for = asked + 4.0 - published;
+    assert!(
+        (duration - live_for).abs() <= 1.6,
+        "{duration} s of {live_for} s live"
+    );
+    let out = ffmpeg.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -153,6 +153,11 @@ pub struct RecordConfig {
     /// The same for all streams together, so a card that stalls for every stream cannot
     /// make the daemon hold streams x `writer_budget_kb`. Default 262144 (1024-16777216).
     pub writer_budget_total_kb: usize,
+    /// The look-back every live stream that nothing records keeps in RAM, so a highlight
+    /// clip (a task with `pre_roll_s`) can begin before it was asked for: seconds
+    /// (0-60, default 30) and MiB per stream (0-256, default 8); either 0 turns it off.
+    pub lookback_s: u32,
+    pub lookback_mib: u32,
 }
 
 impl Default for Config {
@@ -224,6 +229,8 @@ impl Default for RecordConfig {
             live_window_segments: 6,
             writer_budget_kb: 16384,
             writer_budget_total_kb: 262_144,
+            lookback_s: 30,
+            lookback_mib: 8,
         }
     }
 }
@@ -355,6 +362,8 @@ impl Config {
             1024,
             16_777_216,
         );
+        range("record.lookback_s", u64::from(c.lookback_s), 0, 60);
+        range("record.lookback_mib", u64::from(c.lookback_mib), 0, 256);
         range(
             "http.max_connections",
             self.http.max_connections as u64,

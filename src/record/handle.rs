@@ -8,11 +8,18 @@
 //! handle keeps the codec configurations in force, whether video was announced and the
 //! last wall-clock report, and replays them to a new writer before its first frame (the
 //! writer waits for a keyframe to start, as for any publish).
+//!
+//! While nothing records the publish, its frames feed a [`LookBack`] (`[record]
+//! lookback_s`, `lookback_mib`): a highlight clip (a task with a pre-roll) attaches a
+//! writer that is first handed the look-back from the keyframe at or before its start,
+//! with a wall-clock anchor (the newest frame's arrival) so the program date time of the
+//! replayed media is when it arrived, not when it was replayed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
+use super::lookback::{Event, LookBack};
 use super::{budget, lock, Inner, LiveStats, Msg, BATCH_BYTES, BATCH_TICKS};
 use crate::media::{CodecParams, Frame, Ticks, TrackKind, TICKS_PER_MS};
 use crate::metrics;
@@ -27,8 +34,13 @@ pub(super) struct Wiring {
 }
 
 pub(super) enum Rewire {
-    /// Record from now on into this writer.
-    Attach { tx: Sender<Msg>, audio_only: bool },
+    /// Record from now on into this writer; with `from_ms`, first hand it the
+    /// look-back from the keyframe at or before that wall time.
+    Attach {
+        tx: Sender<Msg>,
+        audio_only: bool,
+        from_ms: Option<i64>,
+    },
     /// Stop recording: hand the writer what is batched and close its channel (the
     /// recording finishes; the publish goes on unrecorded).
     Detach,
@@ -66,6 +78,10 @@ pub struct PublishHandle {
     pub(super) first_dts: Option<Ticks>,
     /// What a writer attached later must be told first.
     pub(super) replay: Replay,
+    /// The last seconds of media while nothing records the publish.
+    pub(super) lookback: LookBack,
+    /// The newest frame fed to the look-back: its decode time and arrival (unix ms).
+    pub(super) newest: Option<(Ticks, i64)>,
 }
 
 /// What the publisher said that a writer attached mid-publish needs.
@@ -110,7 +126,11 @@ impl PublishHandle {
             return Ok(());
         };
         match change {
-            Rewire::Attach { tx, audio_only } => {
+            Rewire::Attach {
+                tx,
+                audio_only,
+                from_ms,
+            } => {
                 self.tx = Some(tx);
                 self.audio_only = audio_only;
                 self.budget = self.inner.config.writer_budget_kb * 1024;
@@ -118,13 +138,42 @@ impl PublishHandle {
                 if self.replay.expects_video && !audio_only {
                     self.send(Msg::ExpectVideo)?;
                 }
-                for params in self.replay.configs.clone() {
+                let clip = from_ms.and_then(|from| {
+                    let (newest_dts, newest_ms) = self.newest?;
+                    self.lookback
+                        .since(newest_dts - (newest_ms - from) * TICKS_PER_MS)
+                });
+                let configs = match &clip {
+                    Some(clip) => clip.configs.clone(),
+                    None => self.replay.configs.clone(),
+                };
+                for params in configs {
                     if !(audio_only && params.kind() == TrackKind::Video) {
                         self.send(Msg::Config(params))?;
                     }
                 }
-                if let Some((at, unix_ms)) = self.replay.wall_clock {
+                // The publisher's own clock if it sent one, else the newest frame's
+                // arrival when media from before now is replayed.
+                let anchor = match (self.replay.wall_clock, &clip) {
+                    (Some(reported), _) => Some(reported),
+                    (None, Some(_)) => self.newest,
+                    (None, None) => None,
+                };
+                if let Some((at, unix_ms)) = anchor {
                     self.send(Msg::WallClock { at, unix_ms })?;
+                }
+                self.lookback.clear();
+                self.newest = None;
+                for event in clip.map(|c| c.events).unwrap_or_default() {
+                    match event {
+                        Event::Config(params) => {
+                            if !(audio_only && params.kind() == TrackKind::Video) {
+                                self.flush_batch()?;
+                                self.send(Msg::Config(params))?;
+                            }
+                        }
+                        Event::Frame(frame) => self.queue_frame(frame)?,
+                    }
                 }
             }
             Rewire::Detach => {
@@ -150,6 +199,10 @@ impl PublishHandle {
         self.replay.configs.retain(|p| p.kind() != kind);
         self.replay.configs.push(params.clone());
         self.rewire()?;
+        if self.tx.is_none() {
+            self.lookback.push_config(params);
+            return Ok(());
+        }
         if self.audio_only && kind == TrackKind::Video {
             return Ok(());
         }
@@ -185,7 +238,19 @@ impl PublishHandle {
         self.stats.frames_received.fetch_add(1, Ordering::Relaxed);
         self.stats.frames_counter.inc();
         self.rewire()?;
-        if self.tx.is_none() || (self.audio_only && frame.kind == TrackKind::Video) {
+        if self.tx.is_none() {
+            if self.lookback.is_on() {
+                self.newest = Some((frame.dts, crate::clock::now_ms()));
+                self.lookback.push_frame(frame);
+            }
+            return Ok(());
+        }
+        self.queue_frame(frame)
+    }
+
+    /// Batches a frame for the writer, charged to the budgets (see [`Self::send_frame`]).
+    fn queue_frame(&mut self, frame: Frame) -> Result<(), RecorderStopped> {
+        if self.audio_only && frame.kind == TrackKind::Video {
             return Ok(());
         }
         let len = charge(&frame);

@@ -76,6 +76,11 @@ impl LookBack {
         self.max_ticks == 0 || self.max_bytes == 0
     }
 
+    /// Whether it keeps anything (its bounds are not 0).
+    pub fn is_on(&self) -> bool {
+        !self.is_off()
+    }
+
     /// Bytes held (frame data plus a fixed cost per frame).
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -123,6 +128,14 @@ impl LookBack {
         self.bytes += frame.data.len() + PER_FRAME_BYTES;
         self.events.push_back(Event::Frame(frame));
         self.evict();
+    }
+
+    /// Lets go of every frame (a recorder takes the stream over); the configurations in
+    /// force stay for a later read.
+    pub fn clear(&mut self) {
+        while !self.gops.is_empty() {
+            self.drop_oldest_gop();
+        }
     }
 
     /// The decode time of the keyframe starting retained GOP `i`.

@@ -196,6 +196,9 @@ impl Slot {
 pub struct TaskWant {
     pub task_id: String,
     pub template: Template,
+    /// A highlight clip: begin at the keyframe at or before this wall time (unix ms),
+    /// from the look-back, if the stream is live when the window opens.
+    pub from_ms: Option<i64>,
 }
 
 /// What became of a task whose window opened ([`Recorders::open_task`]).
@@ -365,7 +368,15 @@ impl Recorders {
             batch_bytes: 0,
             first_dts: None,
             replay: Replay::default(),
+            lookback: self.new_lookback(),
+            newest: None,
         })
+    }
+
+    /// An empty look-back with the configured bounds.
+    fn new_lookback(&self) -> lookback::LookBack {
+        let c = &self.inner.config;
+        lookback::LookBack::new(c.lookback_s, c.lookback_mib as usize * 1024 * 1024)
     }
 
     /// The open task window on stream `key`, if any.
@@ -476,6 +487,7 @@ impl Recorders {
     pub async fn open_task(&self, key: &str, want: TaskWant) -> Result<TaskStart, RecordError> {
         let task_id = want.task_id.clone();
         let template = want.template.clone();
+        let from_ms = want.from_ms;
         let claim = {
             let mut live = lock(&self.inner.live);
             lock(&self.inner.tasks).insert(key.to_owned(), want);
@@ -519,6 +531,7 @@ impl Recorders {
                     wiring.set(Rewire::Attach {
                         tx: writer.tx,
                         audio_only: writer.audio_only,
+                        from_ms,
                     });
                 }
                 // Otherwise `writer.tx` drops here: the writer finishes with nothing.
@@ -642,6 +655,8 @@ impl Recorders {
             batch_bytes: 0,
             first_dts: None,
             replay: Replay::default(),
+            lookback: self.new_lookback(),
+            newest: None,
         })
     }
 

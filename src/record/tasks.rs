@@ -170,10 +170,8 @@ impl Tasks {
                 "pre_roll_s: only for a task that starts now (start_time empty)".into(),
             );
         }
-        if pre_roll_s > 0 {
-            return invalid("pre_roll_s: highlight clips are not built yet; use 0".into());
-        }
-        let start_ms = start.unwrap_or(now_ms);
+        // A clip's window begins its pre-roll before now.
+        let start_ms = start.unwrap_or(now_ms - i64::from(pre_roll_s) * 1000);
         if start_ms > now_ms + MAX_AHEAD_MS {
             return invalid("start_time: at most 6 days ahead".into());
         }
@@ -361,6 +359,7 @@ impl Tasks {
         let want = TaskWant {
             task_id: row.id.clone(),
             template,
+            from_ms: (row.pre_roll_s > 0).then_some(row.start_ms),
         };
         match self.recorders.open_task(&row.stream_key(), want).await {
             Ok(TaskStart::Recording(_) | TaskStart::Waiting) => None,
