@@ -342,10 +342,33 @@ fn bad_task_requests_are_refused_with_the_reason() {
     assert!(r.text().contains("finished"), "{}", r.text());
     let r = http::request("DELETE", &d.http, "/api/v1/tasks/task-nope", &[], b"").unwrap();
     assert_eq!(r.status, 404);
+    // A template a task will use cannot be deleted from under it.
+    let made = http::send_json(
+        "POST",
+        &d.http,
+        "/api/v1/templates",
+        r#"{"name": "tmp", "hls": {"enabled": true}}"#,
+    )
+    .unwrap();
+    assert_eq!(made.status, 201, "{}", made.text());
+    let uses = create_task(
+        &d,
+        task(
+            "d",
+            json!({"template": "tmp", "start_time": now + 400.0, "end_time": now + 500.0}),
+        ),
+    );
+    let r = http::request("DELETE", &d.http, "/api/v1/templates/tmp", &[], b"").unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.text().contains(uses["task_id"].as_str().unwrap()),
+        "{}",
+        r.text()
+    );
     // Listing by state.
     let scheduled = d.json("/api/v1/tasks?state=scheduled");
-    assert_eq!(scheduled.as_array().unwrap().len(), 2, "{scheduled}");
-    assert_eq!(d.json("/api/v1/tasks").as_array().unwrap().len(), 3);
+    assert_eq!(scheduled.as_array().unwrap().len(), 3, "{scheduled}");
+    assert_eq!(d.json("/api/v1/tasks").as_array().unwrap().len(), 4);
     assert_eq!(d.get("/api/v1/tasks?state=sleeping").status, 400);
 }
 

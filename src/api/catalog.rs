@@ -155,12 +155,17 @@ pub async fn replace_template(
         (status = 204, description = "Deleted"),
         (status = 400, description = "A malformed path", body = ErrorBody),
         (status = 404, description = "No such template", body = ErrorBody),
-        (status = 409, description = "Read-only (config), or a rule uses it", body = ErrorBody),
+        (status = 409, description = "Read-only (config), or a rule or a task that has not ended uses it", body = ErrorBody),
     )))]
 pub async fn delete_template(
     State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(task) = s.tasks.using_template(&name)? {
+        return Err(ApiError::conflict(format!(
+            "template {name} is used by task {task}, which has not ended; cancel it first"
+        )));
+    }
     s.recorders.catalog().delete_template(&name)?;
     tracing::info!(template = %name, "template deleted over the API");
     Ok(StatusCode::NO_CONTENT)

@@ -226,6 +226,16 @@ impl Tasks {
         Ok(row)
     }
 
+    /// A task that has not ended and records with template `name`, if any.
+    pub fn using_template(&self, name: &str) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .index
+            .tasks()?
+            .into_iter()
+            .find(|t| !t.state.is_ended() && t.template == name)
+            .map(|t| t.id))
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<TaskRow>, IndexError> {
         self.index.get_task(id)
     }
