@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use support::http;
 use support::media::{self, Clip};
+use support::metrics::Scrape;
 use support::{wait_for, Daemon};
 
 /// A template `clip` and an app `tasks` that no rule records (tasks only).
@@ -65,6 +66,16 @@ fn task_recordings(d: &Daemon, id: &str, limit: Duration) -> Vec<Value> {
     })
 }
 
+/// Waits for a publisher to finish its clip: it was never disconnected.
+fn publisher_succeeded(ffmpeg: std::process::Child) {
+    let out = ffmpeg.wait_with_output().expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "the publisher was disturbed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn wall_s(rfc3339: &Value) -> f64 {
     let text = rfc3339.as_str().expect("a time");
     let t: jiff::Timestamp = text.parse().expect("RFC 3339");
@@ -100,12 +111,7 @@ fn a_task_window_inside_a_publish_records_just_the_window() {
     let running = wait_task_state(&d, &id, "recording", Duration::from_secs(20));
     assert!(running["recording_id"].is_string(), "{running}");
     wait_task_state(&d, &id, "finished", Duration::from_secs(30));
-    let out = ffmpeg.wait_with_output().expect("ffmpeg");
-    assert!(
-        out.status.success(),
-        "the publisher was not disturbed by the window: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publisher_succeeded(ffmpeg);
 
     let recs = task_recordings(&d, &id, Duration::from_secs(20));
     assert_eq!(recs.len(), 1, "one recording for the window: {recs:?}");
@@ -208,12 +214,7 @@ fn cancelling_a_running_task_keeps_its_recording_and_the_publisher() {
         ffmpeg.try_wait().unwrap().is_none(),
         "ffmpeg still publishing"
     );
-    let out = ffmpeg.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publisher_succeeded(ffmpeg);
     assert_eq!(d.recordings().len(), 1, "nothing recorded after the cancel");
     // Cancelling twice: the task has ended.
     let again = http::request("DELETE", &d.http, &format!("/api/v1/tasks/{id}"), &[], b"").unwrap();
@@ -404,6 +405,12 @@ fn a_clip_with_pre_roll_begins_before_it_was_asked_for() {
         (published + 30.0 - now_s()).max(0.0),
     ));
     assert!(d.recordings().is_empty());
+    // About 30 s of a ~1.1 Mb/s stream are held for clips, within the 8 MiB bound.
+    let held = Scrape::get(&d).value("edgerec_lookback_bytes");
+    assert!(
+        (1.5e6..=8.0 * 1024.0 * 1024.0).contains(&held),
+        "look-back holds {held} bytes"
+    );
     let (asked, rec) = clip_of(&d, "goal", 10, 5.0);
     let id = rec["id"].as_str().unwrap();
     // 10 s before the request (the keyframe at or before it: GOP 1 s) to 5 s after.
@@ -425,12 +432,7 @@ fn a_clip_with_pre_roll_begins_before_it_was_asked_for() {
         "the replayed and live frames all decode: {probe:?}"
     );
     assert!(probe.audio_frames > 0, "{probe:?}");
-    let out = ffmpeg.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publisher_succeeded(ffmpeg);
 }
 
 #[test]
@@ -452,10 +454,73 @@ fn a_clip_reaching_back_past_the_start_of_its_stream_begins_at_its_first_keyfram
         (duration - live_for).abs() <= 1.6,
         "{duration} s of {live_for} s live"
     );
-    let out = ffmpeg.wait_with_output().unwrap();
+    publisher_succeeded(ffmpeg);
+}
+
+#[test]
+fn a_tasks_recordings_and_callbacks_carry_its_id_through_the_store() {
+    use support::callback::CallbackReceiver;
+    use support::s3::{S3sFs, Store};
+    let store = S3sFs::start();
+    let receiver = CallbackReceiver::start("task-key");
+    let sections = format!(
+        "[upload]\nenabled = true\n{}\n[callback]\nurl = {:?}\nkey = \"task-key\"\nallow_insecure = true\nretry_interval_s = 1\nstatus_events = true\n\
+         [[template]]\nname = \"both\"\nhls = {{ enabled = true, flow_continue_duration_s = 1 }}\nmp4 = {{ file_name = \"{{StreamID}}-task\" }}\n\
+         [[rule]]\napp = \"tasks\"\nenabled = false\n",
+        store.toml_section("venue"),
+        receiver.url()
+    );
+    let d = Daemon::start_with_sections(&sections);
+    let t = create_task(
+        &d,
+        json!({"app": "tasks", "stream": "nave", "template": "both", "end_time": now_s() + 300.0}),
+    );
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    media::publish_and_wait(
+        &d.rtmp_url("tasks", "nave"),
+        &media::clip(Clip::AudioVideo, 4),
+        false,
+    );
+    let r = http::request("DELETE", &d.http, &format!("/api/v1/tasks/{id}"), &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // An HLS recording and an MP4 file, both of the task, both in the store.
+    let recs = wait_for("both uploaded", Duration::from_secs(60), || {
+        let recs = d
+            .json(&format!("/api/v1/recordings?task_id={id}"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (recs.len() == 2 && recs.iter().all(|r| r["upload_state"] == "uploaded")).then_some(recs)
+    });
+    let formats: Vec<&str> = recs.iter().map(|r| r["format"].as_str().unwrap()).collect();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        formats.contains(&"hls") && formats.contains(&"mp4"),
+        "{formats:?}"
+    );
+    assert!(recs.iter().all(|r| r["task_id"] == id.as_str()), "{recs:?}");
+    assert!(
+        store
+            .objects()
+            .iter()
+            .any(|(k, _)| k.ends_with("nave-task.mp4")),
+        "{:?}",
+        store.objects()
+    );
+    // Completion callbacks (one per recording) and status callbacks name the task.
+    let bodies = wait_for("two completion callbacks", Duration::from_secs(30), || {
+        let bodies: Vec<Value> = receiver
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.sign_ok)
+            .map(|d| d.body)
+            .collect();
+        (bodies.iter().filter(|b| b["event_type"] == 100).count() >= 2).then_some(bodies)
+    });
+    for body in &bodies {
+        assert_eq!(body["task_id"], id.as_str(), "{body}");
+    }
+    assert!(
+        bodies.iter().any(|b| b["event_type"] == 332),
+        "status events too: {bodies:?}"
     );
 }

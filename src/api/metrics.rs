@@ -148,6 +148,11 @@ fn process(scrape: &Scrape, s: &ApiState) {
         );
     }
     scrape.int_gauge(
+        "lookback_bytes",
+        "Media held in RAM by the look-backs of live streams nothing records (for clips)",
+        s.recorders.lookback_bytes() as i64,
+    );
+    scrape.int_gauge(
         "index_size_bytes",
         "Bytes the index takes on disk",
         s.index.size_on_disk() as i64,

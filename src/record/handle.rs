@@ -56,37 +56,39 @@ impl Wiring {
 /// Held by the ingest connection that publishes a stream. Dropping it ends the publish
 /// session: the recorder seals its segment and the recording becomes resumable.
 pub struct PublishHandle {
-    pub(super) inner: Arc<Inner>,
-    pub(super) key: String,
-    pub(super) generation: u64,
+    inner: Arc<Inner>,
+    key: String,
+    generation: u64,
     /// `None`: nothing records this stream now (a rule says not to, and no task window is
     /// open); frames are counted and dropped.
-    pub(super) tx: Option<Sender<Msg>>,
-    pub(super) wiring: Arc<Wiring>,
+    tx: Option<Sender<Msg>>,
+    wiring: Arc<Wiring>,
     /// `wiring.changes` when the handle last looked.
-    pub(super) wired: u64,
+    wired: u64,
     /// The template records audio only: video never reaches the writer.
-    pub(super) audio_only: bool,
-    pub(super) stats: Arc<LiveStats>,
-    pub(super) budget: usize,
+    audio_only: bool,
+    stats: Arc<LiveStats>,
+    budget: usize,
     /// Shared by every stream (see `budget`).
-    pub(super) total_budget: Arc<budget::Budget>,
-    pub(super) dropping: u64,
-    pub(super) batch: Vec<Frame>,
-    pub(super) batch_bytes: usize,
+    total_budget: Arc<budget::Budget>,
+    dropping: u64,
+    batch: Vec<Frame>,
+    batch_bytes: usize,
     /// Decode time of the first frame handed over, for `media_received_ms`.
-    pub(super) first_dts: Option<Ticks>,
+    first_dts: Option<Ticks>,
     /// What a writer attached later must be told first.
-    pub(super) replay: Replay,
+    replay: Replay,
     /// The last seconds of media while nothing records the publish.
-    pub(super) lookback: LookBack,
+    lookback: LookBack,
     /// The newest frame fed to the look-back: its decode time and arrival (unix ms).
-    pub(super) newest: Option<(Ticks, i64)>,
+    newest: Option<(Ticks, i64)>,
+    /// The look-back's bytes as last counted in the registry's total.
+    lookback_counted: usize,
 }
 
 /// What the publisher said that a writer attached mid-publish needs.
 #[derive(Default)]
-pub(super) struct Replay {
+struct Replay {
     /// The configuration in force per track.
     configs: Vec<CodecParams>,
     expects_video: bool,
@@ -94,6 +96,45 @@ pub(super) struct Replay {
 }
 
 impl PublishHandle {
+    /// The handle of publish `generation` of stream `key`; `writer` is the channel to its
+    /// writer thread and whether it records audio only (None: nothing records it now).
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        key: String,
+        generation: u64,
+        stats: Arc<LiveStats>,
+        wiring: Arc<Wiring>,
+        writer: Option<(Sender<Msg>, bool)>,
+    ) -> PublishHandle {
+        let config = &inner.config;
+        let lookback = LookBack::new(
+            config.lookback_s,
+            config.lookback_mib as usize * 1024 * 1024,
+        );
+        let budget = config.writer_budget_kb * 1024;
+        let (tx, audio_only) = writer.map_or((None, false), |(tx, a)| (Some(tx), a));
+        PublishHandle {
+            total_budget: inner.total_budget.clone(),
+            inner,
+            key,
+            generation,
+            tx,
+            wiring,
+            wired: 0,
+            audio_only,
+            stats,
+            budget,
+            dropping: 0,
+            batch: Vec::with_capacity(32),
+            batch_bytes: 0,
+            first_dts: None,
+            replay: Replay::default(),
+            lookback,
+            newest: None,
+            lookback_counted: 0,
+        }
+    }
+
     pub fn stats(&self) -> &Arc<LiveStats> {
         &self.stats
     }
@@ -163,6 +204,7 @@ impl PublishHandle {
                     self.send(Msg::WallClock { at, unix_ms })?;
                 }
                 self.lookback.clear();
+                self.count_lookback();
                 self.newest = None;
                 for event in clip.map(|c| c.events).unwrap_or_default() {
                     match event {
@@ -184,6 +226,18 @@ impl PublishHandle {
             }
         }
         Ok(())
+    }
+
+    /// Moves the registry's look-back total by what this handle's changed by.
+    fn count_lookback(&mut self) {
+        let now = self.lookback.bytes();
+        let total = &self.inner.lookback_bytes;
+        if now >= self.lookback_counted {
+            total.fetch_add(now - self.lookback_counted, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.lookback_counted - now, Ordering::Relaxed);
+        }
+        self.lookback_counted = now;
     }
 
     fn send(&self, msg: Msg) -> Result<(), RecorderStopped> {
@@ -242,6 +296,7 @@ impl PublishHandle {
             if self.lookback.is_on() {
                 self.newest = Some((frame.dts, crate::clock::now_ms()));
                 self.lookback.push_frame(frame);
+                self.count_lookback();
             }
             return Ok(());
         }
@@ -317,6 +372,8 @@ impl Drop for PublishHandle {
         let _ = self.flush_batch();
         // A writer attached but not yet picked up must see its channel close too.
         lock(&self.wiring.next).take();
+        self.lookback.clear();
+        self.count_lookback();
         let mut live = lock(&self.inner.live);
         if let Some(slot) = live.get_mut(&self.key) {
             if slot.generation == self.generation {

@@ -24,7 +24,7 @@ pub mod timeline;
 pub mod write_bounds;
 
 pub use handle::{PublishHandle, RecorderStopped};
-use handle::{Replay, Rewire, Wiring};
+use handle::{Rewire, Wiring};
 use live_stats::placeholder_stats;
 pub use live_stats::{LiveStats, StreamView};
 pub use reaper::run_resume_reaper;
@@ -233,6 +233,8 @@ struct Inner {
     total_budget: Arc<budget::Budget>,
     /// Open recordings' clock epochs (wall-clock jumps).
     clock: Arc<clock_anchor::ClockAnchors>,
+    /// Bytes held by every live publish's look-back.
+    lookback_bytes: AtomicUsize,
 }
 
 /// The registry of live recorders. Cheap to clone.
@@ -265,6 +267,7 @@ impl Recorders {
                 cut_histories: Mutex::new(HashMap::new()),
                 total_budget,
                 clock: Arc::default(),
+                lookback_bytes: AtomicUsize::new(0),
             }),
         }
     }
@@ -352,31 +355,14 @@ impl Recorders {
             }
             wiring
         };
-        Ok(PublishHandle {
-            budget: self.inner.config.writer_budget_kb * 1024,
-            total_budget: self.inner.total_budget.clone(),
-            inner: self.inner.clone(),
+        Ok(PublishHandle::new(
+            self.inner.clone(),
             key,
             generation,
-            tx: Some(writer.tx),
-            wiring,
-            wired: 0,
-            audio_only: writer.audio_only,
             stats,
-            dropping: 0,
-            batch: Vec::with_capacity(32),
-            batch_bytes: 0,
-            first_dts: None,
-            replay: Replay::default(),
-            lookback: self.new_lookback(),
-            newest: None,
-        })
-    }
-
-    /// An empty look-back with the configured bounds.
-    fn new_lookback(&self) -> lookback::LookBack {
-        let c = &self.inner.config;
-        lookback::LookBack::new(c.lookback_s, c.lookback_mib as usize * 1024 * 1024)
+            wiring,
+            Some((writer.tx, writer.audio_only)),
+        ))
     }
 
     /// The open task window on stream `key`, if any.
@@ -639,25 +625,14 @@ impl Recorders {
             wiring
         };
         tracing::info!(stream = %key, "a rule says this stream is not recorded; accepting the publish without recording");
-        Ok(PublishHandle {
-            budget: 0,
-            total_budget: self.inner.total_budget.clone(),
-            inner: self.inner.clone(),
+        Ok(PublishHandle::new(
+            self.inner.clone(),
             key,
             generation,
-            tx: None,
-            wiring,
-            wired: 0,
-            audio_only: false,
             stats,
-            dropping: 0,
-            batch: Vec::new(),
-            batch_bytes: 0,
-            first_dts: None,
-            replay: Replay::default(),
-            lookback: self.new_lookback(),
-            newest: None,
-        })
+            wiring,
+            None,
+        ))
     }
 
     /// The templates and rules in force.
@@ -739,6 +714,11 @@ impl Recorders {
     /// Media bytes queued for every writer thread (`writer_budget_total_kb` caps it).
     pub fn writer_backlog_bytes(&self) -> usize {
         self.inner.total_budget.used()
+    }
+
+    /// Media held in RAM by the look-backs of live streams nothing records.
+    pub fn lookback_bytes(&self) -> usize {
+        self.inner.lookback_bytes.load(Ordering::Relaxed)
     }
 
     /// The disk policy's verdict, shared with `storage::retention`.

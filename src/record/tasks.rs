@@ -34,26 +34,21 @@ const KEEP_ENDED: usize = 1000;
 /// template deleted under an open window).
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 
-/// A wall time as the API takes it: RFC 3339 or unix seconds, as a string or a number.
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(utoipa::ToSchema))]
-#[serde(untagged)]
-pub enum TimeArg {
-    Unix(f64),
-    Text(String),
-}
-
-impl TimeArg {
-    /// Unix ms; None for an empty string; Err for anything unreadable.
-    fn parse(&self, what: &str) -> Result<Option<i64>, TaskError> {
-        let bad = || TaskError::Invalid(format!("{what}: not RFC 3339 or unix seconds"));
-        match self {
-            TimeArg::Unix(s) => crate::clock::parse_time(&s.to_string())
-                .map(Some)
-                .ok_or_else(bad),
-            TimeArg::Text(s) if s.trim().is_empty() => Ok(None),
-            TimeArg::Text(s) => crate::clock::parse_time(s).map(Some).ok_or_else(bad),
-        }
+/// A wall time as the API takes it (RFC 3339 or unix seconds, a string or a number) as
+/// unix ms; None for an empty string. Read by hand from the JSON value: serde's untagged
+/// enums cost the aarch64 binary more than its size budget has left.
+fn time_arg(value: &serde_json::Value, what: &str) -> Result<Option<i64>, TaskError> {
+    let bad = || TaskError::Invalid(format!("{what}: not RFC 3339 or unix seconds"));
+    match value {
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .and_then(|s| crate::clock::parse_time(&s.to_string()))
+            .map(Some)
+            .ok_or_else(bad),
+        serde_json::Value::String(s) if s.trim().is_empty() => Ok(None),
+        serde_json::Value::String(s) => crate::clock::parse_time(s).map(Some).ok_or_else(bad),
+        serde_json::Value::Null => Ok(None),
+        _ => Err(bad()),
     }
 }
 
@@ -65,10 +60,14 @@ pub struct NewTask {
     pub app: String,
     pub stream: String,
     pub template: String,
-    /// Empty or absent: now (a clip reaches back `pre_roll_s` from now).
+    /// RFC 3339 or unix seconds (a string or a number). Empty or absent: now (a clip
+    /// reaches back `pre_roll_s` from now).
     #[serde(default)]
-    pub start_time: Option<TimeArg>,
-    pub end_time: TimeArg,
+    #[cfg_attr(test, schema(value_type = Option<String>))]
+    pub start_time: Option<serde_json::Value>,
+    /// RFC 3339 or unix seconds (a string or a number).
+    #[cfg_attr(test, schema(value_type = String))]
+    pub end_time: serde_json::Value,
     #[serde(default)]
     pub pre_roll_s: Option<u32>,
 }
@@ -157,12 +156,12 @@ impl Tasks {
                 "pre_roll_s: at most {MAX_PRE_ROLL_S} (got {pre_roll_s})"
             ));
         }
-        let end_ms = match new.end_time.parse("end_time")? {
+        let end_ms = match time_arg(&new.end_time, "end_time")? {
             Some(end) => end,
             None => return invalid("end_time: required".into()),
         };
         let start = match &new.start_time {
-            Some(t) => t.parse("start_time")?,
+            Some(t) => time_arg(t, "start_time")?,
             None => None,
         };
         if pre_roll_s > 0 && start.is_some() {
@@ -311,14 +310,17 @@ impl Tasks {
         let mut opening = Vec::new();
         for mut row in rows.iter().cloned() {
             let live = matches!(row.state, TaskState::Scheduled | TaskState::Open);
-            if live && now >= row.end_ms {
+            let closing = live && now >= row.end_ms;
+            if closing {
                 row.state = TaskState::Finished;
                 row.ended_ms = Some(now);
                 self.put(&row).await?;
                 tracing::info!(task = %row.id, "task window closed");
             }
             if row.state.is_ended() {
-                if applied.remove(&row.id) {
+                // Also for a window that closed while the daemon was down: a recording of
+                // the task left waiting for its publisher is finished now.
+                if applied.remove(&row.id) || closing {
                     self.recorders
                         .close_task(&row.stream_key(), &row.id)
                         .await?;
