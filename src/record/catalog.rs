@@ -287,6 +287,14 @@ impl Catalog {
         v
     }
 
+    /// The template named `name` (the built-in `default` when not overridden).
+    pub fn template(&self, name: &str) -> Option<Template> {
+        self.templates()
+            .into_iter()
+            .map(|(t, _)| t)
+            .find(|t| t.name == name)
+    }
+
     /// Every rule with its id and where it came from.
     pub fn rules(&self) -> Vec<(String, Rule, Source)> {
         self.read().rules.clone()

@@ -175,9 +175,11 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(generation: u64, stats: Arc<LiveStats>, writer: bool) -> (Slot, watch::Sender<bool>) {
-        let (done_tx, done) = watch::channel(!writer);
-        let slot = Slot {
+    /// A new live slot; `writer`: a writer thread is being started for it (its `done`
+    /// channel replaces this one when it is).
+    fn new(generation: u64, stats: Arc<LiveStats>, writer: bool) -> Slot {
+        let (_, done) = watch::channel(!writer);
+        Slot {
             generation,
             active: true,
             writer,
@@ -185,8 +187,7 @@ impl Slot {
             stats,
             done,
             wiring: Arc::default(),
-        };
-        (slot, done_tx)
+        }
     }
 }
 
@@ -322,7 +323,7 @@ impl Recorders {
                     }
                     Some(slot) => slot.done.clone(),
                     None => {
-                        let (mut slot, _) = Slot::new(generation, stats.clone(), true);
+                        let mut slot = Slot::new(generation, stats.clone(), true);
                         slot.task = start.task_id.clone();
                         live.insert(key.clone(), slot);
                         break;
@@ -619,7 +620,7 @@ impl Recorders {
             if live.contains_key(&key) {
                 return Err(PublishRefused::AlreadyPublishing(key));
             }
-            let (slot, _) = Slot::new(generation, stats.clone(), false);
+            let slot = Slot::new(generation, stats.clone(), false);
             let wiring = slot.wiring.clone();
             live.insert(key.clone(), slot);
             wiring

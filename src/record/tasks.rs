@@ -143,11 +143,7 @@ impl Tasks {
             }
         }
         let catalog = self.recorders.catalog();
-        if !catalog
-            .templates()
-            .iter()
-            .any(|(t, _)| t.name == new.template)
-        {
+        if catalog.template(&new.template).is_none() {
             return invalid(format!("template: no template named {:?}", new.template));
         }
         let pre_roll_s = new.pre_roll_s.unwrap_or(0);
@@ -358,14 +354,7 @@ impl Tasks {
     /// Opens `row`'s window on the registry; Some(reason) when it cannot record now (the
     /// next pass tries again).
     async fn open(&self, row: &TaskRow) -> Option<String> {
-        let Some(template) = self
-            .recorders
-            .catalog()
-            .templates()
-            .into_iter()
-            .map(|(t, _)| t)
-            .find(|t| t.name == row.template)
-        else {
+        let Some(template) = self.recorders.catalog().template(&row.template) else {
             return Some(format!("template {} no longer exists", row.template));
         };
         let want = TaskWant {
