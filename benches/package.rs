@@ -358,6 +358,7 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
                 before: None,
                 store_expiry: None,
                 task_id: None,
+                task_template: None,
             })
             .expect("put file");
     }

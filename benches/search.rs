@@ -279,6 +279,7 @@ fn generate(dir: &Path, n: usize) -> i64 {
                 before: None,
                 store_expiry: None,
                 task_id: None,
+                task_template: None,
             };
             index.put_file(&file).expect("file");
         }

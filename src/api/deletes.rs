@@ -70,7 +70,7 @@ impl StoreDeleteView {
 /// Deletes a recording (HLS or one file): its local files once no recording over its
 /// capture is left, and its objects in the store (queued, retried until done).
 #[cfg_attr(test, utoipa::path(delete, path = "/api/v1/recordings/{id}", operation_id = "delete_recording", tag = "recordings",
-    params(("id" = String, Path, description = "A recording id: a capture's, or a file's (`<capture>_<format><n>`)"), DeleteQuery),
+    params(("id" = String, Path, description = "A recording id: a capture's, or a file's (`<capture>_<format><n>`), or a task's over a rule's capture (`<capture>_<format>-<task>-<n>`)"), DeleteQuery),
     responses(
         (status = 200, description = "Deleted here; store objects queued", body = DeletedView),
         (status = 400, description = "A malformed path or query", body = ErrorBody),
@@ -83,7 +83,9 @@ pub async fn delete_recording(
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<DeletedView>, ApiError> {
     let capture_id = FileRow::capture_of(&id).unwrap_or(&id).to_owned();
-    if q.stop == Some(true) {
+    // `stop` ends the recording's own capture; a task's recording over a rule's capture
+    // never stops the rule's recording (its task window decides when it is final).
+    if q.stop == Some(true) && !FileRow::is_overlay_id(&id) {
         stop(&s, &capture_id).await?;
     }
     let state = s.clone();

@@ -104,6 +104,11 @@ pub async fn download(
         .index
         .get_file(&id)?
         .ok_or_else(|| ApiError::not_found(format!("file recording {id}")))?;
+    if row.format == crate::config::Format::Hls {
+        return Err(ApiError::not_found(format!(
+            "recording {id} is HLS: play /hls/recordings/{id}/index.m3u8"
+        )));
+    }
     let capture = s
         .index
         .get_recording(&row.capture_id)?

@@ -37,10 +37,44 @@ fn recording(s: &ApiState, id: &str) -> Result<RecordingRow, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("recording {id}")))
 }
 
+/// An HLS recording's row and segments: a capture's, or a task's span of a rule's capture
+/// (shown as a recording of its own, open while the span grows). The row's id stays the
+/// one asked for; `capture` is where its segment files are.
+fn hls_recording(
+    s: &ApiState,
+    id: &str,
+) -> Result<(RecordingRow, String, Vec<crate::index::SegmentRow>), ApiError> {
+    if crate::index::FileRow::capture_of(id).is_none() {
+        let row = recording(s, id)?;
+        let segments = s.index.segments(id)?;
+        return Ok((row, id.to_owned(), segments));
+    }
+    let not_found = || ApiError::not_found(format!("recording {id}"));
+    let file = s
+        .index
+        .get_file(id)?
+        .filter(|f| f.format == crate::config::Format::Hls)
+        .ok_or_else(not_found)?;
+    let capture = s
+        .index
+        .get_recording(&file.capture_id)?
+        .filter(|c| !c.deleting)
+        .ok_or_else(not_found)?;
+    let file = file.live(&capture);
+    let mut row = file.as_recording(&capture);
+    if file.state == crate::index::FileState::Recording {
+        row.state = capture.state;
+    }
+    let segments = s
+        .index
+        .segment_span(&capture.id, file.first_seq, file.last_seq)?;
+    Ok((row, capture.id, segments))
+}
+
 /// A recording's playlist. Fetched under a playback signature (`grant`), the segment
 /// URIs carry it too.
 #[cfg_attr(test, utoipa::path(get, path = "/hls/recordings/{id}/index.m3u8", tag = "playback",
-    params(("id" = String, Path, description = "An HLS recording's id (its capture's)")),
+    params(("id" = String, Path, description = "An HLS recording's id: its capture's, or a task's over a rule's capture (`<capture>_hls-<task>-<n>`)")),
     responses(
         (status = 200, description = "`EVENT` while open, `VOD` with `EXT-X-ENDLIST` when finished",
             body = String, content_type = "application/vnd.apple.mpegurl"),
@@ -52,8 +86,7 @@ pub async fn recording_playlist(
     Path(id): Path<String>,
     grant: Option<Extension<PlaybackGrant>>,
 ) -> Result<Response, ApiError> {
-    let row = recording(&s, &id)?;
-    let segments = s.index.segments(&id)?;
+    let (row, _, segments) = hls_recording(&s, &id)?;
     let query = s
         .access
         .segment_query(grant.map(|g| g.0), &format!("/hls/recordings/{}/", row.id));
@@ -84,10 +117,16 @@ pub async fn recording_segment(
     if !matches!(parse_segment_file_name(&file), Some((_, false))) {
         return Err(ApiError::not_found(format!("segment {file}")));
     }
-    let row = recording(&s, &id)?;
+    let (row, capture_id, segments) = hls_recording(&s, &id)?;
+    let Some((seq, _)) = parse_segment_file_name(&file) else {
+        return Err(ApiError::not_found(format!("segment {file}")));
+    };
+    if capture_id != id && !segments.iter().any(|seg| seg.seq == seq) {
+        return Err(ApiError::not_found(format!("segment {file}")));
+    }
     let path = s
         .storage
-        .recording_dir(&row.app, &row.stream, &row.id)
+        .recording_dir(&row.app, &row.stream, &capture_id)
         .join(&file);
     let opened = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path)?;

@@ -180,7 +180,8 @@ impl RecordingView {
             template: row.template.clone(),
             record_id: row.record_id.clone(),
             task_id: row.task_id.clone(),
-            file_name: (row.state == FileState::Finished).then(|| row.download_name()),
+            file_name: (row.state == FileState::Finished && row.format != Format::Hls)
+                .then(|| row.download_name()),
             state: row.state.as_str(),
             start_time: rfc3339(row.start_ms),
             end_time: rfc3339(row.end_ms),
@@ -188,8 +189,10 @@ impl RecordingView {
             segments: row.segments,
             bytes: row.ts_bytes,
             discontinuities: 0,
-            playlist: None,
-            download: (row.state != FileState::Skipped)
+            // A task's HLS recording over a rule's capture plays as HLS; files download.
+            playlist: (row.format == Format::Hls)
+                .then(|| format!("/hls/recordings/{}/index.m3u8", row.id)),
+            download: (row.state != FileState::Skipped && row.format != Format::Hls)
                 .then(|| format!("/api/v1/recordings/{}/file", row.id)),
             note: row.note.clone(),
             video_codec: base.video_codec.filter(|_| !audio_only),
@@ -252,7 +255,10 @@ fn with_file_upload(
             .store_key
             .as_ref()
             .filter(|_| view.store_expired_at.is_none())
-            .map(|k| uploader.public_url(k));
+            .map(|k| match row.format {
+                Format::Hls => uploader.public_url(&format!("{k}/index.m3u8")),
+                _ => uploader.public_url(k),
+            });
     }
     view.callback_state = s.index.get_callback(&row.id)?.map(|c| c.state.as_str());
     Ok(view)
@@ -423,7 +429,8 @@ impl ListQuery {
 /// A search entry's recording as the API shows it; None when its row is gone or being
 /// deleted (the entry is dropped with it an instant later).
 fn view_of(s: &ApiState, entry: &SearchEntry) -> Result<Option<RecordingView>, ApiError> {
-    let file_id = (entry.format != Format::Hls).then_some(entry.id.as_str());
+    // A task's HLS recording over a rule's capture is a file row too.
+    let file_id = (entry.id != entry.capture_id).then_some(entry.id.as_str());
     view_by_ids(s, &entry.capture_id, file_id)
 }
 
@@ -458,7 +465,7 @@ fn upload_state_of(s: &ApiState, id: &str) -> Result<Option<&'static str>, ApiEr
 
 /// One recording with its segments.
 #[cfg_attr(test, utoipa::path(get, path = "/api/v1/recordings/{id}", operation_id = "get_recording", tag = "recordings",
-    params(("id" = String, Path, description = "A recording id: a capture's, or a file's (`<capture>_<format><n>`)")),
+    params(("id" = String, Path, description = "A recording id: a capture's, or a file's (`<capture>_<format><n>`), or a task's over a rule's capture (`<capture>_<format>-<task>-<n>`)")),
     responses(
         (status = 200, description = "The recording, with `segment_list`", body = RecordingView),
         (status = 400, description = "A malformed path", body = ErrorBody),

@@ -47,7 +47,8 @@ pub struct TaskView {
     pub ended_time: Option<String>,
     /// Why it is not recording inside its window, if something stops it.
     pub note: Option<String>,
-    /// The recording being made for it now.
+    /// The recording being made for it now; on a stream a rule records, the rule's
+    /// recording its own recordings are spans of.
     pub recording_id: Option<String>,
     /// Every recording made for it (HLS recordings and MP4/FLV/AAC files), newest first;
     /// `GET /api/v1/recordings?task_id=` lists them whole.

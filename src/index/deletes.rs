@@ -78,10 +78,24 @@ impl Index {
         if file.is_none() && !capture.has_hls() {
             return Err(not_found());
         }
-        if capture.state.is_open() {
+        // A task's recording over a rule's capture is final once its window closed: it
+        // can go while the rule's capture records on (which it never frees).
+        let overlay = file.as_ref().filter(|f| f.is_overlay());
+        if let Some(f) = overlay {
+            let window_open = self
+                .overlays_of(&capture_id)?
+                .iter()
+                .any(|o| f.task_id.as_deref() == Some(o.task_id.as_str()));
+            if f.state == FileState::Recording || window_open {
+                return Err(DeleteError::Open(
+                    id.to_owned(),
+                    "still being made (its task window is open)",
+                ));
+            }
+        } else if capture.state.is_open() {
             return Err(DeleteError::Open(id.to_owned(), capture.state.as_str()));
         }
-        if let Some(f) = &file {
+        if let Some(f) = file.as_ref().filter(|f| !f.is_overlay()) {
             let planning = self
                 .files_pending
                 .contains_key(capture_id.as_bytes())
@@ -92,6 +106,7 @@ impl Index {
         }
         // What is (or may be) in the store.
         let objects = match &file {
+            Some(f) if f.format == crate::config::Format::Hls => self.uploads_of(id)?,
             Some(_) => self
                 .get_upload(&UploadRow::file_id(id))?
                 .into_iter()
@@ -107,6 +122,17 @@ impl Index {
             }
         }
         match &file {
+            Some(f) if f.format == crate::config::Format::Hls => {
+                // A task's HLS recording: its folder's segments and playlist.
+                if let Some(base) = &f.store_key {
+                    for seg in self.segment_span(&capture_id, f.first_seq, f.last_seq)? {
+                        if !seg.gap {
+                            keys.push(format!("{base}/{}", seg.file));
+                        }
+                    }
+                    keys.push(format!("{base}/index.m3u8"));
+                }
+            }
             Some(f) => keys.extend(f.store_key.clone()),
             None => {
                 if let Some(base) = &capture.store_path {
@@ -187,7 +213,7 @@ impl Index {
                         deletes.insert(id.as_bytes(), encode(&queued))?;
                     }
                     // The capture goes when nothing over it is left.
-                    let freed = other_files.is_empty() && !row.has_hls();
+                    let freed = other_files.is_empty() && !row.has_hls() && !row.state.is_open();
                     if freed {
                         row.deleting = true;
                         pending.remove(capture_id.as_bytes())?;

@@ -85,6 +85,11 @@ pub struct FileRow {
     /// The recording task its capture records for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// A task's recording over a capture another recording makes (a rule's): the task's
+    /// template, which names it and says where it goes (`record::task_files`). Such a row
+    /// may be `hls`: a playlist over its span of the capture's segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_template: Option<Box<crate::config::Template>>,
 }
 
 /// A capture's running totals at some segment.
@@ -112,13 +117,32 @@ impl FileRow {
         format!("{capture_id}_{}{number:08}", format.as_str())
     }
 
+    /// A task's recording over another recording's capture:
+    /// `<capture id>_<format>-<task id>-<n:04>` (task ids have no `_`).
+    pub fn make_overlay_id(capture_id: &str, format: Format, task_id: &str, number: u32) -> String {
+        format!("{capture_id}_{}-{task_id}-{number:04}", format.as_str())
+    }
+
     /// The capture id part of a file id, or None for an id that is not a file's.
     pub fn capture_of(id: &str) -> Option<&str> {
         let (capture, rest) = id.rsplit_once('_')?;
         Format::ALL
             .iter()
-            .any(|f| *f != Format::Hls && rest.starts_with(f.as_str()))
+            .any(|f| match f {
+                Format::Hls => rest.starts_with("hls-"),
+                _ => rest.starts_with(f.as_str()),
+            })
             .then_some(capture)
+    }
+
+    /// Whether `id` names a task's recording over another recording's capture.
+    pub fn is_overlay_id(id: &str) -> bool {
+        Self::capture_of(id).is_some() && id.rsplit_once('_').is_some_and(|(_, r)| r.contains('-'))
+    }
+
+    /// A task's recording over a capture another recording makes.
+    pub fn is_overlay(&self) -> bool {
+        self.task_template.is_some()
     }
 
     pub fn duration_s(&self) -> f64 {
@@ -136,6 +160,21 @@ impl FileRow {
             row.last_seq = capture.next_seq.saturating_sub(1).max(self.first_seq);
             row.end_ms = self.end_ms.max(capture.end_ms);
         }
+        row
+    }
+
+    /// A task's HLS recording as a recording of its own (for its playlist and store
+    /// folder name): the capture, with the task's template, id, span times, finished.
+    pub fn as_recording(&self, capture: &super::RecordingRow) -> super::RecordingRow {
+        let mut row = capture.clone();
+        row.id = self.id.clone();
+        row.start_ms = self.start_ms;
+        row.end_ms = self.end_ms;
+        row.task_id = self.task_id.clone();
+        if let Some(t) = &self.task_template {
+            row.template = Some((**t).clone());
+        }
+        row.state = super::RecordingState::Finished;
         row
     }
 

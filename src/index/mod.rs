@@ -23,6 +23,8 @@
 //! - `resident`: recording id -> empty, for closed captures whose files are still on
 //!   flash (finished or failed, not being deleted, not evicted): all the disk policy
 //!   reads, so its pass does not grow with the recordings the index keeps (`sets.rs`).
+//! - `overlays`: task windows over a capture another recording makes (see
+//!   `overlays.rs`).
 //! - `attention`: recording id -> empty, for closed rows start-up recovery must still
 //!   visit (being deleted, or failed and not yet reconciled with their files); with
 //!   `open`, all it reads, so start-up does not grow with the number of recordings.
@@ -56,6 +58,7 @@ mod catalog;
 mod deletes;
 mod expiry;
 mod files;
+mod overlays;
 mod rows;
 pub mod search;
 mod sets;
@@ -67,6 +70,7 @@ mod uploads;
 pub use deletes::{DeleteError, Deleted, StoreDeleteRow};
 pub use expiry::StoreExpiry;
 pub use files::{CaptureTotals, FileRow, FileState};
+pub use overlays::OverlayRow;
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
 pub use search::{SearchEntry, SearchPage, SearchQuery};
 pub use tasks::{TaskRow, TaskState};
@@ -185,6 +189,7 @@ pub struct Index {
     resident: sled::Tree,
     store_deletes: sled::Tree,
     store_expiry: sled::Tree,
+    overlays: sled::Tree,
     /// Set when status callbacks (`event_type` 332) are on: queued by `status.rs`.
     status_events: std::sync::Arc<std::sync::OnceLock<crate::config::CallbackConfig>>,
 }
@@ -287,6 +292,7 @@ impl Index {
             resident: db.open_tree("resident")?,
             store_deletes: db.open_tree("store_deletes")?,
             store_expiry: db.open_tree("store_expiry")?,
+            overlays: db.open_tree("overlays")?,
             status_events: Default::default(),
             db,
             log: std::sync::Arc::new(log),
@@ -579,6 +585,25 @@ impl Index {
     pub fn segments(&self, recording_id: &str) -> Result<Vec<SegmentRow>, IndexError> {
         self.segments
             .scan_prefix(segment_prefix(recording_id))
+            .map(|item| {
+                let (key, value) = item?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// A capture's segments `first..=last`, in order (a file's or a task's span).
+    pub fn segment_span(
+        &self,
+        recording_id: &str,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<SegmentRow>, IndexError> {
+        let Some(end) = last.checked_add(1) else {
+            return self.segments_after(recording_id, first.saturating_sub(1));
+        };
+        self.segments
+            .range(segment_key(recording_id, first)..segment_key(recording_id, end))
             .map(|item| {
                 let (key, value) = item?;
                 decode(&key, &value)

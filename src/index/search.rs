@@ -682,6 +682,7 @@ mod tests {
             before: None,
             store_expiry: None,
             task_id: Some("task-1".into()),
+            task_template: None,
         };
         index.put_file(&file).unwrap();
         // Found by its task, alone (the task key range), and with other filters.

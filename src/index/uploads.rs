@@ -380,7 +380,8 @@ impl Index {
         callback: Option<&CallbackRow>,
     ) -> Result<(), IndexError> {
         let id = file_id.as_bytes();
-        let object = UploadRow::file_id(file_id);
+        // One object for a file; a task's HLS recording has its segments and playlist.
+        let objects = self.uploads_of(file_id)?;
         (
             &self.files,
             &self.uploads,
@@ -396,7 +397,14 @@ impl Index {
                 let mut row: super::FileRow = decode(id, &bytes).map_err(abort)?;
                 let before = SearchEntry::of_file(&row);
                 row.uploaded_ms = Some(uploaded_ms);
-                let keys: Vec<String> = row.store_key.iter().cloned().collect();
+                let keys: Vec<String> = match row.format {
+                    crate::config::Format::Hls => objects
+                        .iter()
+                        .filter(|o| !o.skipped)
+                        .map(|o| o.key.clone())
+                        .collect(),
+                    _ => row.store_key.iter().cloned().collect(),
+                };
                 row.store_expiry = super::expiry::schedule(
                     expiry,
                     file_id,
@@ -406,7 +414,9 @@ impl Index {
                 )?;
                 files.insert(id, encode(&row))?;
                 super::search::sync(search, Some(&before), Some(&SearchEntry::of_file(&row)))?;
-                uploads.remove(object.as_bytes())?;
+                for object in &objects {
+                    uploads.remove(object.id.as_bytes())?;
+                }
                 pending.remove(id)?;
                 if let Some(cb) = callback {
                     outbox.insert(cb.id.as_bytes(), encode(cb))?;

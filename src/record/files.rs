@@ -79,11 +79,17 @@ pub fn split(segments: &[SegmentRow], interval: Ticks, terminal: bool) -> Vec<Sp
 /// Brings the file rows of one capture up to date with its segments. Returns true when
 /// every file of the capture is final (the capture can leave `files_pending`).
 pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, IndexError> {
+    let overlays_final = super::task_files::sync_overlays(index, capture, crate::clock::now_ms())?;
     let Some(template) = capture.template.as_ref() else {
-        return Ok(true);
+        return Ok(overlays_final);
     };
     let terminal = capture.is_terminal();
-    let existing = index.files_of(&capture.id)?;
+    // A task's recordings over this capture are planned by `task_files`.
+    let existing: Vec<FileRow> = index
+        .files_of(&capture.id)?
+        .into_iter()
+        .filter(|f| !f.is_overlay())
+        .collect();
     let mut all_final = true;
     for (format, output) in template.file_outputs() {
         let mine: Vec<&FileRow> = existing.iter().filter(|f| f.format == format).collect();
@@ -186,7 +192,7 @@ pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, Index
             }
         }
     }
-    Ok(terminal && all_final)
+    Ok(terminal && all_final && overlays_final)
 }
 
 fn new_row(
@@ -222,10 +228,11 @@ fn new_row(
         before: None,
         store_expiry: None,
         task_id: capture.task_id.clone(),
+        task_template: None,
     }
 }
 
-fn fill(row: &mut FileRow, span: &Span, segments: &[&SegmentRow]) {
+pub(super) fn fill(row: &mut FileRow, span: &Span, segments: &[&SegmentRow]) {
     row.first_seq = span.first_seq;
     row.last_seq = span.last_seq;
     if let Some(first) = segments.first() {
@@ -256,7 +263,7 @@ fn fill(row: &mut FileRow, span: &Span, segments: &[&SegmentRow]) {
 /// looked like at its last pass, so unchanged captures cost one row read.
 pub fn plan_pending(
     index: &Index,
-    seen: &mut HashMap<String, (u32, RecordingState)>,
+    seen: &mut HashMap<String, (u32, RecordingState, u64)>,
 ) -> Result<(), IndexError> {
     let pending = index.files_pending()?;
     seen.retain(|id, _| pending.contains(id));
@@ -265,7 +272,7 @@ pub fn plan_pending(
             index.clear_files_pending(&id)?;
             continue;
         };
-        let look = (capture.next_seq, capture.state);
+        let look = (capture.next_seq, capture.state, overlays_look(index, &id)?);
         if seen.get(&id) == Some(&look) {
             continue;
         }
@@ -277,6 +284,18 @@ pub fn plan_pending(
         }
     }
     Ok(())
+}
+
+/// What a capture's task windows look like to the planner: their ends, and which of them
+/// have passed (a window over a capture waiting for its publisher closes by the clock).
+fn overlays_look(index: &Index, capture_id: &str) -> Result<u64, IndexError> {
+    use std::hash::{Hash, Hasher};
+    let now = crate::clock::now_ms();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for o in index.overlays_of(capture_id)? {
+        (o.task_id, o.to_ms, now >= o.to_ms).hash(&mut hasher);
+    }
+    Ok(hasher.finish())
 }
 
 /// How often the file planner looks for new segments and finished captures.

@@ -61,6 +61,9 @@ pub struct LiveStats {
     /// not resumable, so a publisher or camera that reconnects at once starts a new
     /// recording instead of continuing the one being deleted.
     pub(super) no_resume: AtomicBool,
+    /// A task window over this recording opened or closed: the writer cuts the segment at
+    /// the next keyframe, so the window's edge is a segment edge (`task_files`).
+    pub(super) cut_requested: AtomicBool,
     /// Why the publisher's audio is not recorded (a codec MPEG-TS cannot carry).
     pub(super) audio_dropped: Mutex<Option<String>>,
     /// This protocol's lifetime series (`edgerec_received_*_total`).
@@ -84,6 +87,11 @@ impl LiveStats {
         let (id, task) = recording.unwrap_or_default();
         *lock(&self.recording_id) = id.to_owned();
         *lock(&self.task_id) = task.map(str::to_owned);
+    }
+
+    /// Asks the writer to start a new segment at the next keyframe.
+    pub(super) fn request_cut(&self) {
+        self.cut_requested.store(true, Ordering::Relaxed);
     }
 
     /// `app/stream` of this publisher.
@@ -253,6 +261,7 @@ pub(super) fn placeholder_stats(app: &str, stream: &str, protocol: &'static str)
         failure: Mutex::new(None),
         dropped: Mutex::new(None),
         no_resume: AtomicBool::new(false),
+        cut_requested: AtomicBool::new(false),
         audio_dropped: Mutex::new(None),
         bytes_counter: m.received_bytes.with_label_values(&[protocol]),
         frames_counter: m.received_frames.with_label_values(&[protocol]),

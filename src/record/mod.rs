@@ -19,6 +19,7 @@ pub mod playlist;
 mod preroll;
 mod reaper;
 mod session;
+pub mod task_files;
 pub mod tasks;
 pub mod timeline;
 pub mod write_bounds;
@@ -200,7 +201,29 @@ pub struct TaskWant {
     /// A highlight clip: begin at the keyframe at or before this wall time (unix ms),
     /// from the look-back, if the stream is live when the window opens.
     pub from_ms: Option<i64>,
+    /// The window (unix ms), for spans over a capture a rule makes.
+    pub start_ms: i64,
+    pub end_ms: i64,
 }
+
+impl TaskWant {
+    /// The task's window over `capture` (a rule's), whose next segment is `next_seq`.
+    fn overlay(&self, capture_id: &str, next_seq: u32) -> crate::index::OverlayRow {
+        crate::index::OverlayRow {
+            capture_id: capture_id.to_owned(),
+            task_id: self.task_id.clone(),
+            template: self.template.clone(),
+            from_ms: self.start_ms,
+            to_ms: self.end_ms,
+            pre_roll: self.from_ms.is_some(),
+            // A clip reaches back at most a minute: no segment is shorter than a second.
+            scan_from_seq: next_seq.saturating_sub(OVERLAY_LOOK_BACK_SEGMENTS).max(1),
+        }
+    }
+}
+
+/// How many segments before the capture's newest a task window over it may start in.
+const OVERLAY_LOOK_BACK_SEGMENTS: u32 = 2 * tasks::MAX_PRE_ROLL_S;
 
 /// What became of a task whose window opened ([`Recorders::open_task`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -209,7 +232,11 @@ pub enum TaskStart {
     Recording(String),
     /// The stream is not live: its next publish inside the window records for the task.
     Waiting,
-    /// Something else records the stream already (a rule, another task).
+    /// A rule records the stream: the task's recordings are spans of that capture
+    /// (`task_files`), whose id this is.
+    Spanning(String),
+    /// Something else records the stream already (another task), or its recording is
+    /// still starting (try again).
     Taken(String),
 }
 
@@ -286,8 +313,13 @@ impl Recorders {
         protocol: &'static str,
     ) -> Result<PublishHandle, PublishRefused> {
         let key = StreamKey::new(app, stream).to_string();
+        let mut overlay = None;
         let (template, task_id) = match self.inner.catalog.plan(app, stream) {
-            Ok(Plan::Record(t)) => (*t, None),
+            Ok(Plan::Record(t)) => {
+                // A task window open on a stream a rule records: spans of this capture.
+                overlay = lock(&self.inner.tasks).get(&key).cloned();
+                (*t, None)
+            }
             Ok(Plan::Off) => match lock(&self.inner.tasks).get(&key) {
                 Some(want) => (want.template.clone(), Some(want.task_id.clone())),
                 None => return self.start_unrecorded(app, stream, remote, protocol),
@@ -307,6 +339,7 @@ impl Recorders {
             task_id,
             record_id: query_value(query, "record_id"),
             stream_param: (!query.is_empty()).then(|| query.to_owned()),
+            overlay,
         };
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // Claim the slot, waiting for a closing recorder of the same stream first.
@@ -383,10 +416,19 @@ impl Recorders {
     ) -> Result<Writer, RecordError> {
         let inner = self.inner.clone();
         let (app_s, stream_s) = (stats.app.clone(), stats.stream.clone());
-        let begun =
-            tokio::task::spawn_blocking(move || begin_recording(&inner, &app_s, &stream_s, start))
-                .await
-                .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
+        let begun = tokio::task::spawn_blocking(move || {
+            let overlay = start.overlay.clone();
+            let begun = begin_recording(&inner, &app_s, &stream_s, start)?;
+            if let Some(want) = overlay {
+                let row = &begun.0;
+                if inner.index.add_overlay(&want.overlay(&row.id, row.next_seq))? {
+                    tracing::info!(recording = %row.id, task = %want.task_id, "a task window is open on this stream: its recordings are spans of this one");
+                }
+            }
+            Ok(begun)
+        })
+        .await
+        .unwrap_or_else(|e| Err(RecordError::Gone(format!("start task: {e}"))));
         let (row, resumed, media_end) = begun?;
         stats.set_recording(Some((&row.id, row.task_id.as_deref())));
         stats.no_resume.store(false, Ordering::Relaxed);
@@ -475,6 +517,7 @@ impl Recorders {
         let task_id = want.task_id.clone();
         let template = want.template.clone();
         let from_ms = want.from_ms;
+        let want_for_span = want.clone();
         let claim = {
             let mut live = lock(&self.inner.live);
             lock(&self.inner.tasks).insert(key.to_owned(), want);
@@ -482,6 +525,10 @@ impl Recorders {
                 None => return Ok(TaskStart::Waiting),
                 Some(slot) if slot.task.as_deref() == Some(task_id.as_str()) => {
                     return Ok(TaskStart::Recording(slot.stats.recording_id()))
+                }
+                Some(slot) if slot.active && slot.writer && slot.task.is_none() => {
+                    // A rule records it: the task's recordings are spans of its capture.
+                    Err(slot.stats.clone())
                 }
                 Some(slot) if slot.writer || !slot.active => {
                     let by = match &slot.task {
@@ -497,16 +544,20 @@ impl Recorders {
                 Some(slot) => {
                     slot.writer = true;
                     slot.task = Some(task_id.clone());
-                    (slot.generation, slot.stats.clone(), slot.wiring.clone())
+                    Ok((slot.generation, slot.stats.clone(), slot.wiring.clone()))
                 }
             }
         };
-        let (generation, stats, wiring) = claim;
+        let (generation, stats, wiring) = match claim {
+            Ok(claim) => claim,
+            Err(rule_stats) => return self.span_capture(&rule_stats, want_for_span).await,
+        };
         let start = StartInfo {
             template,
             task_id: Some(task_id.clone()),
             record_id: None,
             stream_param: None,
+            overlay: None,
         };
         match self.start_writer(key, generation, &stats, start).await {
             Ok(writer) => {
@@ -541,11 +592,57 @@ impl Recorders {
         }
     }
 
+    /// Opens a task's window over the live capture `stats` records for a rule: the
+    /// window's spans start at the segment the writer cuts at the next keyframe (a clip's
+    /// at the segment holding its start).
+    async fn span_capture(
+        &self,
+        stats: &Arc<LiveStats>,
+        want: TaskWant,
+    ) -> Result<TaskStart, RecordError> {
+        let capture_id = stats.recording_id();
+        if capture_id.is_empty() {
+            return Ok(TaskStart::Taken(
+                "the stream's recording is starting".into(),
+            ));
+        }
+        let clip = want.from_ms.is_some();
+        let index = self.inner.index.clone();
+        let id = capture_id.clone();
+        let added = tokio::task::spawn_blocking(move || -> Result<bool, RecordError> {
+            let Some(capture) = index.get_recording(&id)? else {
+                return Ok(false);
+            };
+            Ok(index.add_overlay(&want.overlay(&id, capture.next_seq))?)
+        })
+        .await
+        .unwrap_or_else(|e| Err(RecordError::Gone(format!("task window: {e}"))))?;
+        if added && !clip {
+            stats.request_cut();
+        }
+        tracing::info!(recording = %capture_id, "task window open on a stream a rule records: its recordings are spans of this capture");
+        Ok(TaskStart::Spanning(capture_id))
+    }
+
     /// Task `task_id`'s window on stream `key` closed (or it was cancelled): its
     /// recording ends now, finished rather than resumable, and the publish goes on
     /// unrecorded. A recording of the task waiting for its publisher to come back is
     /// finished too.
     pub async fn close_task(&self, key: &str, task_id: &str) -> Result<(), IndexError> {
+        // Windows over a rule's capture end now (if they reached further: a cancel), and
+        // the live one's writer cuts at the next keyframe.
+        let index = self.inner.index.clone();
+        let task = task_id.to_owned();
+        let spanned =
+            tokio::task::spawn_blocking(move || index.end_overlays(&task, crate::clock::now_ms()))
+                .await
+                .unwrap_or_else(|_| Ok(Vec::new()))?;
+        if let Some(slot) = lock(&self.inner.live).get(key) {
+            if slot.active && spanned.contains(&slot.stats.recording_id()) {
+                slot.stats.request_cut();
+                tracing::info!(stream = %key, task = %task_id, recording = %slot.stats.recording_id(), "task window closed; its spans of this recording end here");
+            }
+        }
         {
             let live = lock(&self.inner.live);
             let mut tasks = lock(&self.inner.tasks);
@@ -655,11 +752,20 @@ impl Recorders {
 
     /// The recording a live publish makes for task `task_id` right now, if any.
     pub fn recording_for_task(&self, task_id: &str) -> Option<String> {
-        lock(&self.inner.live)
+        let live = lock(&self.inner.live);
+        let own = live
             .values()
             .find(|s| s.task.as_deref() == Some(task_id) && s.active)
-            .map(|s| s.stats.recording_id())
-            .filter(|id| !id.is_empty())
+            .map(|s| s.stats.recording_id());
+        // Or a rule's recording its window spans.
+        let spanned = || {
+            let tasks = lock(&self.inner.tasks);
+            let (key, _) = tasks.iter().find(|(_, w)| w.task_id == task_id)?;
+            live.get(key)
+                .filter(|s| s.active && s.writer && s.task.is_none())
+                .map(|s| s.stats.recording_id())
+        };
+        own.or_else(spanned).filter(|id| !id.is_empty())
     }
 
     /// Ends the live recording `recording_id` for good (its writer seals what it has and
@@ -754,6 +860,8 @@ struct StartInfo {
     task_id: Option<String>,
     record_id: Option<String>,
     stream_param: Option<String>,
+    /// A task window open on the stream a rule records: its spans go over this capture.
+    overlay: Option<TaskWant>,
 }
 
 /// The value of `name=` in a URL query string (no percent-decoding: names are plain).

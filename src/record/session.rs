@@ -436,6 +436,11 @@ impl RecordingSession {
         };
         let media = frame.dts - segment.start_dts;
         if cut_point && media >= target {
+            self.stats.cut_requested.store(false, Ordering::Relaxed);
+            return true;
+        }
+        // A task window's edge (`task_files`): cut here unless the segment is empty.
+        if cut_point && media > 0 && self.stats.cut_requested.swap(false, Ordering::Relaxed) {
             return true;
         }
         let forced = write_bounds::must_cut(

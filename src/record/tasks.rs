@@ -18,7 +18,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::Plan;
 use super::{lock, Recorders, TaskStart, TaskWant};
 use crate::index::{Index, IndexError, SearchQuery, TaskRow, TaskState};
 
@@ -178,12 +177,6 @@ impl Tasks {
         }
         if end_ms - start_ms > MAX_WINDOW_MS {
             return invalid("end_time: the window is longer than 24 hours".into());
-        }
-        if let Ok(Plan::Record(t)) = catalog.plan(&new.app, &new.stream) {
-            return Err(TaskError::Conflict(format!(
-                "a rule records {}/{} with template {}; tasks on a stream a rule records are not built yet",
-                new.app, new.stream, t.name
-            )));
         }
         Ok(TaskRow {
             id: TaskRow::new_id(now_ms),
@@ -361,9 +354,11 @@ impl Tasks {
             task_id: row.id.clone(),
             template,
             from_ms: (row.pre_roll_s > 0).then_some(row.start_ms),
+            start_ms: row.start_ms,
+            end_ms: row.end_ms,
         };
         match self.recorders.open_task(&row.stream_key(), want).await {
-            Ok(TaskStart::Recording(_) | TaskStart::Waiting) => None,
+            Ok(TaskStart::Recording(_) | TaskStart::Spanning(_) | TaskStart::Waiting) => None,
             Ok(TaskStart::Taken(why)) => {
                 tracing::warn!(task = %row.id, reason = %why, "task window open but the stream is recorded by something else");
                 Some(why)

@@ -179,6 +179,9 @@ fn plan_file(
         index.drop_uploads(id)?;
         return Ok(0);
     }
+    if file.format == crate::config::Format::Hls {
+        return plan_hls_span(index, ctx, file, &capture, now_ms, report);
+    }
     if file.store_key.is_none() {
         let key = index.claim_name(&file_key(ctx.config, &capture, &file), &file.id)?;
         index.set_file_store_key(&file.id, &key)?;
@@ -208,6 +211,93 @@ fn plan_file(
     }
 }
 
+/// A task's HLS recording over another recording's capture: its span's segments (read
+/// from the capture's folder) under a folder of its own, then its playlist, then the
+/// completion callback, as [`plan_recording`] does for a capture.
+fn plan_hls_span(
+    index: &Index,
+    ctx: &PlanContext,
+    mut file: FileRow,
+    capture: &RecordingRow,
+    now_ms: i64,
+    report: &mut PlanReport,
+) -> Result<usize, IndexError> {
+    if file.store_key.is_none() {
+        let folder = index.claim_folder(
+            &store_path(ctx.config, &file.as_recording(capture)),
+            &file.id,
+        )?;
+        index.set_file_store_key(&file.id, &folder)?;
+        file.store_key = Some(folder);
+    }
+    let base = file.store_key.clone().unwrap_or_default();
+    let objects = index.uploads_of(&file.id)?;
+    if objects.is_empty() {
+        let rows: Vec<UploadRow> = index
+            .segment_span(&capture.id, file.first_seq, file.last_seq)?
+            .into_iter()
+            .filter(|s| !s.gap)
+            .map(|seg| {
+                new_row(
+                    UploadRow::segment_id(&file.id, seg.seq),
+                    &file.id,
+                    ObjectKind::Segment {
+                        seq: seg.seq,
+                        file: seg.file.clone(),
+                    },
+                    format!("{base}/{}", seg.file),
+                    seg.bytes,
+                    now_ms,
+                )
+            })
+            .collect();
+        let progress = PendingRow {
+            queued_through: file.last_seq,
+            playlist_queued: rows.is_empty(),
+        };
+        let mut rows = rows;
+        if rows.is_empty() {
+            rows.push(playlist_row(&file.id, &base, now_ms));
+        }
+        index.queue_uploads(&file.id, &rows, &progress)?;
+        return Ok(rows.len());
+    }
+    if !objects.iter().all(|o| o.state == UploadState::Uploaded) {
+        return Ok(0);
+    }
+    let Some(playlist) = objects.iter().find(|o| o.kind == ObjectKind::Playlist) else {
+        let progress = PendingRow {
+            queued_through: file.last_seq,
+            playlist_queued: true,
+        };
+        index.queue_uploads(
+            &file.id,
+            &[playlist_row(&file.id, &base, now_ms)],
+            &progress,
+        )?;
+        return Ok(1);
+    };
+    // The callback names the playlist and counts every object's bytes.
+    let mut whole = playlist.clone();
+    whole.size = objects.iter().map(|o| o.size).sum();
+    let callback = (ctx.file_callback)(&file, capture, &whole, now_ms);
+    index.complete_file_upload(&file.id, now_ms, callback.as_ref())?;
+    tracing::info!(recording = %file.id, objects = objects.len(), bytes = whole.size, "task recording is complete in the store");
+    report.completed.push(file.id.clone());
+    Ok(0)
+}
+
+fn playlist_row(recording_id: &str, base: &str, now_ms: i64) -> UploadRow {
+    new_row(
+        UploadRow::playlist_id(recording_id),
+        recording_id,
+        ObjectKind::Playlist,
+        format!("{base}/index.m3u8"),
+        0,
+        now_ms,
+    )
+}
+
 /// `<prefix>/<store_prefix>/<app>/<stream>/<file name>.<ext>`: where a file goes.
 pub fn file_key(config: &UploadConfig, capture: &RecordingRow, file: &FileRow) -> String {
     let name = file.download_name();
@@ -215,11 +305,8 @@ pub fn file_key(config: &UploadConfig, capture: &RecordingRow, file: &FileRow) -
     if !config.s3.prefix.is_empty() {
         parts.push(config.s3.prefix.clone());
     }
-    if let Some(t) = capture
-        .template
-        .as_ref()
-        .filter(|t| !t.store_prefix.is_empty())
-    {
+    let template = file.task_template.as_deref().or(capture.template.as_ref());
+    if let Some(t) = template.filter(|t| !t.store_prefix.is_empty()) {
         parts.push(t.store_prefix.clone());
     }
     parts.extend([capture.app.clone(), capture.stream.clone(), name]);

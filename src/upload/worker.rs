@@ -201,9 +201,16 @@ async fn send_playlist(
     let (index, id) = (shared.index.clone(), row.recording_id.clone());
     let target = shared.segment_target_s;
     let text = tokio::task::spawn_blocking(move || -> Result<String, Failure> {
-        let rec = index
-            .get_recording(&id)?
-            .ok_or_else(|| Failure::Local("the recording was deleted".into()))?;
+        let gone = || Failure::Local("the recording was deleted".into());
+        if crate::index::FileRow::capture_of(&id).is_some() {
+            // A task's HLS recording: its span of the capture's segments.
+            let file = index.get_file(&id)?.ok_or_else(gone)?;
+            let capture = index.get_recording(&file.capture_id)?.ok_or_else(gone)?;
+            let rec = file.as_recording(&capture);
+            let segments = index.segment_span(&file.capture_id, file.first_seq, file.last_seq)?;
+            return Ok(recording_playlist(&rec, &segments, target, ""));
+        }
+        let rec = index.get_recording(&id)?.ok_or_else(gone)?;
         let segments = index.segments(&id)?;
         Ok(recording_playlist(&rec, &segments, target, ""))
     })
@@ -240,8 +247,10 @@ async fn send_segment(
     );
     let file_name = file.to_owned();
     let path = tokio::task::spawn_blocking(move || -> Result<PathBuf, Failure> {
+        // A task's HLS recording sends segments of the capture it spans.
+        let capture_id = crate::index::FileRow::capture_of(&rec_id).unwrap_or(&rec_id);
         let rec = index
-            .get_recording(&rec_id)?
+            .get_recording(capture_id)?
             .ok_or_else(|| Failure::Local("the recording was deleted".into()))?;
         Ok(storage
             .recording_dir(&rec.app, &rec.stream, &rec.id)
@@ -278,8 +287,9 @@ async fn send_segment(
 async fn is_gap(shared: &Shared, recording_id: &str, seq: u32) -> Result<bool, Failure> {
     let (index, id) = (shared.index.clone(), recording_id.to_owned());
     tokio::task::spawn_blocking(move || {
+        let capture_id = crate::index::FileRow::capture_of(&id).unwrap_or(&id);
         Ok(index
-            .segments_after(&id, seq.saturating_sub(1))?
+            .segments_after(capture_id, seq.saturating_sub(1))?
             .first()
             .is_some_and(|s| s.seq == seq && s.gap))
     })

@@ -1,0 +1,142 @@
+//! Task windows over another recording's capture (tree `overlays`).
+//!
+//! A task whose stream a rule already records writes no segments of its own (one copy of
+//! every media byte, DESIGN.md): its recordings are spans of the rule's capture, made by
+//! the file planner (`record::task_files`) from the segments inside the window. An
+//! [`OverlayRow`] says which task wants which capture's segments between which wall
+//! times; it goes when every span of it is final (the task's [`super::FileRow`]s carry
+//! the rest).
+//!
+//! Tree `overlays`: `<capture id>/<task id>` -> JSON [`OverlayRow`] (a prefix scan gives
+//! a capture's overlays; the tree holds only open windows, so a scan by task is cheap).
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, Index, IndexError};
+use crate::config::Template;
+
+/// One task window over one capture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverlayRow {
+    pub capture_id: String,
+    pub task_id: String,
+    /// The task's template when its window opened.
+    pub template: Template,
+    /// The window in wall time (unix ms). A scheduled window's edges are segment cuts:
+    /// its span is the segments that start inside it. A clip (`pre_roll`) starts in the
+    /// past: its span starts with the segment that holds `from_ms`.
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub pre_roll: bool,
+    /// No segment before this one can be in the window (where the planner starts looking).
+    pub scan_from_seq: u32,
+}
+
+impl OverlayRow {
+    fn key(capture_id: &str, task_id: &str) -> String {
+        format!("{capture_id}/{task_id}")
+    }
+}
+
+impl Index {
+    /// Adds `row` unless that task already has a window over that capture (a resumed
+    /// capture keeps the one it has). Marks the capture for the file planner.
+    pub fn add_overlay(&self, row: &OverlayRow) -> Result<bool, IndexError> {
+        let key = OverlayRow::key(&row.capture_id, &row.task_id);
+        let added = self
+            .overlays
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(encode(row)))?
+            .is_ok();
+        self.files_pending.insert(row.capture_id.as_bytes(), &[])?;
+        self.flush()?;
+        Ok(added)
+    }
+
+    /// The task windows over capture `capture_id`.
+    pub fn overlays_of(&self, capture_id: &str) -> Result<Vec<OverlayRow>, IndexError> {
+        self.overlays
+            .scan_prefix(format!("{capture_id}/"))
+            .map(|item| {
+                let (k, v) = item?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Ends task `task_id`'s windows at `to_ms` if they reach further (a cancel, or a
+    /// window closed early); returns the captures they are over.
+    pub fn end_overlays(&self, task_id: &str, to_ms: i64) -> Result<Vec<String>, IndexError> {
+        let mut captures = Vec::new();
+        for item in self.overlays.iter() {
+            let (k, v) = item?;
+            let mut row: OverlayRow = decode(&k, &v)?;
+            if row.task_id != task_id {
+                continue;
+            }
+            if row.to_ms > to_ms {
+                row.to_ms = to_ms.max(row.from_ms);
+                self.overlays.insert(&k, encode(&row))?;
+            }
+            self.files_pending.insert(row.capture_id.as_bytes(), &[])?;
+            captures.push(row.capture_id);
+        }
+        self.flush()?;
+        Ok(captures)
+    }
+
+    /// Forgets a window whose spans are all final.
+    pub fn remove_overlay(&self, capture_id: &str, task_id: &str) -> Result<(), IndexError> {
+        self.overlays
+            .remove(OverlayRow::key(capture_id, task_id).as_bytes())?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlays_are_added_once_listed_by_capture_and_ended_by_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let row = |capture: &str, task: &str| OverlayRow {
+            capture_id: capture.into(),
+            task_id: task.into(),
+            template: Template::builtin_default(),
+            from_ms: 1_000,
+            to_ms: 9_000,
+            pre_roll: false,
+            scan_from_seq: 1,
+        };
+        assert!(index.add_overlay(&row("c1", "t1")).unwrap());
+        let mut again = row("c1", "t1");
+        again.from_ms = 5_000;
+        assert!(
+            !index.add_overlay(&again).unwrap(),
+            "a resume keeps its window"
+        );
+        index.add_overlay(&row("c1", "t2")).unwrap();
+        index.add_overlay(&row("c10", "t1")).unwrap();
+        assert_eq!(index.overlays_of("c1").unwrap().len(), 2);
+        assert_eq!(index.overlays_of("c1").unwrap()[0].from_ms, 1_000);
+        assert!(index.files_pending().unwrap().contains(&"c10".to_owned()));
+        let mut captures = index.end_overlays("t1", 4_000).unwrap();
+        captures.sort();
+        assert_eq!(captures, ["c1", "c10"]);
+        assert_eq!(index.overlays_of("c10").unwrap()[0].to_ms, 4_000);
+        assert_eq!(
+            index.overlays_of("c1").unwrap()[1].to_ms,
+            9_000,
+            "t2 keeps its end"
+        );
+        index.end_overlays("t1", 6_000).unwrap();
+        assert_eq!(
+            index.overlays_of("c10").unwrap()[0].to_ms,
+            4_000,
+            "never later"
+        );
+        index.remove_overlay("c1", "t1").unwrap();
+        assert_eq!(index.overlays_of("c1").unwrap().len(), 1);
+    }
+}
