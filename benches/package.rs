@@ -359,6 +359,7 @@ fn build_capture(base: &Path, minutes: u64) -> Capture {
                 store_expiry: None,
                 task_id: None,
                 task_template: None,
+                start: None,
             })
             .expect("put file");
     }

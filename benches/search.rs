@@ -280,6 +280,7 @@ fn generate(dir: &Path, n: usize) -> i64 {
                 store_expiry: None,
                 task_id: None,
                 task_template: None,
+                start: None,
             };
             index.put_file(&file).expect("file");
         }

@@ -280,6 +280,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     workers.push(tokio::spawn(crate::clock_watch::run(background.clone())));
     workers.push(tokio::spawn(record::files::run_file_planner(
         index.clone(),
+        storage.clone(),
         background.clone(),
     )));
     // After READY=1, so the first watchdog ping never precedes it.

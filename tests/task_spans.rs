@@ -273,9 +273,9 @@ fn a_task_on_a_rule_recorded_stream_spans_the_rules_capture_and_deletes_keep_the
 
 #[test]
 fn a_clip_on_a_rule_recorded_stream_reaches_back_into_the_capture() {
-    let sections = "[[template]]\nname = \"clip\"\nhls = { enabled = true }\n";
-    let mut d = Daemon::configure_with("segment_duration_s = 2", "", sections);
-    d.spawn();
+    // Segments of 4 s (GOP 1 s): a clip starts at a keyframe inside its first segment.
+    let sections = "[[template]]\nname = \"clip\"\nhls = { enabled = true }\nmp4 = {}\n";
+    let d = Daemon::start_with_sections(sections);
     let clip = media::clip(Clip::AudioVideo, 30);
     let published = now_s();
     let ffmpeg = media::publish(&d.rtmp_url("live", "goal"), &clip, true);
@@ -288,25 +288,65 @@ fn a_clip_on_a_rule_recorded_stream_reaches_back_into_the_capture() {
         json!({"app": "live", "stream": "goal", "template": "clip",
                "end_time": asked + 5.0, "pre_roll_s": 10}),
     );
+    // A second clip over the first (a stream a rule records takes overlapping windows).
+    let second = create_task(
+        &d,
+        json!({"app": "live", "stream": "goal", "template": "clip",
+               "end_time": asked + 3.0, "pre_roll_s": 4}),
+    );
     wait_task_state(&d, &id, "finished", Duration::from_secs(30));
-    let recs = task_recordings(&d, &id, 1);
-    let rec = &recs[0];
-    let rec_id = rec["id"].as_str().unwrap();
-    // From the segment holding asked - 10 s (segments of 2 s) to the first keyframe after
-    // the end.
-    let (pdt, _) = playlist(&d, rec_id);
+    let recs = task_recordings(&d, &id, 2);
+    let (hls, mp4) = (&recs[0], &recs[1]);
+    let hls_id = hls["id"].as_str().unwrap();
+    // 10 s before the request (the keyframe at or before it: GOP 1 s) to the first
+    // keyframe after its end: by program date time, media and decoded frames.
+    let (pdt, _) = playlist(&d, hls_id);
     assert!(
-        (asked - 12.6..=asked - 9.4).contains(&pdt),
+        (asked - 11.6..=asked - 9.4).contains(&pdt),
         "the clip starts {} s before the request",
         asked - pdt
     );
-    let duration = rec["duration_s"].as_f64().unwrap();
-    assert!(
-        (13.5..=18.0).contains(&duration),
-        "10 s + 5 s recorded as {duration} s: {rec}"
-    );
-    let probe = media::probe(&d.http_url(&format!("/hls/recordings/{rec_id}/index.m3u8")));
+    for rec in [hls, mp4] {
+        let duration = rec["duration_s"].as_f64().unwrap();
+        assert!(
+            (13.5..=16.6).contains(&duration),
+            "10 s + 5 s recorded as {duration} s: {rec}"
+        );
+        assert!(
+            (wall_s(rec["start_time"].as_str().unwrap()) - (asked - 10.0)).abs() <= 1.6,
+            "{rec}"
+        );
+    }
+    let hls_url = d.http_url(&format!("/hls/recordings/{hls_id}/index.m3u8"));
+    assert!(media::decode_errors(&hls_url).trim().is_empty());
+    let probe = media::probe(&hls_url);
+    let duration = hls["duration_s"].as_f64().unwrap();
     assert!((probe.duration_s - duration).abs() <= 0.6, "{probe:?}");
+    assert!(
+        (13 * 25..=17 * 25).contains(&probe.video_frames),
+        "{probe:?}"
+    );
+    let mp4_url = d.http_url(mp4["download"].as_str().unwrap());
+    assert!(media::decode_errors(&mp4_url).trim().is_empty());
+    let probe = media::probe(&mp4_url);
+    assert!(
+        (13 * 25..=17 * 25).contains(&probe.video_frames),
+        "{probe:?}"
+    );
+    assert!(probe.audio_frames > 0, "{probe:?}");
+
+    let other = &task_recordings(&d, &second, 2)[0];
+    let (pdt, _) = playlist(&d, other["id"].as_str().unwrap());
+    assert!(
+        (asked - 5.6..=asked - 3.4).contains(&pdt),
+        "the second clip starts {} s before the request",
+        asked - pdt
+    );
+    let duration = other["duration_s"].as_f64().unwrap();
+    assert!(
+        (6.0..=8.8).contains(&duration),
+        "4 s + 3 s recorded as {duration} s: {other}"
+    );
     publisher_succeeded(ffmpeg);
     // The rule's recording is untouched: the whole publish.
     let rule = d

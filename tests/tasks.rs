@@ -329,6 +329,16 @@ fn bad_task_requests_are_refused_with_the_reason() {
             json!({"start_time": now + 200.0, "end_time": now + 300.0}),
         ),
     );
+    // On a stream a rule records, windows are spans of its capture and may overlap, up
+    // to eight at a time.
+    let ruled = |n: f64| {
+        json!({"app": "live", "stream": "a", "template": "clip",
+               "start_time": now + 100.0 + n, "end_time": now + 200.0 + n})
+    };
+    for n in 0..8 {
+        create_task(&d, ruled(f64::from(n)));
+    }
+    refused(ruled(8.0), 409, "at most 8");
     // A finished task cannot be cancelled; an unknown one is not found.
     let short = create_task(&d, task("c", json!({"end_time": now_s() + 1.0})));
     let id = short["task_id"].as_str().unwrap();
@@ -363,8 +373,8 @@ fn bad_task_requests_are_refused_with_the_reason() {
     );
     // Listing by state.
     let scheduled = d.json("/api/v1/tasks?state=scheduled");
-    assert_eq!(scheduled.as_array().unwrap().len(), 3, "{scheduled}");
-    assert_eq!(d.json("/api/v1/tasks").as_array().unwrap().len(), 4);
+    assert_eq!(scheduled.as_array().unwrap().len(), 11, "{scheduled}");
+    assert_eq!(d.json("/api/v1/tasks").as_array().unwrap().len(), 12);
     assert_eq!(d.get("/api/v1/tasks?state=sleeping").status, 400);
 }
 

@@ -40,14 +40,16 @@ fn recording(s: &ApiState, id: &str) -> Result<RecordingRow, ApiError> {
 /// An HLS recording's row and segments: a capture's, or a task's span of a rule's capture
 /// (shown as a recording of its own, open while the span grows). The row's id stays the
 /// one asked for; `capture` is where its segment files are.
-fn hls_recording(
-    s: &ApiState,
-    id: &str,
-) -> Result<(RecordingRow, String, Vec<crate::index::SegmentRow>), ApiError> {
+fn hls_recording(s: &ApiState, id: &str) -> Result<HlsRecording, ApiError> {
     if crate::index::FileRow::capture_of(id).is_none() {
         let row = recording(s, id)?;
         let segments = s.index.segments(id)?;
-        return Ok((row, id.to_owned(), segments));
+        return Ok(HlsRecording {
+            row,
+            capture_id: id.to_owned(),
+            segments,
+            start: None,
+        });
     }
     let not_found = || ApiError::not_found(format!("recording {id}"));
     let file = s
@@ -65,10 +67,27 @@ fn hls_recording(
     if file.state == crate::index::FileState::Recording {
         row.state = capture.state;
     }
-    let segments = s
-        .index
-        .segment_span(&capture.id, file.first_seq, file.last_seq)?;
-    Ok((row, capture.id, segments))
+    let segments = file.span_view(s.index.segment_span(
+        &capture.id,
+        file.first_seq,
+        file.last_seq,
+    )?);
+    Ok(HlsRecording {
+        row,
+        capture_id: capture.id,
+        segments,
+        start: file.start.map(|st| (file.first_seq, st)),
+    })
+}
+
+/// What [`hls_recording`] finds.
+struct HlsRecording {
+    row: RecordingRow,
+    /// Whose folder the segment files are in.
+    capture_id: String,
+    segments: Vec<crate::index::SegmentRow>,
+    /// A clip's first segment starts at a keyframe inside it: (its seq, where).
+    start: Option<(u32, crate::index::SpanStart)>,
 }
 
 /// A recording's playlist. Fetched under a playback signature (`grant`), the segment
@@ -86,7 +105,7 @@ pub async fn recording_playlist(
     Path(id): Path<String>,
     grant: Option<Extension<PlaybackGrant>>,
 ) -> Result<Response, ApiError> {
-    let (row, _, segments) = hls_recording(&s, &id)?;
+    let HlsRecording { row, segments, .. } = hls_recording(&s, &id)?;
     let query = s
         .access
         .segment_query(grant.map(|g| g.0), &format!("/hls/recordings/{}/", row.id));
@@ -117,7 +136,12 @@ pub async fn recording_segment(
     if !matches!(parse_segment_file_name(&file), Some((_, false))) {
         return Err(ApiError::not_found(format!("segment {file}")));
     }
-    let (row, capture_id, segments) = hls_recording(&s, &id)?;
+    let HlsRecording {
+        row,
+        capture_id,
+        segments,
+        start,
+    } = hls_recording(&s, &id)?;
     let Some((seq, _)) = parse_segment_file_name(&file) else {
         return Err(ApiError::not_found(format!("segment {file}")));
     };
@@ -128,6 +152,20 @@ pub async fn recording_segment(
         .storage
         .recording_dir(&row.app, &row.stream, &capture_id)
         .join(&file);
+    if let Some((_, at)) = start.filter(|(first, _)| *first == seq) {
+        // A clip's first segment, from its keyframe on (derived, a few MB at most).
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(&path))
+            .await
+            .map_err(|e| ApiError::internal(format!("segment task: {e}")))?
+            .map_err(|_| ApiError::not_found(format!("segment {file}")))?;
+        let cut = bytes::Bytes::from(crate::mux::ts_cut::cut_at(&bytes, at.offset));
+        return ranged::response(
+            &headers,
+            cut.len() as u64,
+            &[(header::CONTENT_TYPE, "video/mp2t".to_owned())],
+            move |from, to| Ok(cut.slice(from as usize..to as usize)),
+        );
+    }
     let opened = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path)?;
         let len = f.metadata()?.len();

@@ -489,11 +489,14 @@ pub async fn get_one(
         };
         let file = file.live(&capture);
         let mut view = with_file_upload(&s, &file, RecordingView::file(&file, &capture))?;
-        let segments = s.index.segments(&file.capture_id)?;
+        let segments = file.span_view(s.index.segment_span(
+            &file.capture_id,
+            file.first_seq,
+            file.last_seq,
+        )?);
         view.segment_list = Some(
             segments
                 .iter()
-                .filter(|seg| (file.first_seq..=file.last_seq).contains(&seg.seq))
                 .map(|seg| SegmentView::new(&file.capture_id, seg))
                 .collect(),
         );

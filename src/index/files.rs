@@ -90,6 +90,33 @@ pub struct FileRow {
     /// may be `hls`: a playlist over its span of the capture's segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_template: Option<Box<crate::config::Template>>,
+    /// A clip that starts at a keyframe inside its first segment (`first_seq`): readers
+    /// skip what comes before it ([`FileRow::span_view`], `mux::ts_cut`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<SpanStart>,
+}
+
+/// Where a recording starts inside its first segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanStart {
+    /// The keyframe's decode time on the capture's timeline (as `SegmentRow::media_start`).
+    pub dts: Ticks,
+    /// Byte offset of the keyframe's first TS packet in the segment file.
+    pub offset: u64,
+}
+
+impl SpanStart {
+    /// Segment `seg` as a recording starting here has it: later, shorter, smaller.
+    pub fn trim(&self, seg: &super::SegmentRow) -> super::SegmentRow {
+        let mut seg = seg.clone();
+        let skip = (self.dts - seg.media_start).clamp(0, seg.duration_ticks);
+        seg.media_start += skip;
+        seg.duration_ticks -= skip;
+        seg.wall_start_ms += skip / crate::media::TICKS_PER_MS;
+        seg.bytes = seg.bytes.saturating_sub(self.offset);
+        seg.keyframe = true;
+        seg
+    }
 }
 
 /// A capture's running totals at some segment.
@@ -161,6 +188,17 @@ impl FileRow {
             row.end_ms = self.end_ms.max(capture.end_ms);
         }
         row
+    }
+
+    /// Its span's segments (`first_seq..=last_seq`, in order) as it has them: the first
+    /// trimmed to [`FileRow::start`] for a clip that starts inside it.
+    pub fn span_view(&self, mut segments: Vec<super::SegmentRow>) -> Vec<super::SegmentRow> {
+        if let (Some(start), Some(first)) = (self.start, segments.first_mut()) {
+            if first.seq == self.first_seq {
+                *first = start.trim(first);
+            }
+        }
+        segments
     }
 
     /// A task's HLS recording as a recording of its own (for its playlist and store

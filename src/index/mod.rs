@@ -69,7 +69,7 @@ mod uploads;
 
 pub use deletes::{DeleteError, Deleted, StoreDeleteRow};
 pub use expiry::StoreExpiry;
-pub use files::{CaptureTotals, FileRow, FileState};
+pub use files::{CaptureTotals, FileRow, FileState, SpanStart};
 pub use overlays::OverlayRow;
 pub use rows::{RecordingRow, RecordingState, SegmentRow};
 pub use search::{SearchEntry, SearchPage, SearchQuery};

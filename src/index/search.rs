@@ -683,6 +683,7 @@ mod tests {
             store_expiry: None,
             task_id: Some("task-1".into()),
             task_template: None,
+            start: None,
         };
         index.put_file(&file).unwrap();
         // Found by its task, alone (the task key range), and with other filters.

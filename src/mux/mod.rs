@@ -17,6 +17,7 @@ pub mod flv_file;
 pub mod hls;
 pub mod mp4;
 pub mod ts;
+pub mod ts_cut;
 pub mod ts_demux;
 pub mod ts_scan;
 

@@ -88,6 +88,9 @@ pub struct DerivedFile {
     total_len: u64,
     /// Frames the demuxer could not use (before parameter sets, not advancing).
     pub dropped_frames: u64,
+    /// A clip starting at a keyframe inside its first segment: frames before it are left
+    /// out ([`FileRow::start`]).
+    from_dts: Option<Ticks>,
 }
 
 impl DerivedFile {
@@ -175,7 +178,7 @@ impl DerivedFile {
 
     /// Regenerates one segment's samples as file bytes.
     fn part_bytes(&self, part: &Part) -> Result<Vec<u8>, PackageError> {
-        let mut chooser = Chooser::new(&self.tracks, self.format, part.last_dts);
+        let mut chooser = Chooser::new(&self.tracks, self.format, part.last_dts, self.from_dts);
         let mut out = Vec::with_capacity((part.end - part.start) as usize);
         let mut index = part.first_sample;
         let mut scratch = Vec::new();
@@ -213,6 +216,7 @@ fn plan_segments(
     segments: &[SegmentRow],
 ) -> Result<DerivedFile, PackageError> {
     let dir = storage.recording_dir(&capture.app, &capture.stream, &capture.id);
+    let from_dts = row.start.map(|s| s.dts);
     // Pass one: every usable frame's metadata, segment by segment. The tracks are the
     // first set the demuxer reports (files split at codec changes, so there is one).
     let mut tracks: Option<Tracks> = None;
@@ -252,7 +256,7 @@ fn plan_segments(
             dropped += frames.len() as u64;
             continue;
         }
-        let mut chooser = Chooser::new(file_tracks, row.format, last_dts);
+        let mut chooser = Chooser::new(file_tracks, row.format, last_dts, from_dts);
         for m in frames {
             if chooser.take_meta(&m) {
                 samples.push(m);
@@ -339,6 +343,7 @@ fn plan_segments(
         tracks,
         total_len,
         dropped_frames: dropped,
+        from_dts,
     })
 }
 
@@ -366,10 +371,17 @@ struct Chooser {
     last_dts: [Option<Ticks>; 2],
     /// Video must start on a keyframe.
     video_started: bool,
+    /// Nothing decoded before this (a clip's keyframe).
+    from_dts: Option<Ticks>,
 }
 
 impl Chooser {
-    fn new(tracks: &Tracks, format: Format, last_dts: [Option<Ticks>; 2]) -> Chooser {
+    fn new(
+        tracks: &Tracks,
+        format: Format,
+        last_dts: [Option<Ticks>; 2],
+        from_dts: Option<Ticks>,
+    ) -> Chooser {
         Chooser {
             has: [
                 tracks.video.is_some() && format != Format::Aac,
@@ -377,12 +389,13 @@ impl Chooser {
             ],
             video_started: last_dts[0].is_some(),
             last_dts,
+            from_dts,
         }
     }
 
     fn take_meta(&mut self, m: &SampleMeta) -> bool {
         let i = m.kind.slot();
-        if !self.has[i] {
+        if !self.has[i] || self.from_dts.is_some_and(|from| m.dts < from) {
             return false;
         }
         if m.kind == TrackKind::Video && !self.video_started {

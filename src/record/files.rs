@@ -24,6 +24,7 @@ use crate::index::{
     CaptureTotals, FileRow, FileState, Index, IndexError, RecordingRow, RecordingState, SegmentRow,
 };
 use crate::media::{Ticks, TICKS_PER_SECOND};
+use crate::storage::Storage;
 
 /// One file's span of segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +79,15 @@ pub fn split(segments: &[SegmentRow], interval: Ticks, terminal: bool) -> Vec<Sp
 
 /// Brings the file rows of one capture up to date with its segments. Returns true when
 /// every file of the capture is final (the capture can leave `files_pending`).
-pub fn sync_capture(index: &Index, capture: &RecordingRow) -> Result<bool, IndexError> {
-    let overlays_final = super::task_files::sync_overlays(index, capture, crate::clock::now_ms())?;
+/// `storage`: where a clip's first segment is read to find its keyframe (None: clips
+/// start at their first segment's start).
+pub fn sync_capture(
+    index: &Index,
+    storage: Option<&Storage>,
+    capture: &RecordingRow,
+) -> Result<bool, IndexError> {
+    let overlays_final =
+        super::task_files::sync_overlays(index, storage, capture, crate::clock::now_ms())?;
     let Some(template) = capture.template.as_ref() else {
         return Ok(overlays_final);
     };
@@ -229,6 +237,7 @@ fn new_row(
         store_expiry: None,
         task_id: capture.task_id.clone(),
         task_template: None,
+        start: None,
     }
 }
 
@@ -263,6 +272,7 @@ pub(super) fn fill(row: &mut FileRow, span: &Span, segments: &[&SegmentRow]) {
 /// looked like at its last pass, so unchanged captures cost one row read.
 pub fn plan_pending(
     index: &Index,
+    storage: Option<&Storage>,
     seen: &mut HashMap<String, (u32, RecordingState, u64)>,
 ) -> Result<(), IndexError> {
     let pending = index.files_pending()?;
@@ -276,7 +286,7 @@ pub fn plan_pending(
         if seen.get(&id) == Some(&look) {
             continue;
         }
-        if sync_capture(index, &capture)? {
+        if sync_capture(index, storage, &capture)? {
             index.clear_files_pending(&id)?;
             seen.remove(&id);
         } else {
@@ -302,13 +312,13 @@ fn overlays_look(index: &Index, capture_id: &str) -> Result<u64, IndexError> {
 const PLAN_EVERY: Duration = Duration::from_secs(1);
 
 /// Keeps file rows up to date until cancelled.
-pub async fn run_file_planner(index: Index, cancel: CancellationToken) {
+pub async fn run_file_planner(index: Index, storage: Storage, cancel: CancellationToken) {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
     loop {
-        let (i, s) = (index.clone(), seen.clone());
+        let (i, s, st) = (index.clone(), seen.clone(), storage.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
-            plan_pending(&i, &mut seen)
+            plan_pending(&i, Some(&st), &mut seen)
         })
         .await;
         match pass {
@@ -415,7 +425,7 @@ mod tests {
                 Update::Write
             })
             .unwrap();
-        plan_pending(&index, &mut seen).unwrap();
+        plan_pending(&index, None, &mut seen).unwrap();
         let files = index.files_of("c1").unwrap();
         let mp4: Vec<_> = files.iter().filter(|f| f.format == Format::Mp4).collect();
         assert_eq!(mp4.len(), 2);
@@ -434,7 +444,7 @@ mod tests {
         index.commit_segment("c1", &seg(6, 5, false)).unwrap();
         // Growing below the interval writes nothing: the open row keeps its first span,
         // and its live view follows the capture.
-        plan_pending(&index, &mut seen).unwrap();
+        plan_pending(&index, None, &mut seen).unwrap();
         let open = index.get_file(&mp4[1].id).unwrap().unwrap();
         assert_eq!(
             (open.last_seq, open.segments),
@@ -451,7 +461,7 @@ mod tests {
                 Update::Write
             })
             .unwrap();
-        plan_pending(&index, &mut seen).unwrap();
+        plan_pending(&index, None, &mut seen).unwrap();
         let mp4: Vec<_> = index
             .files_of("c1")
             .unwrap()
@@ -465,13 +475,13 @@ mod tests {
         );
         assert!(index.files_pending().unwrap().is_empty(), "all final");
         // Idempotent: a second pass (after a crash) changes nothing.
-        sync_capture(&index, &index.get_recording("c1").unwrap().unwrap()).unwrap();
+        sync_capture(&index, None, &index.get_recording("c1").unwrap().unwrap()).unwrap();
         assert_eq!(index.files_of("c1").unwrap().len(), 3);
 
         // A deleted file stays deleted when recovery has the files recomputed.
         index.delete_recording(&mp4[0].id).unwrap();
         index.mark_files_pending("c1").unwrap();
-        plan_pending(&index, &mut seen).unwrap();
+        plan_pending(&index, None, &mut seen).unwrap();
         let ids: Vec<String> = index
             .files_of("c1")
             .unwrap()

@@ -246,8 +246,10 @@ struct Inner {
     config: RecordConfig,
     catalog: Catalog,
     live: Mutex<HashMap<String, Slot>>,
-    /// Open task windows by stream key. Locked after `live` when both are held.
-    tasks: Mutex<HashMap<String, TaskWant>>,
+    /// Open task windows by stream key, oldest first (several only on a stream a rule
+    /// records: their recordings are spans of its capture). Locked after `live` when both
+    /// are held.
+    tasks: Mutex<HashMap<String, Vec<TaskWant>>>,
     generation: AtomicU64,
     running: AtomicUsize,
     idle: tokio::sync::Notify,
@@ -313,14 +315,17 @@ impl Recorders {
         protocol: &'static str,
     ) -> Result<PublishHandle, PublishRefused> {
         let key = StreamKey::new(app, stream).to_string();
-        let mut overlay = None;
+        let mut overlays = Vec::new();
         let (template, task_id) = match self.inner.catalog.plan(app, stream) {
             Ok(Plan::Record(t)) => {
                 // A task window open on a stream a rule records: spans of this capture.
-                overlay = lock(&self.inner.tasks).get(&key).cloned();
+                overlays = lock(&self.inner.tasks)
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_default();
                 (*t, None)
             }
-            Ok(Plan::Off) => match lock(&self.inner.tasks).get(&key) {
+            Ok(Plan::Off) => match lock(&self.inner.tasks).get(&key).and_then(|w| w.first()) {
                 Some(want) => (want.template.clone(), Some(want.task_id.clone())),
                 None => return self.start_unrecorded(app, stream, remote, protocol),
             },
@@ -339,7 +344,7 @@ impl Recorders {
             task_id,
             record_id: query_value(query, "record_id"),
             stream_param: (!query.is_empty()).then(|| query.to_owned()),
-            overlay,
+            overlays,
         };
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // Claim the slot, waiting for a closing recorder of the same stream first.
@@ -401,7 +406,10 @@ impl Recorders {
 
     /// The open task window on stream `key`, if any.
     fn task_of(&self, key: &str) -> Option<String> {
-        lock(&self.inner.tasks).get(key).map(|w| w.task_id.clone())
+        lock(&self.inner.tasks)
+            .get(key)
+            .and_then(|w| w.first())
+            .map(|w| w.task_id.clone())
     }
 
     /// Begins (or resumes) the stream's recording and starts its writer thread, for the
@@ -417,9 +425,9 @@ impl Recorders {
         let inner = self.inner.clone();
         let (app_s, stream_s) = (stats.app.clone(), stats.stream.clone());
         let begun = tokio::task::spawn_blocking(move || {
-            let overlay = start.overlay.clone();
+            let overlays = start.overlays.clone();
             let begun = begin_recording(&inner, &app_s, &stream_s, start)?;
-            if let Some(want) = overlay {
+            for want in overlays {
                 let row = &begun.0;
                 if inner.index.add_overlay(&want.overlay(&row.id, row.next_seq))? {
                     tracing::info!(recording = %row.id, task = %want.task_id, "a task window is open on this stream: its recordings are spans of this one");
@@ -520,7 +528,11 @@ impl Recorders {
         let want_for_span = want.clone();
         let claim = {
             let mut live = lock(&self.inner.live);
-            lock(&self.inner.tasks).insert(key.to_owned(), want);
+            let mut tasks = lock(&self.inner.tasks);
+            let wants = tasks.entry(key.to_owned()).or_default();
+            wants.retain(|w| w.task_id != task_id);
+            wants.push(want);
+            drop(tasks);
             match live.get_mut(key) {
                 None => return Ok(TaskStart::Waiting),
                 Some(slot) if slot.task.as_deref() == Some(task_id.as_str()) => {
@@ -557,7 +569,7 @@ impl Recorders {
             task_id: Some(task_id.clone()),
             record_id: None,
             stream_param: None,
-            overlay: None,
+            overlays: Vec::new(),
         };
         match self.start_writer(key, generation, &stats, start).await {
             Ok(writer) => {
@@ -646,8 +658,11 @@ impl Recorders {
         {
             let live = lock(&self.inner.live);
             let mut tasks = lock(&self.inner.tasks);
-            if tasks.get(key).is_some_and(|w| w.task_id == task_id) {
-                tasks.remove(key);
+            if let Some(wants) = tasks.get_mut(key) {
+                wants.retain(|w| w.task_id != task_id);
+                if wants.is_empty() {
+                    tasks.remove(key);
+                }
             }
             drop(tasks);
             if let Some(slot) = live.get(key) {
@@ -760,7 +775,9 @@ impl Recorders {
         // Or a rule's recording its window spans.
         let spanned = || {
             let tasks = lock(&self.inner.tasks);
-            let (key, _) = tasks.iter().find(|(_, w)| w.task_id == task_id)?;
+            let (key, _) = tasks
+                .iter()
+                .find(|(_, w)| w.iter().any(|w| w.task_id == task_id))?;
             live.get(key)
                 .filter(|s| s.active && s.writer && s.task.is_none())
                 .map(|s| s.stats.recording_id())
@@ -860,8 +877,8 @@ struct StartInfo {
     task_id: Option<String>,
     record_id: Option<String>,
     stream_param: Option<String>,
-    /// A task window open on the stream a rule records: its spans go over this capture.
-    overlay: Option<TaskWant>,
+    /// Task windows open on the stream a rule records: their spans go over this capture.
+    overlays: Vec<TaskWant>,
 }
 
 /// The value of `name=` in a URL query string (no percent-decoding: names are plain).

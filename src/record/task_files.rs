@@ -18,9 +18,12 @@ use crate::config::naming::{render, NameValues};
 use crate::config::Format;
 use crate::index::{
     CaptureTotals, FileRow, FileState, Index, IndexError, OverlayRow, RecordingRow, RecordingState,
-    SegmentRow,
+    SegmentRow, SpanStart,
 };
-use crate::media::{Ticks, TICKS_PER_SECOND};
+use crate::media::{Ticks, TICKS_PER_MS, TICKS_PER_SECOND};
+use crate::mux::ts::timestamp_delta;
+use crate::mux::ts_cut;
+use crate::storage::Storage;
 
 use super::files::{fill, split, Span};
 
@@ -42,12 +45,13 @@ pub fn in_window(s: &SegmentRow, overlay: &OverlayRow) -> bool {
 /// (their rows closed; the windows are forgotten).
 pub fn sync_overlays(
     index: &Index,
+    storage: Option<&Storage>,
     capture: &RecordingRow,
     now_ms: i64,
 ) -> Result<bool, IndexError> {
     let mut all_final = true;
     for overlay in index.overlays_of(&capture.id)? {
-        if sync_overlay(index, capture, &overlay, now_ms)? {
+        if sync_overlay(index, storage, capture, &overlay, now_ms)? {
             index.remove_overlay(&capture.id, &overlay.task_id)?;
             tracing::info!(capture = %capture.id, task = %overlay.task_id, "the task's recordings over this capture are final");
         } else {
@@ -68,6 +72,7 @@ fn resume_point(mine: &[&FileRow], overlay: &OverlayRow) -> (u32, u32) {
 
 fn sync_overlay(
     index: &Index,
+    storage: Option<&Storage>,
     capture: &RecordingRow,
     overlay: &OverlayRow,
     now_ms: i64,
@@ -125,10 +130,24 @@ fn sync_overlay(
         .filter(|s| s.seq < capture.next_seq)
         .collect();
     let closed = over_by_state || segments.iter().any(|s| s.wall_start_ms >= overlay.to_ms);
-    let window: Vec<SegmentRow> = segments
+    let mut window: Vec<SegmentRow> = segments
         .into_iter()
         .filter(|s| in_window(s, overlay))
         .collect();
+    // A clip starts at the keyframe at or before its start, inside its first segment.
+    let start = match window.first() {
+        Some(first) if overlay.pre_roll && first.seq == first_in_window(&existing, first) => {
+            let known = existing
+                .iter()
+                .find(|f| f.first_seq == first.seq && f.start.is_some())
+                .and_then(|f| f.start);
+            known.or_else(|| storage.and_then(|st| clip_start(st, capture, first, overlay.from_ms)))
+        }
+        _ => None,
+    };
+    if let (Some(start), Some(first)) = (start, window.first_mut()) {
+        *first = start.trim(first);
+    }
     let mut all_final = closed;
     for (format, interval) in formats {
         let mine: Vec<&FileRow> = existing.iter().filter(|f| f.format == format).collect();
@@ -166,6 +185,7 @@ fn sync_overlay(
                 continue; // deleted over the API: not made again
             }
             fill(&mut row, &span, &in_span);
+            row.start = start.filter(|_| span.first_seq == window[0].seq);
             let stored = index.get_file(&row.id)?;
             if span.closed {
                 row.state = FileState::Finished;
@@ -200,6 +220,50 @@ fn sync_overlay(
         }
     }
     Ok(all_final)
+}
+
+/// The seq the window's first file starts at: the first in-window segment unless a file
+/// of the window already starts earlier (a file planned before this look).
+fn first_in_window(existing: &[FileRow], first: &SegmentRow) -> u32 {
+    existing
+        .iter()
+        .map(|f| f.first_seq)
+        .min()
+        .unwrap_or(first.seq)
+        .min(first.seq)
+}
+
+/// Where a clip starting at wall time `from_ms` begins inside segment `seg`: its last
+/// keyframe at or before that moment. None when that is the segment's own start (or the
+/// file cannot be read: the clip then starts with the segment).
+fn clip_start(
+    storage: &Storage,
+    capture: &RecordingRow,
+    seg: &SegmentRow,
+    from_ms: i64,
+) -> Option<SpanStart> {
+    let target = seg.media_start + (from_ms - seg.wall_start_ms).max(0) * TICKS_PER_MS;
+    let path = storage
+        .recording_dir(&capture.app, &capture.stream, &capture.id)
+        .join(&seg.file);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read a clip's first segment; the clip starts with it");
+            return None;
+        }
+    };
+    let keyframes = ts_cut::keyframes(&bytes);
+    let first_offset = keyframes.first()?.offset;
+    keyframes
+        .iter()
+        .map(|k| SpanStart {
+            dts: seg.media_start + timestamp_delta(k.dts, seg.media_start),
+            offset: k.offset,
+        })
+        .take_while(|k| k.dts <= target)
+        .last()
+        .filter(|k| k.offset > first_offset)
 }
 
 /// An HLS recording of a task is its whole window: one span.
@@ -273,6 +337,7 @@ fn new_row(capture: &RecordingRow, overlay: &OverlayRow, format: Format, number:
         store_expiry: None,
         task_id: Some(overlay.task_id.clone()),
         task_template: Some(Box::new(template.clone())),
+        start: None,
     }
 }
 
@@ -373,7 +438,7 @@ mod tests {
         assert!(index.add_overlay(&window).unwrap());
         let capture = index.get_recording("c1").unwrap().unwrap();
         assert!(
-            !sync_overlays(&index, &capture, T0 + 38_000).unwrap(),
+            !sync_overlays(&index, None, &capture, T0 + 38_000).unwrap(),
             "window open"
         );
         let rows = |index: &Index| -> Vec<FileRow> {
@@ -402,7 +467,7 @@ mod tests {
         }
         let capture = index.get_recording("c1").unwrap().unwrap();
         assert!(
-            sync_overlays(&index, &capture, T0 + 56_000).unwrap(),
+            sync_overlays(&index, None, &capture, T0 + 56_000).unwrap(),
             "window closed"
         );
         let done = rows(&index);
@@ -443,7 +508,7 @@ mod tests {
         }
         // The rule's own capture planning never sees them.
         assert!(
-            crate::record::files::sync_capture(&index, &capture).unwrap()
+            crate::record::files::sync_capture(&index, None, &capture).unwrap()
                 || capture.state.is_open()
         );
         assert_eq!(index.files_of("c1").unwrap().len(), 3);
@@ -470,10 +535,10 @@ mod tests {
         window.template.mp4 = None;
         index.add_overlay(&window).unwrap();
         assert!(
-            !sync_overlays(&index, &capture, T0 + 30_000).unwrap(),
+            !sync_overlays(&index, None, &capture, T0 + 30_000).unwrap(),
             "it may come back"
         );
-        assert!(sync_overlays(&index, &capture, T0 + 60_000).unwrap());
+        assert!(sync_overlays(&index, None, &capture, T0 + 60_000).unwrap());
         let rows: Vec<FileRow> = index.files_of("c1").unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].first_seq, rows[0].last_seq), (2, 5));

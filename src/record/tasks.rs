@@ -7,9 +7,10 @@
 //! Time is `clock::now_ms()`, the wall clock, so a window is where the operator put it on
 //! the calendar; the scheduler sleeps until the next edge (at most [`MAX_SLEEP`]) and wakes
 //! at once when a task is made or cancelled. A task whose window is open at boot waits for
-//! its stream to publish. What this build records: a task on a stream that no rule
-//! records and no other task covers at the same time (those are refused with a reason;
-//! see `docs/tasks.md` for the span model that lifts this).
+//! its stream to publish. On a stream a rule records, a task's recordings are spans of
+//! the rule's capture (`task_files`), and up to [`MAX_OVERLAPPING`] windows may overlap;
+//! on a stream no rule records, a task's window owns the recording it makes, and windows
+//! must not overlap.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::catalog::Plan;
+
 use super::{lock, Recorders, TaskStart, TaskWant};
 use crate::index::{Index, IndexError, SearchQuery, TaskRow, TaskState};
 
@@ -25,6 +28,8 @@ use crate::index::{Index, IndexError, SearchQuery, TaskRow, TaskState};
 pub const MAX_AHEAD_MS: i64 = 6 * 24 * 3600 * 1000;
 /// A window lasts at most this long.
 pub const MAX_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// Windows open at once on one stream a rule records (each is a span of its capture).
+pub const MAX_OVERLAPPING: usize = 8;
 /// A clip reaches back at most this far.
 pub const MAX_PRE_ROLL_S: u32 = 60;
 /// Ended tasks kept for the API; older ones are forgotten (their recordings stay).
@@ -111,16 +116,35 @@ impl Tasks {
     pub fn create(&self, new: &NewTask, now_ms: i64) -> Result<TaskRow, TaskError> {
         let _writing = lock(&self.writing);
         let row = self.check(new, now_ms)?;
-        let clash = self.index.tasks()?.into_iter().find(|t| {
-            !t.state.is_ended()
-                && t.app == row.app
-                && t.stream == row.stream
-                && t.start_ms < row.end_ms
-                && row.start_ms < t.end_ms
-        });
-        if let Some(other) = clash {
+        let overlapping: Vec<TaskRow> = self
+            .index
+            .tasks()?
+            .into_iter()
+            .filter(|t| {
+                !t.state.is_ended()
+                    && t.app == row.app
+                    && t.stream == row.stream
+                    && t.start_ms < row.end_ms
+                    && row.start_ms < t.end_ms
+            })
+            .collect();
+        // On a stream a rule records, windows are spans of its capture and may overlap
+        // (a few: each is planned on every segment); elsewhere a task's window owns the
+        // recording it makes.
+        let ruled = matches!(
+            self.recorders.catalog().plan(&row.app, &row.stream),
+            Ok(Plan::Record(_))
+        );
+        if ruled && overlapping.len() >= MAX_OVERLAPPING {
             return Err(TaskError::Conflict(format!(
-                "task {} already records {} from {} to {}; windows on one stream must not overlap",
+                "{} tasks already record {} at some time in this window (at most {MAX_OVERLAPPING} at once)",
+                overlapping.len(),
+                row.stream_key()
+            )));
+        }
+        if let Some(other) = overlapping.first().filter(|_| !ruled) {
+            return Err(TaskError::Conflict(format!(
+                "task {} already records {} from {} to {}; windows on a stream no rule records must not overlap",
                 other.id,
                 other.stream_key(),
                 crate::clock::rfc3339(other.start_ms),

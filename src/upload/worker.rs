@@ -207,7 +207,11 @@ async fn send_playlist(
             let file = index.get_file(&id)?.ok_or_else(gone)?;
             let capture = index.get_recording(&file.capture_id)?.ok_or_else(gone)?;
             let rec = file.as_recording(&capture);
-            let segments = index.segment_span(&file.capture_id, file.first_seq, file.last_seq)?;
+            let segments = file.span_view(index.segment_span(
+                &file.capture_id,
+                file.first_seq,
+                file.last_seq,
+            )?);
             return Ok(recording_playlist(&rec, &segments, target, ""));
         }
         let rec = index.get_recording(&id)?.ok_or_else(gone)?;
@@ -246,18 +250,37 @@ async fn send_segment(
         row.recording_id.clone(),
     );
     let file_name = file.to_owned();
-    let path = tokio::task::spawn_blocking(move || -> Result<PathBuf, Failure> {
-        // A task's HLS recording sends segments of the capture it spans.
+    type Found = (PathBuf, Option<crate::index::SpanStart>);
+    let (path, start) = tokio::task::spawn_blocking(move || -> Result<Found, Failure> {
+        // A task's HLS recording sends segments of the capture it spans (a clip's first
+        // one from its keyframe on).
         let capture_id = crate::index::FileRow::capture_of(&rec_id).unwrap_or(&rec_id);
+        let start = match capture_id != rec_id {
+            true => index
+                .get_file(&rec_id)?
+                .filter(|f| f.first_seq == seq)
+                .and_then(|f| f.start),
+            false => None,
+        };
         let rec = index
             .get_recording(capture_id)?
             .ok_or_else(|| Failure::Local("the recording was deleted".into()))?;
-        Ok(storage
+        let path = storage
             .recording_dir(&rec.app, &rec.stream, &rec.id)
-            .join(file_name))
+            .join(file_name);
+        Ok((path, start))
     })
     .await
     .map_err(|e| Failure::Local(format!("segment task: {e}")))??;
+    if let Some(at) = start {
+        let whole = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Failure::Local(format!("{}: {e}", path.display())))?;
+        let data = Bytes::from(crate::mux::ts_cut::cut_at(&whole, at.offset));
+        row.size = data.len() as u64;
+        put_whole(shared, row, data, progress).await?;
+        return mark_uploaded(shared, row).await;
+    }
     let size = match tokio::fs::metadata(&path).await {
         Ok(m) => m.len(),
         Err(e)
