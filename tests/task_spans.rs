@@ -109,7 +109,7 @@ fn a_task_on_a_rule_recorded_stream_spans_the_rules_capture_and_deletes_keep_the
     let store = S3sFs::start();
     let receiver = CallbackReceiver::start("span-key");
     let sections = format!(
-        "[upload]\nenabled = true\n{}\n[callback]\nurl = {:?}\nkey = \"span-key\"\nallow_insecure = true\nretry_interval_s = 1\n\
+        "[upload]\nenabled = true\n{}\n[callback]\nurl = {:?}\nkey = \"span-key\"\nallow_insecure = true\nretry_interval_s = 1\nstatus_events = true\n\
          [[template]]\nname = \"vod\"\nhls = {{ enabled = true, flow_continue_duration_s = 1 }}\n\
          [[template]]\nname = \"match\"\nhls = {{ enabled = true, file_name = \"{{StreamID}}-match\" }}\nmp4 = {{ file_name = \"{{StreamID}}-match\" }}\n\
          [[rule]]\napp = \"live\"\ntemplate = \"vod\"\n",
@@ -242,6 +242,22 @@ fn a_task_on_a_rule_recorded_stream_spans_the_rules_capture_and_deletes_keep_the
         .filter(|b| b["task_id"] == id.as_str())
         .count();
     assert_eq!(with_task, 2, "{bodies:?}");
+    // Status callbacks: the task's window is a session of its own over the capture.
+    let session = format!("{rule_capture}_{id}");
+    let events = wait_for("the task's status events", Duration::from_secs(30), || {
+        let events: Vec<String> = receiver
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.sign_ok && d.body["event_type"] == 332)
+            .filter(|d| d.body["session_id"] == session.as_str())
+            .map(|d| {
+                assert_eq!(d.body["task_id"], id.as_str(), "{}", d.body);
+                d.body["record_event"].as_str().unwrap_or("").to_owned()
+            })
+            .collect();
+        (events.len() >= 2).then_some(events)
+    });
+    assert_eq!(events, ["record_start_succeeded", "record_ended"]);
 
     // Delete the rule's recording: the task's still plays, from the same segments.
     let gone = delete(&d, &rule_capture);

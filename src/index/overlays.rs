@@ -30,11 +30,19 @@ pub struct OverlayRow {
     pub pre_roll: bool,
     /// No segment before this one can be in the window (where the planner starts looking).
     pub scan_from_seq: u32,
+    /// Its `record_start_succeeded` status event is queued (status callbacks on).
+    #[serde(default)]
+    pub started: bool,
 }
 
 impl OverlayRow {
     fn key(capture_id: &str, task_id: &str) -> String {
         format!("{capture_id}/{task_id}")
+    }
+
+    /// The session id its status callbacks name: the task's recording of this capture.
+    pub fn session_id(&self) -> String {
+        format!("{}_{}", self.capture_id, self.task_id)
     }
 }
 
@@ -84,6 +92,38 @@ impl Index {
         Ok(captures)
     }
 
+    /// Queues the task window's status callback (`event_type` 332: `record_start_succeeded`
+    /// once its first row is planned, seq 1; `record_ended` when all are final, seq 2) if
+    /// status callbacks are on; `rec` is the capture seen as the task's recording. The ids
+    /// are fixed, so queueing one twice (a crash before the window's row said so) sends it
+    /// once more at most. Marks the window `started` for the first.
+    pub fn queue_overlay_status(
+        &self,
+        overlay: &OverlayRow,
+        rec: &super::RecordingRow,
+        event: &'static str,
+    ) -> Result<(), IndexError> {
+        if let Some(config) = self.status_events.get() {
+            let seq = if event == "record_start_succeeded" {
+                1
+            } else {
+                2
+            };
+            let now = crate::clock::now_ms();
+            let body = super::callback_body::status_body(rec, config, event, seq, now, None);
+            let id = format!("{}.status{seq:04}", rec.id);
+            let row = super::CallbackRow::pending(&id, &config.url, body, now);
+            self.outbox.insert(id.as_bytes(), encode(&row))?;
+        }
+        if event == "record_start_succeeded" {
+            let key = OverlayRow::key(&overlay.capture_id, &overlay.task_id);
+            let mut row = overlay.clone();
+            row.started = true;
+            self.overlays.insert(key.as_bytes(), encode(&row))?;
+        }
+        self.flush()
+    }
+
     /// Forgets a window whose spans are all final.
     pub fn remove_overlay(&self, capture_id: &str, task_id: &str) -> Result<(), IndexError> {
         self.overlays
@@ -108,6 +148,7 @@ mod tests {
             to_ms: 9_000,
             pre_roll: false,
             scan_from_seq: 1,
+            started: false,
         };
         assert!(index.add_overlay(&row("c1", "t1")).unwrap());
         let mut again = row("c1", "t1");

@@ -279,6 +279,9 @@ pub fn plan_pending(
     seen.retain(|id, _| pending.contains(id));
     for id in pending {
         let Some(capture) = index.get_recording(&id)? else {
+            for o in index.overlays_of(&id)? {
+                index.remove_overlay(&id, &o.task_id)?;
+            }
             index.clear_files_pending(&id)?;
             continue;
         };

@@ -218,6 +218,7 @@ impl TaskWant {
             pre_roll: self.from_ms.is_some(),
             // A clip reaches back at most a minute: no segment is shorter than a second.
             scan_from_seq: next_seq.saturating_sub(OVERLAY_LOOK_BACK_SEGMENTS).max(1),
+            started: false,
         }
     }
 }

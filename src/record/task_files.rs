@@ -51,7 +51,28 @@ pub fn sync_overlays(
 ) -> Result<bool, IndexError> {
     let mut all_final = true;
     for overlay in index.overlays_of(&capture.id)? {
-        if sync_overlay(index, storage, capture, &overlay, now_ms)? {
+        let done = sync_overlay(index, storage, capture, &overlay, now_ms)?;
+        let made = || -> Result<bool, IndexError> {
+            Ok(index
+                .files_of(&capture.id)?
+                .iter()
+                .any(|f| f.is_overlay() && f.task_id.as_deref() == Some(overlay.task_id.as_str())))
+        };
+        if !overlay.started && made()? {
+            index.queue_overlay_status(
+                &overlay,
+                &as_session(capture, &overlay),
+                "record_start_succeeded",
+            )?;
+        }
+        if done {
+            if overlay.started || made()? {
+                index.queue_overlay_status(
+                    &overlay,
+                    &as_session(capture, &overlay),
+                    "record_ended",
+                )?;
+            }
             index.remove_overlay(&capture.id, &overlay.task_id)?;
             tracing::info!(capture = %capture.id, task = %overlay.task_id, "the task's recordings over this capture are final");
         } else {
@@ -59,6 +80,14 @@ pub fn sync_overlays(
         }
     }
     Ok(all_final)
+}
+
+/// The capture as the task's recording session, for its status callbacks.
+fn as_session(capture: &RecordingRow, overlay: &OverlayRow) -> RecordingRow {
+    let mut row = capture.clone();
+    row.id = overlay.session_id();
+    row.task_id = Some(overlay.task_id.clone());
+    row
 }
 
 /// Where a format's next look starts, and its next file number.
@@ -382,6 +411,7 @@ mod tests {
             to_ms,
             pre_roll,
             scan_from_seq: 1,
+            started: false,
         }
     }
 
