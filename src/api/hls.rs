@@ -136,18 +136,20 @@ pub async fn recording_segment(
     if !matches!(parse_segment_file_name(&file), Some((_, false))) {
         return Err(ApiError::not_found(format!("segment {file}")));
     }
-    let HlsRecording {
-        row,
-        capture_id,
-        segments,
-        start,
-    } = hls_recording(&s, &id)?;
     let Some((seq, _)) = parse_segment_file_name(&file) else {
         return Err(ApiError::not_found(format!("segment {file}")));
     };
-    if capture_id != id && !segments.iter().any(|seg| seg.seq == seq) {
-        return Err(ApiError::not_found(format!("segment {file}")));
-    }
+    let (row, capture_id, start) = if crate::index::FileRow::capture_of(&id).is_none() {
+        // A capture's own: one row read, whatever its length.
+        (recording(&s, &id)?, id.clone(), None)
+    } else {
+        // A task's span: only its segments.
+        let span = hls_recording(&s, &id)?;
+        if !span.segments.iter().any(|seg| seg.seq == seq) {
+            return Err(ApiError::not_found(format!("segment {file}")));
+        }
+        (span.row, span.capture_id, span.start)
+    };
     let path = s
         .storage
         .recording_dir(&row.app, &row.stream, &capture_id)

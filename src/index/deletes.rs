@@ -152,6 +152,14 @@ impl Index {
             .into_iter()
             .filter(|f| f.id != id)
             .collect();
+        // A task window over the capture may still add recordings: it cannot go yet.
+        let would_free = other_files.is_empty() && (file.is_none() || !capture.has_hls());
+        if would_free && !self.overlays_of(&capture_id)?.is_empty() {
+            return Err(DeleteError::Open(
+                id.to_owned(),
+                "still needed by a task window over its capture (try again in a few seconds)",
+            ));
+        }
         let now = crate::clock::now_ms();
         let queued = StoreDeleteRow {
             id: id.to_owned(),

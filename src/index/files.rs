@@ -306,7 +306,8 @@ impl Index {
     }
 
     /// When every deliverable of a capture was in the store (its HLS recording, if its
-    /// template makes one, and each of its files), or None while any is not: only then may
+    /// template makes one, each of its files, and each task recording over it), or None
+    /// while any is not: only then may
     /// retention evict the capture's segments.
     pub fn delivered_ms(&self, capture: &super::RecordingRow) -> Result<Option<i64>, IndexError> {
         let mut at = match (capture.has_hls(), capture.uploaded_ms) {
@@ -314,16 +315,16 @@ impl Index {
             (true, Some(t)) => t,
             (false, _) => i64::MIN,
         };
-        if capture.has_files() {
-            if self.files_pending.contains_key(capture.id.as_bytes())? {
-                return Ok(None);
-            }
-            for file in self.files_of(&capture.id)? {
-                match (file.state, file.uploaded_ms) {
-                    (FileState::Skipped, _) => {}
-                    (_, Some(t)) => at = at.max(t),
-                    (_, None) => return Ok(None),
-                }
+        // Also for a template without files: tasks' recordings over the capture are rows
+        // of it too (`record::task_files`).
+        if self.files_pending.contains_key(capture.id.as_bytes())? {
+            return Ok(None);
+        }
+        for file in self.files_of(&capture.id)? {
+            match (file.state, file.uploaded_ms) {
+                (FileState::Skipped, _) => {}
+                (_, Some(t)) => at = at.max(t),
+                (_, None) => return Ok(None),
             }
         }
         Ok((at != i64::MIN).then_some(at))

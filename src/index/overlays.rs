@@ -46,6 +46,17 @@ impl OverlayRow {
     }
 }
 
+/// A stored row with `f` applied (an unreadable one is left as it is).
+fn change(old: &[u8], f: impl FnOnce(&mut OverlayRow)) -> Option<Vec<u8>> {
+    match serde_json::from_slice::<OverlayRow>(old) {
+        Ok(mut row) => {
+            f(&mut row);
+            Some(encode(&row))
+        }
+        Err(_) => Some(old.to_vec()),
+    }
+}
+
 impl Index {
     /// Adds `row` unless that task already has a window over that capture (a resumed
     /// capture keeps the one it has). Marks the capture for the file planner.
@@ -72,21 +83,30 @@ impl Index {
     }
 
     /// Ends task `task_id`'s windows at `to_ms` if they reach further (a cancel, or a
-    /// window closed early); returns the captures they are over.
+    /// window closed early); returns the captures they are over. Each row is changed in
+    /// place (never brought back if the planner just forgot it).
     pub fn end_overlays(&self, task_id: &str, to_ms: i64) -> Result<Vec<String>, IndexError> {
         let mut captures = Vec::new();
-        for item in self.overlays.iter() {
-            let (k, v) = item?;
-            let mut row: OverlayRow = decode(&k, &v)?;
-            if row.task_id != task_id {
-                continue;
+        let keys: Vec<sled::IVec> = self
+            .overlays
+            .iter()
+            .keys()
+            .filter(|k| {
+                k.as_ref()
+                    .map_or(true, |k| k.ends_with(format!("/{task_id}").as_bytes()))
+            })
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            let updated = self.overlays.update_and_fetch(&key, |old| {
+                change(old?, |row| {
+                    row.to_ms = row.to_ms.min(to_ms.max(row.from_ms))
+                })
+            })?;
+            if let Some(bytes) = updated {
+                let row: OverlayRow = decode(&key, &bytes)?;
+                self.files_pending.insert(row.capture_id.as_bytes(), &[])?;
+                captures.push(row.capture_id);
             }
-            if row.to_ms > to_ms {
-                row.to_ms = to_ms.max(row.from_ms);
-                self.overlays.insert(&k, encode(&row))?;
-            }
-            self.files_pending.insert(row.capture_id.as_bytes(), &[])?;
-            captures.push(row.capture_id);
         }
         self.flush()?;
         Ok(captures)
@@ -116,10 +136,10 @@ impl Index {
             self.outbox.insert(id.as_bytes(), encode(&row))?;
         }
         if event == "record_start_succeeded" {
+            // In place: a cancel may have moved its end meanwhile.
             let key = OverlayRow::key(&overlay.capture_id, &overlay.task_id);
-            let mut row = overlay.clone();
-            row.started = true;
-            self.overlays.insert(key.as_bytes(), encode(&row))?;
+            self.overlays
+                .update_and_fetch(key.as_bytes(), |old| change(old?, |row| row.started = true))?;
         }
         self.flush()
     }

@@ -66,8 +66,8 @@ fn keyframe_dts(p: &[u8]) -> Option<Ticks> {
     }
     let flags = pes[7] >> 6;
     let raw = match flags {
-        0b11 => read_timestamp(&pes[14..19]).or_else(|| read_timestamp(&pes[9..14]))?,
-        0b10 => read_timestamp(&pes[9..14])?,
+        0b11 => read_timestamp(pes.get(14..19)?)?,
+        0b10 => read_timestamp(pes.get(9..14)?)?,
         _ => return None,
     };
     Some(raw - TS_TIMESTAMP_OFFSET)

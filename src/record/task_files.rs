@@ -38,7 +38,8 @@ pub fn in_window(s: &SegmentRow, overlay: &OverlayRow) -> bool {
     } else {
         s.wall_start_ms >= overlay.from_ms - EDGE_SLACK_MS
     };
-    starts_in && s.wall_start_ms < overlay.to_ms
+    // The cut asked for at the end may read a little early too.
+    starts_in && s.wall_start_ms < overlay.to_ms - EDGE_SLACK_MS
 }
 
 /// Brings every task window over `capture` up to date; true when all of them are final
@@ -50,15 +51,30 @@ pub fn sync_overlays(
     now_ms: i64,
 ) -> Result<bool, IndexError> {
     let mut all_final = true;
-    for overlay in index.overlays_of(&capture.id)? {
-        let done = sync_overlay(index, storage, capture, &overlay, now_ms)?;
-        let made = || -> Result<bool, IndexError> {
-            Ok(index
-                .files_of(&capture.id)?
-                .iter()
-                .any(|f| f.is_overlay() && f.task_id.as_deref() == Some(overlay.task_id.as_str())))
-        };
-        if !overlay.started && made()? {
+    let overlays = index.overlays_of(&capture.id)?;
+    if overlays.is_empty() {
+        return Ok(true);
+    }
+    let rows: Vec<FileRow> = index
+        .files_of(&capture.id)?
+        .into_iter()
+        .filter(|f| f.is_overlay())
+        .collect();
+    for mut overlay in overlays {
+        // A task cancelled (or closed) before its window's end was moved: a crash between
+        // the two, or a publish starting as it closed.
+        let ended = index.get_task(&overlay.task_id)?.and_then(|t| t.ended_ms);
+        if let Some(end) = ended.filter(|end| *end < overlay.to_ms) {
+            index.end_overlays(&overlay.task_id, end)?;
+            overlay.to_ms = end.max(overlay.from_ms);
+        }
+        let existing: Vec<FileRow> = rows
+            .iter()
+            .filter(|f| f.task_id.as_deref() == Some(overlay.task_id.as_str()))
+            .cloned()
+            .collect();
+        let (done, made) = sync_overlay(index, storage, capture, &overlay, existing, now_ms)?;
+        if !overlay.started && made {
             index.queue_overlay_status(
                 &overlay,
                 &as_session(capture, &overlay),
@@ -66,7 +82,7 @@ pub fn sync_overlays(
             )?;
         }
         if done {
-            if overlay.started || made()? {
+            if overlay.started || made {
                 index.queue_overlay_status(
                     &overlay,
                     &as_session(capture, &overlay),
@@ -99,19 +115,17 @@ fn resume_point(mine: &[&FileRow], overlay: &OverlayRow) -> (u32, u32) {
     }
 }
 
+/// One window's rows (`existing`: those it has). Returns (all final, any row exists).
 fn sync_overlay(
     index: &Index,
     storage: Option<&Storage>,
     capture: &RecordingRow,
     overlay: &OverlayRow,
+    existing: Vec<FileRow>,
     now_ms: i64,
-) -> Result<bool, IndexError> {
+) -> Result<(bool, bool), IndexError> {
     let template = &overlay.template;
-    let existing: Vec<FileRow> = index
-        .files_of(&capture.id)?
-        .into_iter()
-        .filter(|f| f.is_overlay() && f.task_id.as_deref() == Some(overlay.task_id.as_str()))
-        .collect();
+    let mut made = !existing.is_empty();
     let formats: Vec<(Format, Ticks)> = template
         .formats()
         .into_iter()
@@ -141,14 +155,15 @@ fn sync_overlay(
             }
         });
         if quiet {
-            return Ok(false);
+            return Ok((false, made));
         }
     }
     let start = formats
         .iter()
-        .map(|(format, _)| {
+        .filter_map(|(format, _)| {
             let mine: Vec<&FileRow> = existing.iter().filter(|f| f.format == *format).collect();
-            resume_point(&mine, overlay).0
+            let skipped = mine.iter().any(|f| f.state == FileState::Skipped);
+            (!skipped).then(|| resume_point(&mine, overlay).0)
         })
         .min()
         .unwrap_or(overlay.scan_from_seq)
@@ -158,7 +173,10 @@ fn sync_overlay(
         .into_iter()
         .filter(|s| s.seq < capture.next_seq)
         .collect();
-    let closed = over_by_state || segments.iter().any(|s| s.wall_start_ms >= overlay.to_ms);
+    let closed = over_by_state
+        || segments
+            .iter()
+            .any(|s| s.wall_start_ms >= overlay.to_ms - EDGE_SLACK_MS);
     let mut window: Vec<SegmentRow> = segments
         .into_iter()
         .filter(|s| in_window(s, overlay))
@@ -192,6 +210,7 @@ fn sync_overlay(
             row.state = FileState::Skipped;
             row.note = Some("the stream has no audio track: no AAC file is made".into());
             index.put_file(&row)?;
+            made = true;
             continue;
         }
         let (from_seq, number) = resume_point(&mine, overlay);
@@ -242,13 +261,14 @@ fn sync_overlay(
             }
             if stored.as_ref() != Some(&row) {
                 index.put_file(&row)?;
+                made = true;
             }
             if row.state == FileState::Finished && row.uploaded_ms.is_none() {
                 index.ensure_upload_pending(&row.id)?;
             }
         }
     }
-    Ok(all_final)
+    Ok((all_final, made))
 }
 
 /// The seq the window's first file starts at: the first in-window segment unless a file
@@ -256,6 +276,7 @@ fn sync_overlay(
 fn first_in_window(existing: &[FileRow], first: &SegmentRow) -> u32 {
     existing
         .iter()
+        .filter(|f| f.state != FileState::Skipped)
         .map(|f| f.first_seq)
         .min()
         .unwrap_or(first.seq)
@@ -542,6 +563,17 @@ mod tests {
                 || capture.state.is_open()
         );
         assert_eq!(index.files_of("c1").unwrap().len(), 3);
+        // The rule's HLS in the store is not enough to evict the capture: the task's
+        // recordings over it are not uploaded yet.
+        let capture = index
+            .update_recording("c1", |r| {
+                r.state = RecordingState::Finished;
+                r.uploaded_ms = Some(T0 + 60_000);
+                Update::Write
+            })
+            .unwrap();
+        index.clear_files_pending("c1").unwrap();
+        assert_eq!(index.delivered_ms(&capture).unwrap(), None);
     }
 
     #[test]
@@ -572,6 +604,49 @@ mod tests {
         let rows: Vec<FileRow> = index.files_of("c1").unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].first_seq, rows[0].last_seq), (2, 5));
+        assert_eq!(rows[0].state, FileState::Finished);
+    }
+
+    #[test]
+    fn a_task_cancelled_before_its_window_moved_ends_its_span_at_the_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let capture = RecordingRow::new("c1".into(), "live".into(), "cam".into(), T0);
+        index.create_recording(&capture).unwrap();
+        for n in 0..10 {
+            index
+                .commit_segment("c1", &seg(n + 1, T0 + i64::from(n) * 4_000, 4))
+                .unwrap();
+        }
+        let mut window = overlay(T0, T0 + 600_000, false);
+        window.template.mp4 = None;
+        index.add_overlay(&window).unwrap();
+        // Cancelled at +18 s, and the daemon stopped before the window heard of it.
+        index
+            .put_task(&crate::index::TaskRow {
+                id: "task-1".into(),
+                app: "live".into(),
+                stream: "cam".into(),
+                template: "clips".into(),
+                start_ms: T0,
+                end_ms: T0 + 600_000,
+                pre_roll_s: 0,
+                state: crate::index::TaskState::Cancelled,
+                created_ms: T0,
+                ended_ms: Some(T0 + 18_000),
+                note: None,
+            })
+            .unwrap();
+        let capture = index.get_recording("c1").unwrap().unwrap();
+        assert!(sync_overlays(&index, None, &capture, T0 + 40_000).unwrap());
+        let rows = index.files_of("c1").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].first_seq, rows[0].last_seq),
+            (1, 5),
+            "{:?}",
+            rows[0]
+        );
         assert_eq!(rows[0].state, FileState::Finished);
     }
 }
