@@ -8,34 +8,19 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::callback::CallbackReceiver;
 use support::http;
 use support::media::{self, Clip};
 use support::s3::{S3sFs, Store};
+use support::tasks::{self, now_s, publisher_succeeded, wait_task_state, wall_s};
 use support::{wait_for, Daemon};
 
-fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 fn create_task(d: &Daemon, body: Value) -> String {
-    let r = http::send_json("POST", &d.http, "/api/v1/tasks", &body.to_string()).expect("POST");
-    assert_eq!(r.status, 201, "POST /api/v1/tasks: {}", r.text());
-    let t: Value = serde_json::from_slice(&r.body).expect("json");
+    let t = tasks::create_task(d, body);
     t["task_id"].as_str().expect("task_id").to_owned()
-}
-
-fn wait_task_state(d: &Daemon, id: &str, state: &str, limit: Duration) -> Value {
-    wait_for(&format!("task {id} {state}"), limit, || {
-        let t = d.json(&format!("/api/v1/tasks/{id}"));
-        (t["state"] == state).then_some(t)
-    })
 }
 
 /// The task's recordings once `n` of them are finished, by format.
@@ -55,20 +40,6 @@ fn task_recordings(d: &Daemon, id: &str, n: usize) -> Vec<Value> {
     )
 }
 
-fn publisher_succeeded(ffmpeg: std::process::Child) {
-    let out = ffmpeg.wait_with_output().expect("ffmpeg");
-    assert!(
-        out.status.success(),
-        "the publisher was disturbed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wall_s(text: &str) -> f64 {
-    let t: jiff::Timestamp = text.parse().expect("RFC 3339");
-    t.as_millisecond() as f64 / 1000.0
-}
-
 /// The first `#EXT-X-PROGRAM-DATE-TIME` of an HLS recording's playlist, unix seconds,
 /// and its segment URIs.
 fn playlist(d: &Daemon, id: &str) -> (f64, Vec<String>) {
@@ -82,7 +53,7 @@ fn playlist(d: &Daemon, id: &str) -> (f64, Vec<String>) {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(str::to_owned)
         .collect();
-    (wall_s(pdt), uris)
+    (wall_s(&json!(pdt)), uris)
 }
 
 fn delete(d: &Daemon, id: &str) -> Value {
@@ -154,10 +125,7 @@ fn a_task_on_a_rule_recorded_stream_spans_the_rules_capture_and_deletes_keep_the
             (18.5..=21.5).contains(&duration),
             "window of 20 s recorded as {duration} s: {rec}"
         );
-        assert!(
-            (wall_s(rec["end_time"].as_str().unwrap()) - end).abs() <= 1.6,
-            "{rec}"
-        );
+        assert!((wall_s(&rec["end_time"]) - end).abs() <= 1.6, "{rec}");
     }
     let hls_id = hls["id"].as_str().unwrap().to_owned();
     let mp4_id = mp4["id"].as_str().unwrap().to_owned();
@@ -329,7 +297,7 @@ fn a_clip_on_a_rule_recorded_stream_reaches_back_into_the_capture() {
             "10 s + 5 s recorded as {duration} s: {rec}"
         );
         assert!(
-            (wall_s(rec["start_time"].as_str().unwrap()) - (asked - 10.0)).abs() <= 1.6,
+            (wall_s(&rec["start_time"]) - (asked - 10.0)).abs() <= 1.6,
             "{rec}"
         );
     }

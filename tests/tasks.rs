@@ -6,12 +6,15 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::http;
 use support::media::{self, Clip};
 use support::metrics::Scrape;
+use support::tasks::{
+    create_task, now_s, post_task, publisher_succeeded, task, wait_task_state, wall_s,
+};
 use support::{wait_for, Daemon};
 
 /// A template `clip` and an app `tasks` that no rule records (tasks only).
@@ -25,34 +28,6 @@ app = "tasks"
 enabled = false
 "#;
 
-fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-fn post_task(d: &Daemon, body: Value) -> http::Response {
-    http::send_json("POST", &d.http, "/api/v1/tasks", &body.to_string()).expect("POST task")
-}
-
-fn create_task(d: &Daemon, body: Value) -> Value {
-    let r = post_task(d, body);
-    assert_eq!(r.status, 201, "POST /api/v1/tasks: {}", r.text());
-    serde_json::from_slice(&r.body).expect("json")
-}
-
-fn task(d: &Daemon, id: &str) -> Value {
-    d.json(&format!("/api/v1/tasks/{id}"))
-}
-
-fn wait_task_state(d: &Daemon, id: &str, state: &str, limit: Duration) -> Value {
-    wait_for(&format!("task {id} {state}"), limit, || {
-        let t = task(d, id);
-        (t["state"] == state).then_some(t)
-    })
-}
-
 /// The recordings of task `id`, oldest first, once every one is closed.
 fn task_recordings(d: &Daemon, id: &str, limit: Duration) -> Vec<Value> {
     wait_for(&format!("the recordings of {id} closed"), limit, || {
@@ -64,22 +39,6 @@ fn task_recordings(d: &Daemon, id: &str, limit: Duration) -> Vec<Value> {
         recs.reverse();
         (!recs.is_empty() && recs.iter().all(|r| r["state"] == "finished")).then_some(recs)
     })
-}
-
-/// Waits for a publisher to finish its clip: it was never disconnected.
-fn publisher_succeeded(ffmpeg: std::process::Child) {
-    let out = ffmpeg.wait_with_output().expect("ffmpeg");
-    assert!(
-        out.status.success(),
-        "the publisher was disturbed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wall_s(rfc3339: &Value) -> f64 {
-    let text = rfc3339.as_str().expect("a time");
-    let t: jiff::Timestamp = text.parse().expect("RFC 3339");
-    t.as_millisecond() as f64 / 1000.0
 }
 
 /// The first `#EXT-X-PROGRAM-DATE-TIME` of a recording's playlist, unix seconds.

@@ -172,32 +172,12 @@ pub fn sync_capture(
                 ));
             } else {
                 all_final = false;
-                if stored.as_ref().is_some_and(|s| {
-                    s.state == FileState::Recording && s.first_seq == span.first_seq
-                }) {
+                if open_row_written(stored.as_ref(), &span) {
                     continue; // written when it opened; its live span comes from the capture
                 }
-                let mut before = CaptureTotals::of(capture);
-                before.duration_ticks -= in_span.iter().map(|s| s.duration_ticks).sum::<Ticks>();
-                before.bytes -= row.ts_bytes;
-                before.segments -= row.segments;
-                row.before = Some(before);
+                row.before = Some(totals_before(capture, &row, &in_span));
             }
-            if let Some(old) = &stored {
-                // Keep what the uploader fixed (object key, upload time, store expiry).
-                row.store_key = old.store_key.clone();
-                row.uploaded_ms = old.uploaded_ms;
-                row.store_expiry = old.store_expiry;
-            }
-            if stored.as_ref() != Some(&row) {
-                index.put_file(&row)?;
-            }
-            // Every pass (not only when the row changed): a crash between the row and its
-            // queue entry must not leave a finished file that is never uploaded. Cheap: a
-            // compare-and-swap that writes only when the entry is missing.
-            if row.state == FileState::Finished && row.uploaded_ms.is_none() {
-                index.ensure_upload_pending(&row.id)?;
-            }
+            save(index, &mut row, stored.as_ref())?;
         }
     }
     Ok(terminal && all_final && overlays_final)
@@ -239,6 +219,52 @@ fn new_row(
         task_template: None,
         start: None,
     }
+}
+
+/// Whether the stored open row already covers `span`: it was written when it opened, and
+/// its live span follows the capture ([`FileRow::live`]).
+pub(super) fn open_row_written(stored: Option<&FileRow>, span: &Span) -> bool {
+    stored.is_some_and(|s| s.state == FileState::Recording && s.first_seq == span.first_seq)
+}
+
+/// The capture's totals just before an open row's span (`in_span`, up to its newest
+/// segment), so the row's live span is the capture's totals minus these.
+pub(super) fn totals_before(
+    capture: &RecordingRow,
+    row: &FileRow,
+    in_span: &[&SegmentRow],
+) -> CaptureTotals {
+    let mut before = CaptureTotals::of(capture);
+    before.duration_ticks -= in_span.iter().map(|s| s.duration_ticks).sum::<Ticks>();
+    before.bytes = before.bytes.saturating_sub(row.ts_bytes);
+    before.segments = before.segments.saturating_sub(row.segments);
+    before
+}
+
+/// Writes a planned row if it changed, keeping what the uploader fixed in the stored one
+/// (object key, upload time, store expiry), and makes sure a finished one is queued for
+/// upload. True when it wrote the row.
+pub(super) fn save(
+    index: &Index,
+    row: &mut FileRow,
+    stored: Option<&FileRow>,
+) -> Result<bool, IndexError> {
+    if let Some(old) = stored {
+        row.store_key = old.store_key.clone();
+        row.uploaded_ms = old.uploaded_ms;
+        row.store_expiry = old.store_expiry;
+    }
+    let changed = stored != Some(&*row);
+    if changed {
+        index.put_file(row)?;
+    }
+    // Every pass (not only when the row changed): a crash between the row and its queue
+    // entry must not leave a finished file that is never uploaded. Cheap: a
+    // compare-and-swap that writes only when the entry is missing.
+    if row.state == FileState::Finished && row.uploaded_ms.is_none() {
+        index.ensure_upload_pending(&row.id)?;
+    }
+    Ok(changed)
 }
 
 pub(super) fn fill(row: &mut FileRow, span: &Span, segments: &[&SegmentRow]) {

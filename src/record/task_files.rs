@@ -17,15 +17,15 @@
 use crate::config::naming::{render, NameValues};
 use crate::config::Format;
 use crate::index::{
-    CaptureTotals, FileRow, FileState, Index, IndexError, OverlayRow, RecordingRow, RecordingState,
-    SegmentRow, SpanStart,
+    FileRow, FileState, Index, IndexError, OverlayRow, RecordingRow, RecordingState, SegmentRow,
+    SpanStart,
 };
 use crate::media::{Ticks, TICKS_PER_MS, TICKS_PER_SECOND};
 use crate::mux::ts::timestamp_delta;
 use crate::mux::ts_cut;
 use crate::storage::Storage;
 
-use super::files::{fill, split, Span};
+use super::files::{fill, open_row_written, save, split, totals_before, Span};
 
 /// A cut asked for at a window's start lands on a keyframe that arrived after the ask;
 /// a segment dated by a publisher's sender reports may still read a little earlier.
@@ -241,31 +241,13 @@ fn sync_overlay(
                     (format != Format::Hls).then(|| file_name(capture, overlay, format, &row));
             } else {
                 all_final = false;
-                if stored.as_ref().is_some_and(|s| {
-                    s.state == FileState::Recording && s.first_seq == span.first_seq
-                }) {
+                if open_row_written(stored.as_ref(), &span) {
                     continue; // written when it opened; its live span comes from the capture
                 }
                 // The open row runs to the capture's newest segment.
-                let mut before = CaptureTotals::of(capture);
-                let tail: Vec<&SegmentRow> = in_span.clone();
-                before.duration_ticks -= tail.iter().map(|s| s.duration_ticks).sum::<Ticks>();
-                before.bytes = before.bytes.saturating_sub(row.ts_bytes);
-                before.segments = before.segments.saturating_sub(row.segments);
-                row.before = Some(before);
+                row.before = Some(totals_before(capture, &row, &in_span));
             }
-            if let Some(old) = &stored {
-                row.store_key = old.store_key.clone();
-                row.uploaded_ms = old.uploaded_ms;
-                row.store_expiry = old.store_expiry;
-            }
-            if stored.as_ref() != Some(&row) {
-                index.put_file(&row)?;
-                made = true;
-            }
-            if row.state == FileState::Finished && row.uploaded_ms.is_none() {
-                index.ensure_upload_pending(&row.id)?;
-            }
+            made |= save(index, &mut row, stored.as_ref())?;
         }
     }
     Ok((all_final, made))

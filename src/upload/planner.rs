@@ -8,7 +8,7 @@ use crate::config::naming::{render, NameValues};
 use crate::config::UploadConfig;
 use crate::index::{
     CallbackRow, FileRow, FileState, Index, IndexError, ObjectKind, PendingRow, RecordingRow,
-    Update, UploadRow, UploadState,
+    SegmentRow, Update, UploadRow, UploadState,
 };
 
 /// Builds a recording's completion callback from its row and objects (None: callbacks off).
@@ -94,17 +94,7 @@ fn plan_recording(
     if rec.next_seq.saturating_sub(1) > progress.queued_through {
         for seg in index.segments_after(&rec.id, progress.queued_through)? {
             if !seg.gap {
-                rows.push(new_row(
-                    UploadRow::segment_id(&rec.id, seg.seq),
-                    &rec.id,
-                    ObjectKind::Segment {
-                        seq: seg.seq,
-                        file: seg.file.clone(),
-                    },
-                    format!("{base}/{}", seg.file),
-                    seg.bytes,
-                    now_ms,
-                ));
+                rows.push(segment_object(&rec.id, &base, &seg, now_ms));
             }
             progress.queued_through = seg.seq;
         }
@@ -237,19 +227,7 @@ fn plan_hls_span(
             .segment_span(&capture.id, file.first_seq, file.last_seq)?
             .into_iter()
             .filter(|s| !s.gap)
-            .map(|seg| {
-                new_row(
-                    UploadRow::segment_id(&file.id, seg.seq),
-                    &file.id,
-                    ObjectKind::Segment {
-                        seq: seg.seq,
-                        file: seg.file.clone(),
-                    },
-                    format!("{base}/{}", seg.file),
-                    seg.bytes,
-                    now_ms,
-                )
-            })
+            .map(|seg| segment_object(&file.id, &base, &seg, now_ms))
             .collect();
         let progress = PendingRow {
             queued_through: file.last_seq,
@@ -285,6 +263,21 @@ fn plan_hls_span(
     tracing::info!(recording = %file.id, objects = objects.len(), bytes = whole.size, "task recording is complete in the store");
     report.completed.push(file.id.clone());
     Ok(0)
+}
+
+/// The object of segment `seg` of HLS recording `recording_id`, under folder `base`.
+fn segment_object(recording_id: &str, base: &str, seg: &SegmentRow, now_ms: i64) -> UploadRow {
+    new_row(
+        UploadRow::segment_id(recording_id, seg.seq),
+        recording_id,
+        ObjectKind::Segment {
+            seq: seg.seq,
+            file: seg.file.clone(),
+        },
+        format!("{base}/{}", seg.file),
+        seg.bytes,
+        now_ms,
+    )
 }
 
 fn playlist_row(recording_id: &str, base: &str, now_ms: i64) -> UploadRow {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod relay;
 pub mod rtmp_client;
 pub mod s3;
+pub mod tasks;
 pub mod tls;
 pub mod tmpfs;
 
