@@ -642,6 +642,29 @@ impl Recorders {
     /// unrecorded. A recording of the task waiting for its publisher to come back is
     /// finished too.
     pub async fn close_task(&self, key: &str, task_id: &str) -> Result<(), IndexError> {
+        // The task's own writer, if it records the stream: told to close finished.
+        let own_writer = {
+            let live = lock(&self.inner.live);
+            let mut tasks = lock(&self.inner.tasks);
+            if let Some(wants) = tasks.get_mut(key) {
+                wants.retain(|w| w.task_id != task_id);
+                if wants.is_empty() {
+                    tasks.remove(key);
+                }
+            }
+            drop(tasks);
+            match live.get(key) {
+                Some(slot) if slot.task.as_deref() == Some(task_id) => {
+                    slot.stats.no_resume.store(true, Ordering::Relaxed);
+                    slot.wiring.set(Rewire::Detach);
+                    tracing::info!(stream = %key, task = %task_id, recording = %slot.stats.recording_id(), "task window closed; its recording ends");
+                    // Its publisher gone, the writer may already have left the recording
+                    // resumable: wait for it, then finish that below.
+                    Some((slot.active, slot.done.clone()))
+                }
+                _ => None,
+            }
+        };
         // Windows over a rule's capture end now (if they reached further: a cancel), and
         // the live one's writer cuts at the next keyframe.
         let index = self.inner.index.clone();
@@ -656,24 +679,12 @@ impl Recorders {
                 tracing::info!(stream = %key, task = %task_id, recording = %slot.stats.recording_id(), "task window closed; its spans of this recording end here");
             }
         }
-        {
-            let live = lock(&self.inner.live);
-            let mut tasks = lock(&self.inner.tasks);
-            if let Some(wants) = tasks.get_mut(key) {
-                wants.retain(|w| w.task_id != task_id);
-                if wants.is_empty() {
-                    tasks.remove(key);
-                }
+        match own_writer {
+            Some((true, _)) => return Ok(()),
+            Some((false, mut done)) => {
+                let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
             }
-            drop(tasks);
-            if let Some(slot) = live.get(key) {
-                if slot.task.as_deref() == Some(task_id) {
-                    slot.stats.no_resume.store(true, Ordering::Relaxed);
-                    slot.wiring.set(Rewire::Detach);
-                    tracing::info!(stream = %key, task = %task_id, recording = %slot.stats.recording_id(), "task window closed; its recording ends");
-                    return Ok(());
-                }
-            }
+            None => {}
         }
         let index = self.inner.index.clone();
         let (key, task_id) = (key.to_owned(), task_id.to_owned());
